@@ -1,0 +1,1 @@
+"""mirrorspec: lossless speculative decoding (ar, chain, tree) on Hugging Face causal LMs."""

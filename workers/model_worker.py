@@ -1,0 +1,117 @@
+"""A model next to its KV cache: the forward passes every decoding method is built from.
+
+The worker knows nothing about drafting or acceptance. It feeds tokens and token trees through transformers'
+own decoder layers (with the engine's cache and a custom 4D mask), returns logits, and keeps or drops
+speculative KV entries when told. The same object runs in-process (CLI, tests) or inside a Ray actor.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mirrorspec.workers.kv_cache import ForwardPlan, KVCache, KVLayout
+from mirrorspec.workers.models import LoadedModel
+
+
+class ModelWorker:
+    def __init__(self, loaded: LoadedModel, *, max_slots: int, capacity: int, max_spec_nodes: int) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        config = self.model.config
+        self.vocab_size: int = self.model.get_output_embeddings().weight.shape[0]
+        self.device = next(self.model.parameters()).device
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        layout = KVLayout(
+            num_layers=config.num_hidden_layers,
+            num_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+            head_dim=head_dim,
+            dtype=self.model.dtype,
+            device=self.device,
+        )
+        self.cache = KVCache(layout, max_slots=max_slots, capacity=capacity, max_spec_nodes=max_spec_nodes)
+        self._decoder = self.model.base_model
+        self._lm_head = self.model.get_output_embeddings()
+        self._softcap = getattr(config, "final_logit_softcapping", None)
+        self._float_mask = self.model.config._attn_implementation != "sdpa"
+        self._windows = self._attention_windows(config)
+
+    @staticmethod
+    def _attention_windows(config) -> dict[str, int | None] | int | None:
+        """Per layer type, the sliding window (None = full attention); a plain value if all layers agree."""
+        window = getattr(config, "sliding_window", None)
+        layer_types = getattr(config, "layer_types", None)
+        if layer_types:
+            return {kind: (window if kind == "sliding_attention" else None) for kind in set(layer_types)}
+        return window if getattr(config, "use_sliding_window", True) else None
+
+    # ------------------------------------------------------------------------------- sequence slots
+    def open(self, seq_id: int) -> None:
+        self.cache.allocate(seq_id)
+
+    def release(self, seq_id: int) -> None:
+        self.cache.release(seq_id)
+
+    def length(self, seq_id: int) -> int:
+        return self.cache.length(seq_id)
+
+    def commit(self, paths: dict[int, list[int]]) -> None:
+        self.cache.commit_paths(paths)
+
+    def rollback(self, seq_id: int, num_tokens: int) -> None:
+        self.cache.rollback(seq_id, num_tokens)
+
+    def clear_speculation(self, seq_id: int) -> None:
+        self.cache.clear_speculation(seq_id)
+
+    # ------------------------------------------------------------------------------------- forward
+    @torch.inference_mode()
+    def forward(
+        self,
+        seq_ids: list[int],
+        appends: list[list[int]],
+        nodes: list[list[int]] | None = None,
+        parents: list[list[int]] | None = None,
+    ) -> list[torch.Tensor]:
+        """One batched forward. Per row: logits [k, V] for the last appended token (if any) then each new node.
+
+        `appends` are committed at once; `nodes` join the row's speculation tree (parent -1 = child of the
+        last committed token) until `commit` keeps one of their paths.
+        """
+        nodes = nodes if nodes is not None else [[] for _ in seq_ids]
+        parents = parents if parents is not None else [[] for _ in seq_ids]
+        plan = self.cache.plan(seq_ids, appends, nodes, parents)
+        hidden = self._decoder(
+            input_ids=plan.input_ids.to(self.device),
+            attention_mask=self._masks(plan),
+            position_ids=plan.position_ids.to(self.device),
+            cache=self.cache.view(plan),
+            use_cache=True,
+        ).last_hidden_state
+        self.cache.apply(plan, seq_ids, appends, nodes)
+        rows, cols, counts = [], [], []
+        for r, (app, nds) in enumerate(zip(appends, nodes)):
+            first = len(app) - 1 if app else len(app)
+            wanted = list(range(first, len(app) + len(nds)))
+            rows += [r] * len(wanted)
+            cols += wanted
+            counts.append(len(wanted))
+        picked = hidden[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)]
+        logits = self._lm_head(picked).float()
+        if self._softcap:  # Gemma 2/3 cap their final logits inside the CausalLM forward we bypass
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return list(torch.split(logits, counts))
+
+    def _masks(self, plan: ForwardPlan):
+        if isinstance(self._windows, dict):
+            return {kind: self._mask(plan, window) for kind, window in self._windows.items()}
+        return self._mask(plan, self._windows)
+
+    def _mask(self, plan: ForwardPlan, window: int | None) -> torch.Tensor:
+        allowed = plan.allowed
+        if window is not None:
+            allowed = allowed & (plan.key_positions[:, None, :] > plan.position_ids[:, :, None] - window)
+        allowed = allowed[:, None].to(self.device)
+        if not self._float_mask:
+            return allowed
+        additive = torch.zeros(allowed.shape, dtype=self.model.dtype, device=self.device)
+        return additive.masked_fill_(~allowed, torch.finfo(self.model.dtype).min)

@@ -1,0 +1,112 @@
+"""Loading local Hugging Face causal-LM folders (or the embedded default) with their tokenizer.
+
+Nothing here downloads: every load uses `local_files_only=True`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.workers.default_model import ensure_default_model
+
+logger = logging.getLogger(__name__)
+
+DEFAULT = "default"
+# Families whose attention, masks and positions the engine's KV cache has been tested with (tests/test_kv_cache.py).
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3_text")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(name: str, field: str = "dtype") -> torch.dtype:
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise InvalidRequestError(field, f"unknown dtype {name!r}; choose one of {sorted(set(DTYPES))}") from None
+
+
+def parse_device(name: str, field: str = "device") -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InvalidRequestError(field, f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidRequestError(field, f"device {name!r} requested but CUDA is not available")
+    if device.type not in ("cpu", "cuda"):
+        raise InvalidRequestError(field, f"device type {device.type!r} is not supported; use cpu or cuda")
+    return device
+
+
+def resolve_model_dir(path: str | Path, field: str) -> Path:
+    """`default` -> the converted embedded model; anything else must be a local HF model folder."""
+    if str(path) == DEFAULT:
+        return ensure_default_model()
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise InvalidRequestError(field, f"model folder {str(path)!r} does not exist")
+    if not (folder / "config.json").is_file():
+        raise InvalidRequestError(field, f"{str(path)!r} is not a Hugging Face model folder (no config.json)")
+    return folder
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase | None
+
+    @property
+    def config(self):
+        return self.model.config
+
+
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase | None:
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:  # a weights-only folder (e.g. a tiny test model) has no tokenizer
+        logger.info("no tokenizer in %s (%s); the model takes token ids only", path, exc)
+        return None
+
+
+def load_model(
+    path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    field: str = "target",
+    attn_implementation: str = "sdpa",
+) -> LoadedModel:
+    folder = resolve_model_dir(path, field)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise InvalidRequestError(
+            field, f"model type {config.model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=dtype, local_files_only=True, attn_implementation=attn_implementation
+    )
+    model.to(torch.device(device)).eval()
+    model.requires_grad_(False)
+    return LoadedModel(path=folder, model=model, tokenizer=load_tokenizer(folder))
+
+
+def check_same_tokenizer(target: LoadedModel, drafter: LoadedModel, field: str = "drafter") -> None:
+    """A drafter must speak the target's token ids: same vocabulary and the same special tokens."""
+    t_tok, d_tok = target.tokenizer, drafter.tokenizer
+    if t_tok is None or d_tok is None:
+        # Token-id-only models (tests): the vocabulary sizes are the only thing to compare.
+        same = target.config.vocab_size == drafter.config.vocab_size
+        detail = f"vocab size {drafter.config.vocab_size} vs the target's {target.config.vocab_size}"
+    else:
+        same = t_tok.get_vocab() == d_tok.get_vocab() and t_tok.all_special_ids == d_tok.all_special_ids
+        detail = f"vocabulary of {len(d_tok)} tokens vs the target's {len(t_tok)} (or different special tokens)"
+    if not same:
+        raise InvalidRequestError(
+            field, f"drafter {str(drafter.path)!r} does not share the target's tokenizer: {detail}"
+        )
