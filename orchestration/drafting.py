@@ -1,0 +1,126 @@
+"""Drafting token trees with a drafter model: top-k expansion with a depth and a node budget.
+
+Each level keeps the `topk` best children over the whole frontier, scored by the cumulative draft log-probability
+of their path; at the end the `budget` best nodes over all levels form the tree (EAGLE-2's dynamic tree,
+arXiv 2406.16858). With topk = 1 this is a chain; a chain for a sampling request draws its tokens from the
+drafter's distribution (so that rejection sampling can use min(1, p/q)), every other node is a deterministic
+top-k pick. All rows of a batch expand together: one drafter forward per level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from mirrorspec.orchestration.acceptance import ROOT, DraftTree
+from mirrorspec.orchestration.interfaces import Worker
+from mirrorspec.orchestration.params import SamplingParams
+from mirrorspec.orchestration.sampling import log_probabilities, probabilities, sample
+
+
+@dataclass
+class DraftJob:
+    seq_id: int
+    catchup: list[int]  # committed tokens the drafter has not seen yet, ending with the last committed token
+    depth: int
+    topk: int
+    budget: int
+    params: SamplingParams
+    generator: torch.Generator
+
+
+@dataclass
+class Draft:
+    tree: DraftTree
+    # The drafter's speculative-node index of each tree node, None for nodes it never fed (the last level).
+    drafter_nodes: list[int | None]
+
+
+@dataclass
+class _Expansion:
+    job: DraftJob
+    frontier: list[tuple[int, torch.Tensor]]  # (tree node or ROOT, drafter logits at that node)
+    tokens: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    proposals: list[torch.Tensor | None] = field(default_factory=list)
+    fed: list[int | None] = field(default_factory=list)
+    fed_count: int = 0
+
+    def grow(self) -> list[int]:
+        """Add one level of children; return the new tree nodes."""
+        job = self.job
+        sampled_chain = job.topk == 1 and not job.params.greedy
+        candidates: list[tuple[float, int, int, torch.Tensor | None]] = []
+        for node, logits in self.frontier:
+            base = self.scores[node] if node != ROOT else 0.0
+            if sampled_chain:
+                q = probabilities(logits[None], job.params)[0]
+                token = sample(q, job.generator)
+                candidates.append((base + float(torch.log(q[token])), token, node, q))
+                continue
+            logp = log_probabilities(logits[None], job.params)[0]
+            values, tokens = torch.topk(logp, min(job.topk, logp.shape[-1]))
+            candidates += [(base + float(v), int(t), node, None) for v, t in zip(values, tokens) if v > float("-inf")]
+        candidates.sort(key=lambda c: -c[0])  # stable: ties keep frontier order
+        new = []
+        for score, token, parent, proposal in candidates[: job.topk]:
+            new.append(len(self.tokens))
+            self.tokens.append(token)
+            self.parents.append(parent)
+            self.scores.append(score)
+            self.proposals.append(proposal)
+            self.fed.append(None)
+        return new
+
+    def mark_fed(self, nodes: list[int]) -> list[int]:
+        """Give nodes drafter indices; return their parents' drafter indices (-1 = the last committed token)."""
+        parents = []
+        for node in nodes:
+            self.fed[node] = self.fed_count
+            self.fed_count += 1
+            parent = self.parents[node]
+            parents.append(ROOT if parent == ROOT else self.fed[parent])
+        return parents
+
+    def finish(self) -> Draft:
+        budget = self.job.budget
+        # Best `budget` nodes by path score; a child never scores above its parent (log q <= 0) and ties keep
+        # the parent first, so the kept set is closed under ancestors.
+        order = sorted(range(len(self.tokens)), key=lambda n: (-self.scores[n], n))[:budget]
+        kept = sorted(order)
+        new_index = {old: i for i, old in enumerate(kept)}
+        tree = DraftTree(
+            tokens=[self.tokens[n] for n in kept],
+            parents=[ROOT if self.parents[n] == ROOT else new_index[self.parents[n]] for n in kept],
+            proposals=[self.proposals[n] for n in kept],
+        )
+        return Draft(tree=tree, drafter_nodes=[self.fed[n] for n in kept])
+
+
+def draft_trees(drafter: Worker, jobs: list[DraftJob]) -> list[Draft]:
+    """Catch each sequence's drafter cache up, then expand all trees level by level."""
+    seq_ids = [job.seq_id for job in jobs]
+    root_logits = drafter.forward(seq_ids, [job.catchup for job in jobs])
+    states = [_Expansion(job, frontier=[(ROOT, out[0])]) for job, out in zip(jobs, root_logits)]
+    for level in range(1, max(job.depth for job in jobs) + 1):
+        feed = []
+        for state in states:
+            if level > state.job.depth:
+                continue
+            new = state.grow()
+            state.frontier = []
+            if level < state.job.depth and new:
+                feed.append((state, new))
+        if not feed:
+            continue
+        outputs = drafter.forward(
+            [s.job.seq_id for s, _ in feed],
+            [[] for _ in feed],
+            [[s.tokens[n] for n in new] for s, new in feed],
+            [s.mark_fed(new) for s, new in feed],
+        )
+        for (state, new), logits in zip(feed, outputs):
+            state.frontier = list(zip(new, logits))
+    return [state.finish() for state in states]

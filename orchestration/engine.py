@@ -1,0 +1,276 @@
+"""The Engine facade: load models, validate requests, run the continuous-batching loop, hand back outputs."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections.abc import Iterator, Sequence as Seq
+from dataclasses import dataclass, field
+
+import torch
+
+from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.orchestration.interfaces import Worker
+from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.orchestration.scheduler import Scheduler, Sequence, TextTracker
+from mirrorspec.orchestration.stats import RequestStats
+
+logger = logging.getLogger(__name__)
+
+SELF_DRAFTER = "self"
+
+
+@dataclass
+class EngineConfig:
+    target: str = "default"  # a local HF folder, or "default" (the embedded SmolLM2-135M-Instruct)
+    drafter: str | None = None  # a local HF folder, "self" (the target drafts for itself), or None
+    dtype: str = "float32"
+    device: str = "cpu"
+    drafter_device: str | None = None  # defaults to `device`
+    max_batch: int = 8
+    max_model_len: int = 2048
+    max_spec_nodes: int = 64
+    threads: int | None = None
+    seed: int = 0
+
+    def validate(self) -> "EngineConfig":
+        for name in ("max_batch", "max_model_len", "max_spec_nodes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InvalidRequestError(name, f"must be an integer >= 1, got {value!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise InvalidRequestError("threads", f"must be an integer >= 1, got {self.threads!r}")
+        return self
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt_token_ids: list[int]
+    text: str
+    token_ids: list[int]
+    finished: bool
+    finish_reason: str | None
+    stats: RequestStats
+    new_text: str = ""
+    new_token_ids: list[int] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "request_id": self.request_id,
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "finish_reason": self.finish_reason,
+            "error": self.error,
+            "stats": self.stats.as_dict(),
+        }
+
+
+class Engine:
+    def __init__(
+        self,
+        target: Worker,
+        drafter: Worker | None = None,
+        *,
+        tokenizer=None,
+        eos_ids: Seq[int] = (),
+        max_model_len: int = 2048,
+        max_batch: int = 8,
+        max_spec_nodes: int = 64,
+        seed: int = 0,
+    ) -> None:
+        self.target = target
+        self.drafter = drafter
+        self.tokenizer = tokenizer
+        self.eos_ids = set(eos_ids)
+        self.max_model_len = max_model_len
+        self.max_spec_nodes = max_spec_nodes
+        decode = None if tokenizer is None else (lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+        self.scheduler = Scheduler(target, drafter, max_batch=max_batch, text=TextTracker(decode, self.eos_ids))
+        self._seq_ids = itertools.count()
+        self._seed_source = random.Random(seed)
+        self._sequences: dict[str, Sequence] = {}
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> "Engine":
+        from mirrorspec.workers.factory import build_workers  # the composition root: only here do models load
+
+        config.validate()
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        built = build_workers(config)
+        return cls(
+            built.target,
+            built.drafter,
+            tokenizer=built.tokenizer,
+            eos_ids=built.eos_ids,
+            max_model_len=built.max_model_len,
+            max_batch=config.max_batch,
+            max_spec_nodes=config.max_spec_nodes,
+            seed=config.seed,
+        )
+
+    # --------------------------------------------------------------------------------- requests
+    def encode(self, prompt: str | list[int], chat: bool = False) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise InvalidRequestError("prompt", "is empty")
+            if self.tokenizer is None:
+                raise InvalidRequestError("prompt", "this model has no tokenizer; pass token ids")
+            if chat:
+                if not getattr(self.tokenizer, "chat_template", None):
+                    raise InvalidRequestError("chat", "the target's tokenizer has no chat template")
+                return list(self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True,
+                    return_dict=False,
+                ))
+            return self.tokenizer.encode(prompt)
+        ids = list(prompt)
+        if not ids:
+            raise InvalidRequestError("prompt", "is empty")
+        vocab = self.target.vocab_size
+        bad = next((t for t in ids if not isinstance(t, int) or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequestError("prompt", f"token id {bad!r} is outside the vocabulary [0, {vocab})")
+        return ids
+
+    def add_request(
+        self,
+        prompt: str | list[int],
+        sampling: SamplingParams | None = None,
+        spec: SpecParams | None = None,
+        *,
+        chat: bool = False,
+        request_id: str | None = None,
+    ) -> str:
+        """Validate and queue a request; raises InvalidRequestError (naming the field) without side effects."""
+        sampling = (sampling or SamplingParams()).validate()
+        spec = (spec or SpecParams(method="ar")).validate(self.max_spec_nodes)
+        if spec.method != "ar" and self.drafter is None:
+            raise InvalidRequestError("drafter", f"method {spec.method!r} needs a drafter model; none is loaded")
+        if sampling.stop and self.tokenizer is None:
+            raise InvalidRequestError("stop", "stop strings need a tokenizer")
+        prompt_ids = self.encode(prompt, chat)
+        if len(prompt_ids) >= self.max_model_len:
+            raise InvalidRequestError(
+                "prompt", f"has {len(prompt_ids)} tokens; the context holds {self.max_model_len}"
+            )
+        room = self.max_model_len - len(prompt_ids)
+        if sampling.max_new_tokens > room:
+            raise InvalidRequestError(
+                "max_new_tokens",
+                f"{sampling.max_new_tokens} is past the context: a {len(prompt_ids)}-token prompt leaves room for {room}",
+            )
+        seq_id = next(self._seq_ids)
+        request_id = request_id if request_id is not None else f"req-{seq_id}"
+        if request_id in self._sequences:
+            raise InvalidRequestError("request_id", f"{request_id!r} is already in flight")
+        seed = sampling.seed if sampling.seed is not None else self._seed_source.getrandbits(62)
+        seq = Sequence(
+            seq_id=seq_id,
+            request_id=request_id,
+            prompt_ids=prompt_ids,
+            sampling=sampling,
+            spec=spec,
+            generator=torch.Generator().manual_seed(seed),
+            stats=RequestStats(),
+        )
+        self._sequences[request_id] = seq
+        self.scheduler.add(seq)
+        return request_id
+
+    def abort(self, request_id: str) -> None:
+        seq = self.scheduler.abort(request_id)
+        if seq is not None:
+            self._sequences.pop(request_id, None)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[RequestOutput]:
+        outputs = [self._output(seq) for seq in self.scheduler.step()]
+        for out in outputs:
+            if out.finished:
+                self._sequences.pop(out.request_id, None)
+        return outputs
+
+    # ------------------------------------------------------------------------------ conveniences
+    def generate(
+        self,
+        prompts: Seq[str | list[int]],
+        sampling: SamplingParams | Seq[SamplingParams] | None = None,
+        spec: SpecParams | None = None,
+        *,
+        chat: bool = False,
+    ) -> list[RequestOutput]:
+        """Generate for many prompts, batched. A bad prompt gets an output with `error`; the others still run."""
+        per_prompt = sampling if isinstance(sampling, (list, tuple)) else [sampling] * len(prompts)
+        results: dict[int, RequestOutput] = {}
+        pending: dict[str, int] = {}
+        for index, (prompt, params) in enumerate(zip(prompts, per_prompt)):
+            try:
+                pending[self.add_request(prompt, params, spec, chat=chat)] = index
+            except InvalidRequestError as exc:
+                results[index] = _error_output(f"invalid-{index}", exc)
+        while pending:
+            for out in self.step():
+                if out.finished and out.request_id in pending:
+                    results[pending.pop(out.request_id)] = out
+        return [results[i] for i in range(len(prompts))]
+
+    def stream(
+        self,
+        prompt: str | list[int],
+        sampling: SamplingParams | None = None,
+        spec: SpecParams | None = None,
+        *,
+        chat: bool = False,
+    ) -> Iterator[RequestOutput]:
+        """Yield this request's committed tokens as they are accepted (other queued requests progress too)."""
+        request_id = self.add_request(prompt, sampling, spec, chat=chat)
+        try:
+            while True:
+                for out in self.step():
+                    if out.request_id == request_id:
+                        yield out
+                        if out.finished:
+                            return
+        finally:
+            if request_id in self._sequences:
+                self.abort(request_id)
+
+    # --------------------------------------------------------------------------------- internals
+    @staticmethod
+    def _output(seq: Sequence) -> RequestOutput:
+        new_ids = seq.output_ids[seq.emitted_tokens :]
+        seq.emitted_tokens = len(seq.output_ids)
+        # Hold back a trailing partial UTF-8 character until the next token completes it.
+        visible = len(seq.text) if seq.finished else len(seq.text.rstrip("\ufffd"))
+        new_text = seq.text[seq.emitted_text : visible]
+        seq.emitted_text = max(seq.emitted_text, visible)
+        return RequestOutput(
+            request_id=seq.request_id,
+            prompt_token_ids=seq.prompt_ids,
+            text=seq.text,
+            token_ids=list(seq.output_ids),
+            finished=seq.finished,
+            finish_reason=seq.finish_reason,
+            stats=seq.stats,
+            new_text=new_text,
+            new_token_ids=new_ids,
+        )
+
+
+def _error_output(request_id: str, exc: InvalidRequestError) -> RequestOutput:
+    return RequestOutput(
+        request_id=request_id,
+        prompt_token_ids=[],
+        text="",
+        token_ids=[],
+        finished=True,
+        finish_reason="error",
+        stats=RequestStats(),
+        error=str(exc),
+    )

@@ -1,0 +1,80 @@
+"""Per-request parameters: sampling, stopping and speculation, validated with errors that name the field."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from mirrorspec.orchestration.errors import InvalidRequestError
+
+METHODS = ("ar", "chain", "tree")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How tokens are chosen and when generation stops. temperature 0 means greedy."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0 = no top-k filter
+    top_p: float = 1.0
+    seed: int | None = None
+    max_new_tokens: int = 128
+    stop: tuple[str, ...] = field(default_factory=tuple)
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def validate(self) -> "SamplingParams":
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise InvalidRequestError("temperature", f"must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise InvalidRequestError("top_k", f"must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
+            raise InvalidRequestError("top_p", f"must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens <= 0:
+            raise InvalidRequestError("max_new_tokens", f"must be an integer >= 1, got {self.max_new_tokens!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+            raise InvalidRequestError("seed", f"must be an integer >= 0, got {self.seed!r}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise InvalidRequestError("stop", "stop strings must be non-empty strings")
+        return self
+
+
+@dataclass(frozen=True)
+class SpecParams:
+    """Which decoding method and the shape of each step's draft.
+
+    `chain` drafts gamma tokens; `tree` expands top-`tree_topk` children per node for `tree_depth` levels and
+    keeps the `tree_nodes` most likely nodes (EAGLE-2-style dynamic tree). A chain is a tree with one child per node.
+    """
+
+    method: str = "chain"
+    gamma: int = 5
+    tree_depth: int = 5
+    tree_topk: int = 4
+    tree_nodes: int = 24
+
+    def validate(self, max_spec_nodes: int) -> "SpecParams":
+        if self.method not in METHODS:
+            raise InvalidRequestError("method", f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        for name in ("gamma", "tree_depth", "tree_topk", "tree_nodes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InvalidRequestError(name, f"must be an integer >= 1, got {value!r}")
+        depth, topk, nodes = self.shape()
+        if nodes >= max_spec_nodes or depth * topk >= max_spec_nodes:
+            name = "gamma" if self.method == "chain" else "tree_nodes"
+            raise InvalidRequestError(name, f"a draft of this size exceeds the engine's max_spec_nodes={max_spec_nodes}")
+        if self.method == "tree" and self.tree_nodes < self.tree_depth:
+            raise InvalidRequestError("tree_nodes", f"must be >= tree_depth ({self.tree_depth}), got {self.tree_nodes}")
+        return self
+
+    def shape(self) -> tuple[int, int, int]:
+        """(depth, children kept per level, node budget) of each step's draft; depth 0 = no draft."""
+        if self.method == "ar":
+            return 0, 1, 0
+        if self.method == "chain":
+            return self.gamma, 1, self.gamma
+        return self.tree_depth, self.tree_topk, self.tree_nodes

@@ -1,0 +1,43 @@
+"""The one logits -> distribution transform (temperature, top-k, top-p) applied to target and drafter alike.
+
+The output law of every method is the law of `ar` under this transform; speculation only changes speed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mirrorspec.orchestration.params import SamplingParams
+
+
+def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Rows of `logits` [n, V] -> sampling distributions [n, V] (float32). Not for greedy requests."""
+    scaled = logits.float() / params.temperature
+    if params.top_k and params.top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, params.top_k, dim=-1).values[..., -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
+    if params.top_p < 1.0:
+        # Keep the most likely tokens until their mass reaches top_p (the token that crosses it included).
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+        mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+        drop_sorted = mass_before >= params.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        probs = probs.masked_fill(drop, 0.0)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs
+
+
+def log_probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Draft scores: log of the request's distribution (plain log-softmax for greedy requests)."""
+    if params.greedy:
+        return torch.log_softmax(logits.float(), dim=-1)
+    return torch.log(probabilities(logits, params))
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator) -> int:
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def uniform(generator: torch.Generator) -> float:
+    return float(torch.rand((), generator=generator))

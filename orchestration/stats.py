@@ -1,0 +1,94 @@
+"""Per-request speculation and latency statistics (vLLM's definitions where they exist)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RequestStats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    target_forwards: int = 0  # decoding steps of this request (each is one target forward)
+    drafts: int = 0  # steps that verified a non-empty draft
+    drafted: int = 0  # draft tokens (tree nodes) verified
+    accepted: int = 0  # draft tokens accepted
+    accepted_per_position: list[int] = field(default_factory=list)  # accepted tokens at draft depth 1, 2, ...
+    fallback_steps: int = 0  # steps decoded without a draft because the drafter failed
+    arrival_time: float = field(default_factory=time.perf_counter)
+    first_token_time: float | None = None
+    finish_time: float | None = None
+
+    def record_step(self, drafted: int, accepted: int) -> None:
+        self.target_forwards += 1
+        if drafted:
+            self.drafts += 1
+            self.drafted += drafted
+            self.accepted += accepted
+            if len(self.accepted_per_position) < accepted:
+                self.accepted_per_position += [0] * (accepted - len(self.accepted_per_position))
+            for position in range(accepted):
+                self.accepted_per_position[position] += 1
+
+    @property
+    def tau(self) -> float:
+        """Mean tokens committed per target forward, bonus/correction token included (ar: 1.0)."""
+        return self.generated_tokens / self.target_forwards if self.target_forwards else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def acceptance_by_position(self) -> list[float]:
+        return [n / self.drafts for n in self.accepted_per_position] if self.drafts else []
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token_time is None else self.first_token_time - self.arrival_time
+
+    @property
+    def tpot(self) -> float | None:
+        if self.finish_time is None or self.first_token_time is None or self.generated_tokens < 2:
+            return None
+        return (self.finish_time - self.first_token_time) / (self.generated_tokens - 1)
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        if self.finish_time is None or self.finish_time <= self.arrival_time:
+            return None
+        return self.generated_tokens / (self.finish_time - self.arrival_time)
+
+    def as_dict(self) -> dict:
+        def r(x, n=4):
+            return None if x is None else round(x, n)
+
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+            "target_forwards": self.target_forwards,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "tau": r(self.tau),
+            "acceptance_rate": r(self.acceptance_rate),
+            "acceptance_by_position": [r(x) for x in self.acceptance_by_position],
+            "fallback_steps": self.fallback_steps,
+            "ttft_s": r(self.ttft),
+            "tpot_s": r(self.tpot),
+            "tokens_per_s": r(self.tokens_per_second, 2),
+        }
+
+    def summary(self) -> str:
+        parts = [f"{self.generated_tokens} tokens", f"tau {self.tau:.2f}"]
+        if self.drafted:
+            parts.append(f"accept {self.acceptance_rate:.2f}")
+        if self.tokens_per_second is not None:
+            parts.append(f"{self.tokens_per_second:.1f} tok/s")
+        if self.ttft is not None:
+            parts.append(f"TTFT {self.ttft * 1000:.0f} ms")
+        if self.tpot is not None:
+            parts.append(f"TPOT {self.tpot * 1000:.0f} ms")
+        if self.fallback_steps:
+            parts.append(f"{self.fallback_steps} fallback steps")
+        return ", ".join(parts)

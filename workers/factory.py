@@ -1,0 +1,72 @@
+"""Build the target and drafter workers an Engine needs from an EngineConfig."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from mirrorspec.orchestration.engine import SELF_DRAFTER, EngineConfig
+from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.workers.model_worker import ModelWorker
+from mirrorspec.workers.models import (
+    LoadedModel,
+    check_same_tokenizer,
+    load_model,
+    parse_device,
+    parse_dtype,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BuiltWorkers:
+    target: ModelWorker
+    drafter: ModelWorker | None
+    tokenizer: object
+    eos_ids: list[int]
+    max_model_len: int
+
+
+def eos_token_ids(loaded: LoadedModel) -> list[int]:
+    """EOS ids from the generation config and the tokenizer (chat models often end turns with their own token)."""
+    ids: set[int] = set()
+    for source in (getattr(loaded.model, "generation_config", None), loaded.config):
+        value = getattr(source, "eos_token_id", None)
+        if value is not None:
+            ids.update(value if isinstance(value, (list, tuple)) else [value])
+    if loaded.tokenizer is not None and loaded.tokenizer.eos_token_id is not None:
+        ids.add(loaded.tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def build_workers(config: EngineConfig) -> BuiltWorkers:
+    dtype = parse_dtype(config.dtype)
+    device = parse_device(config.device)
+    target = load_model(config.target, dtype=dtype, device=device, field="target")
+    positions = getattr(target.config, "max_position_embeddings", None) or config.max_model_len
+    max_model_len = min(config.max_model_len, positions)
+    sizes = dict(max_slots=config.max_batch, capacity=max_model_len + config.max_spec_nodes + 1,
+                 max_spec_nodes=config.max_spec_nodes)
+    drafter_worker = None
+    if config.drafter == SELF_DRAFTER:
+        # The target drafts for itself: shared weights, a KV cache of its own. Useful to test losslessness with
+        # long accepted paths; it is never faster than `ar`.
+        drafter_worker = ModelWorker(target, **sizes)
+    elif config.drafter:
+        drafter_device = parse_device(config.drafter_device or config.device, "drafter_device")
+        drafter = load_model(config.drafter, dtype=dtype, device=drafter_device, field="drafter")
+        check_same_tokenizer(target, drafter)
+        drafter_positions = getattr(drafter.config, "max_position_embeddings", None) or max_model_len
+        if drafter_positions < max_model_len:
+            raise InvalidRequestError(
+                "drafter", f"drafter context {drafter_positions} is shorter than max_model_len {max_model_len}"
+            )
+        drafter_worker = ModelWorker(drafter, **sizes)
+    return BuiltWorkers(
+        target=ModelWorker(target, **sizes),
+        drafter=drafter_worker,
+        tokenizer=target.tokenizer,
+        eos_ids=eos_token_ids(target),
+        max_model_len=max_model_len,
+    )
