@@ -1,0 +1,249 @@
+"""`mirrorspec bench`: methods side by side on the same prompts, model pair, cores and run.
+
+Protocol (after Spec-Bench, arXiv 2401.07851): greedy, chat template, one prompt at a time (or --batch-size N),
+one warm-up generation per method, wall time around each generation. Per method and category: tokens/s
+(sum of tokens / sum of seconds), tau (tokens per target forward, bonus included), acceptance rate, speedup over
+`ar`, and whether the output equals `ar`'s token for token (Spec-Bench's lossless check). `hf-assisted` is
+transformers' own assisted generation (`generate(..., assistant_model=...)`) with the same pair; its tau counts
+target forwards with a hook. Writes JSON and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from collections import defaultdict
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from mirrorspec.orchestration.params import METHODS, SamplingParams, SpecParams
+
+HF_ASSISTED = "hf-assisted"
+BENCH_METHODS = (*METHODS, HF_ASSISTED)
+DEFAULT_PROMPTS = "spec_bench_mini.jsonl"
+
+
+def add_bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", default="ar,chain,tree,hf-assisted", help=f"comma list of {', '.join(BENCH_METHODS)}")
+    p.add_argument("--prompts", help="JSONL with id, category, prompt (default: the project's Spec-Bench-style set)")
+    p.add_argument("--per-category", type=int, default=0, help="use only the first N prompts of each category")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=1, help="prompts submitted together (continuous batching)")
+    p.add_argument("--out", default="bench/results", help="folder for JSON and PNG")
+    p.add_argument("--name", help="results file stem (default: bench-<timestamp>)")
+
+
+def load_prompts(path: str | None, per_category: int = 0) -> list[dict]:
+    text = Path(path).read_text(encoding="utf-8") if path else (
+        resources.files("mirrorspec.bench").joinpath("prompts", DEFAULT_PROMPTS).read_text(encoding="utf-8")
+    )
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if per_category:
+        seen: dict[str, int] = defaultdict(int)
+        kept = []
+        for row in rows:
+            if seen[row["category"]] < per_category:
+                seen[row["category"]] += 1
+                kept.append(row)
+        rows = kept
+    return rows
+
+
+@dataclasses.dataclass
+class Record:
+    id: str
+    category: str
+    tokens: list[int]
+    seconds: float
+    target_forwards: int
+    drafted: int = 0
+    accepted: int = 0
+
+
+def run_engine_method(engine, method: str, spec: SpecParams, prompts: list[dict], max_new: int, batch: int, bar) -> list[Record]:
+    spec = dataclasses.replace(spec, method=method)
+    sampling = SamplingParams(max_new_tokens=max_new)
+    engine.generate([prompts[0]["prompt"]], sampling, spec, chat=True)  # warm-up
+    records = []
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start : start + batch]
+        t0 = time.perf_counter()
+        outs = engine.generate([r["prompt"] for r in chunk], sampling, spec, chat=True)
+        seconds = time.perf_counter() - t0
+        for row, out in zip(chunk, outs):
+            if out.error:
+                raise RuntimeError(f"{row['id']}: {out.error}")
+            # Per-prompt time of a batch is the batch's wall time shared by its prompts.
+            records.append(Record(row["id"], row["category"], out.token_ids, seconds / len(chunk),
+                                  out.stats.target_forwards, out.stats.drafted, out.stats.accepted))
+        bar.update(len(chunk))
+    return records
+
+
+def run_hf_assisted(target, drafter, tokenizer, prompts: list[dict], max_new: int, eos_ids: list[int], bar) -> list[Record]:
+    calls = {"n": 0}
+
+    def count(*_):
+        calls["n"] += 1
+
+    hook = target.register_forward_pre_hook(count)
+    records = []
+    try:
+        for i, row in enumerate([prompts[0]] + prompts):  # the first is a warm-up
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
+                                                add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            calls["n"] = 0
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                out = target.generate(**ids, assistant_model=drafter, do_sample=False, max_new_tokens=max_new,
+                                      eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id)
+            seconds = time.perf_counter() - t0
+            if i == 0:
+                continue
+            new = out[0, ids["input_ids"].shape[1]:].tolist()
+            records.append(Record(row["id"], row["category"], new, seconds, calls["n"]))
+            bar.update(1)
+    finally:
+        hook.remove()
+    return records
+
+
+def summarize(records: list[Record], reference: list[Record] | None) -> dict:
+    def block(rs: list[Record], refs: list[Record] | None) -> dict:
+        tokens = sum(len(r.tokens) for r in rs)
+        seconds = sum(r.seconds for r in rs)
+        forwards = sum(r.target_forwards for r in rs)
+        drafted = sum(r.drafted for r in rs)
+        out = {
+            "prompts": len(rs),
+            "tokens": tokens,
+            "seconds": round(seconds, 3),
+            "tokens_per_s": round(tokens / seconds, 3) if seconds else None,
+            "tau": round(tokens / forwards, 3) if forwards else None,
+            "acceptance_rate": round(sum(r.accepted for r in rs) / drafted, 4) if drafted else None,
+        }
+        if refs is not None:
+            out["equal_to_ar"] = sum(a.tokens == b.tokens for a, b in zip(rs, refs))
+        return out
+
+    by_cat: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        by_cat[r.category].append(i)
+    pick = lambda rs, idx: None if rs is None else [rs[i] for i in idx]  # noqa: E731
+    return {
+        "overall": block(records, reference),
+        "categories": {c: block(pick(records, idx), pick(reference, idx)) for c, idx in by_cat.items()},
+    }
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(results["methods"])
+    cats = list(next(iter(results["methods"].values()))["categories"])
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5), gridspec_kw={"width_ratios": [3, 1]})
+    width = 0.8 / len(methods)
+    for k, m in enumerate(methods):
+        speed = [results["methods"][m]["categories"][c]["tokens_per_s"] or 0 for c in cats]
+        axes[0].bar([i + k * width for i in range(len(cats))], speed, width, label=m)
+    axes[0].set_xticks([i + 0.4 - width / 2 for i in range(len(cats))], cats, rotation=45, ha="right")
+    axes[0].set_ylabel("tokens/s")
+    axes[0].set_title(f"{results['target']} | drafter {results['drafter']} | {results['threads']} threads")
+    axes[0].legend()
+    taus = [results["methods"][m]["overall"]["tau"] or 0 for m in methods]
+    speedups = [results["methods"][m]["overall"].get("speedup_vs_ar") or 0 for m in methods]
+    axes[1].bar([i - 0.2 for i in range(len(methods))], taus, 0.4, label="tau (tokens / target forward)")
+    axes[1].bar([i + 0.2 for i in range(len(methods))], speedups, 0.4, label="speedup vs ar")
+    axes[1].set_xticks(range(len(methods)), methods, rotation=30)
+    axes[1].axhline(1.0, color="gray", lw=0.8)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams) -> int:
+    from tqdm import tqdm
+
+    from mirrorspec.orchestration.engine import Engine
+    from mirrorspec.orchestration.errors import InvalidRequestError
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        if m not in BENCH_METHODS:
+            raise InvalidRequestError("methods", f"unknown method {m!r}; choose from {', '.join(BENCH_METHODS)}")
+    if "ar" not in methods:
+        methods.insert(0, "ar")  # the reference for speedup and equality
+    if HF_ASSISTED in methods and args.batch_size != 1:
+        raise InvalidRequestError("batch_size", "hf-assisted only supports batch size 1 (a transformers limit)")
+    prompts = load_prompts(args.prompts, args.per_category)
+    engine_config = dataclasses.replace(engine_config, max_batch=max(engine_config.max_batch, args.batch_size))
+    engine = Engine.from_config(engine_config)
+    records: dict[str, list[Record]] = {}
+    for method in methods:
+        with tqdm(total=len(prompts), desc=f"bench {method}", unit="prompt", file=sys.stderr) as bar:
+            if method == HF_ASSISTED:
+                target, drafter = _hf_pair(engine, engine_config)
+                records[method] = run_hf_assisted(target, drafter, engine.tokenizer, prompts, args.max_new_tokens,
+                                                  sorted(engine.eos_ids), bar)
+            else:
+                records[method] = run_engine_method(engine, method, spec, prompts, args.max_new_tokens,
+                                                    args.batch_size, bar)
+    ref = records["ar"]
+    results = {
+        "target": str(engine_config.target),
+        "drafter": str(engine_config.drafter),
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "spec": dataclasses.asdict(spec),
+        "prompts": len(prompts),
+        "methods": {m: summarize(rs, ref) for m, rs in records.items()},
+    }
+    base = results["methods"]["ar"]
+    for summary in results["methods"].values():
+        for key, block in [("overall", summary["overall"]), *summary["categories"].items()]:
+            ref_block = base["overall"] if key == "overall" else base["categories"][key]
+            block["speedup_vs_ar"] = round(block["tokens_per_s"] / ref_block["tokens_per_s"], 3)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.name or time.strftime("bench-%Y%m%d-%H%M%S")
+    (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    plot(results, out_dir / f"{stem}.png")
+    _print_table(results)
+    print(f"wrote {out_dir / stem}.json and .png", file=sys.stderr)
+    return 0
+
+
+def _hf_pair(engine, engine_config):
+    """The target and drafter as plain transformers models for `generate(..., assistant_model=...)`."""
+    from mirrorspec.orchestration.engine import SELF_DRAFTER
+    from mirrorspec.workers.models import load_model, parse_device, parse_dtype
+
+    target = engine.target.model
+    if engine_config.drafter == SELF_DRAFTER:
+        # A separate copy: transformers keeps assistant state on the model object.
+        drafter = load_model(engine_config.target, dtype=parse_dtype(engine_config.dtype),
+                             device=parse_device(engine_config.device)).model
+    else:
+        drafter = engine.drafter.model
+    return target, drafter
+
+
+def _print_table(results: dict) -> None:
+    print(f"{'method':<12} {'tok/s':>8} {'speedup':>8} {'tau':>6} {'accept':>7} {'=ar':>6}")
+    for m, s in results["methods"].items():
+        o = s["overall"]
+        acc = "-" if o["acceptance_rate"] is None else f"{o['acceptance_rate']:.2f}"
+        print(f"{m:<12} {o['tokens_per_s']:>8.2f} {o['speedup_vs_ar']:>7.2f}x {o['tau'] or 0:>6.2f} {acc:>7} "
+              f"{o['equal_to_ar']:>3}/{o['prompts']}")

@@ -1,0 +1,244 @@
+"""The `mirrorspec` command line: generate (one prompt or a JSONL file) and bench.
+
+Bad input exits with status 2 and a message that names the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.orchestration.params import METHODS, SamplingParams, SpecParams
+
+logger = logging.getLogger("mirrorspec")
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models and engine (defaults from ray_config.yaml)")
+    g.add_argument("--config", help="path to ray_config.yaml (default: $MIRRORSPEC_CONFIG or ./ray_config.yaml)")
+    g.add_argument("--target", help="target model: a local HF folder or 'default'")
+    g.add_argument("--drafter", help="drafter model: a local HF folder, 'self', or 'none'")
+    g.add_argument("--dtype", help="float32 | bfloat16 | float16")
+    g.add_argument("--device", help="cpu | cuda | cuda:N")
+    g.add_argument("--drafter-device", help="device of the drafter (default: --device)")
+    g.add_argument("--max-batch", type=int, help="sequences decoded together")
+    g.add_argument("--max-model-len", type=int, help="prompt + new tokens per sequence")
+    g.add_argument("--threads", type=int, help="torch intra-op threads")
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("speculation (defaults from ray_config.yaml)")
+    g.add_argument("--gamma", type=int, help="chain: draft tokens per step")
+    g.add_argument("--tree-depth", type=int, help="tree: levels")
+    g.add_argument("--tree-topk", type=int, help="tree: children kept per level")
+    g.add_argument("--tree-nodes", type=int, help="tree: nodes verified per step")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling and stopping")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0, help="0 = off")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the target's chat template")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mirrorspec", description="Lossless speculative decoding engine")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate for one prompt or a JSONL file of prompts")
+    gen.add_argument("prompt", nargs="?", help="the prompt (or use --input)")
+    gen.add_argument("--method", help=f"{' | '.join(METHODS)}")
+    gen.add_argument("--stream", action="store_true", help="print tokens as they are accepted")
+    gen.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, stats")
+    gen.add_argument("--input", help="JSONL file: one {\"prompt\": ...} per line (optional per-line sampling keys)")
+    gen.add_argument("--output", help="JSONL file for --input results")
+    _add_engine_args(gen)
+    _add_spec_args(gen)
+    _add_sampling_args(gen)
+
+    bench = sub.add_parser("bench", help="compare methods on the bench prompt set")
+    from mirrorspec.bench.harness import add_bench_args
+
+    add_bench_args(bench)
+    _add_engine_args(bench)
+    _add_spec_args(bench)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace):
+    """ray_config.yaml, overridden by the flags the user gave."""
+    from mirrorspec.cluster.config import find_config, load_config
+
+    config = load_config(find_config(args.config))
+    engine_overrides = {
+        "target": args.target,
+        "drafter": args.drafter,
+        "dtype": args.dtype,
+        "device": args.device,
+        "drafter_device": args.drafter_device,
+        "max_batch": args.max_batch,
+        "max_model_len": args.max_model_len,
+        "threads": args.threads,
+    }
+    engine = dataclasses.replace(config.engine, **{k: v for k, v in engine_overrides.items() if v is not None})
+    if engine.drafter == "none":
+        engine = dataclasses.replace(engine, drafter=None)
+    spec_overrides = {
+        "method": getattr(args, "method", None),
+        "gamma": args.gamma,
+        "tree_depth": args.tree_depth,
+        "tree_topk": args.tree_topk,
+        "tree_nodes": args.tree_nodes,
+    }
+    spec = dataclasses.replace(config.speculation, **{k: v for k, v in spec_overrides.items() if v is not None})
+    return engine.validate(), spec
+
+
+def sampling_from_args(args: argparse.Namespace, overrides: dict | None = None) -> SamplingParams:
+    values = dict(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        stop=tuple(args.stop),
+    )
+    for key, value in (overrides or {}).items():
+        if key not in values:
+            raise InvalidRequestError(key, f"unknown sampling key; known: {', '.join(values)}")
+        values[key] = tuple(value) if key == "stop" else value
+    return SamplingParams(**values).validate()
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    rows = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InvalidRequestError("input", f"cannot read {path!r}: {exc.strerror}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequestError("input", f"line {number} is not valid JSON: {exc.msg}") from None
+        if not isinstance(row, dict) or "prompt" not in row:
+            raise InvalidRequestError("input", f"line {number} needs a \"prompt\" key")
+        rows.append(row)
+    return rows
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    if (args.prompt is None) == (args.input is None):
+        raise InvalidRequestError("prompt", "give a prompt or --input FILE (not both)")
+    if args.input and not args.output:
+        raise InvalidRequestError("output", "--input needs --output FILE")
+    engine_config, spec = resolve_config(args)
+    sampling = sampling_from_args(args)
+    spec.validate(engine_config.max_spec_nodes)
+    from mirrorspec.orchestration.engine import Engine
+
+    engine = Engine.from_config(engine_config)
+    if args.input:
+        return _generate_file(engine, args, spec)
+    streaming = args.stream and not args.json
+    out = None
+    for out in engine.stream(args.prompt, sampling, spec, chat=args.chat):
+        if streaming:
+            sys.stdout.write(out.new_text)
+            sys.stdout.flush()
+    if args.json:
+        print(json.dumps({"method": spec.method, **out.to_dict()}, ensure_ascii=False))
+        return 0
+    print("" if streaming else out.text)
+    print(f"[{spec.method}] {out.stats.summary()}", file=sys.stderr)
+    return 0
+
+
+def _generate_file(engine, args: argparse.Namespace, spec: SpecParams) -> int:
+    from tqdm import tqdm
+
+    rows = _read_jsonl(args.input)
+    prompts, params, errors = [], [], {}
+    for i, row in enumerate(rows):
+        overrides = {k: v for k, v in row.items() if k not in ("prompt", "id")}
+        try:
+            params.append(sampling_from_args(args, overrides))
+        except (InvalidRequestError, TypeError) as exc:
+            errors[i] = str(exc)
+            params.append(None)
+        prompts.append(row["prompt"])
+    outputs: list = [None] * len(rows)
+    request_ids = {}
+    for i, (prompt, p) in enumerate(zip(prompts, params)):
+        if i in errors:
+            continue
+        try:
+            request_ids[engine.add_request(prompt, p, spec, chat=args.chat)] = i
+        except InvalidRequestError as exc:
+            errors[i] = str(exc)
+    with tqdm(total=len(rows), desc=f"generate [{spec.method}]", unit="prompt", file=sys.stderr) as bar:
+        bar.update(len(errors))
+        while engine.has_unfinished():
+            for out in engine.step():
+                if out.finished:
+                    outputs[request_ids[out.request_id]] = out
+                    bar.update(1)
+    with open(args.output, "w", encoding="utf-8") as f:
+        for i, row in enumerate(rows):
+            record = {"id": row.get("id", i)}
+            if i in errors:
+                record["error"] = errors[i]
+            else:
+                record.update(outputs[i].to_dict())
+                record.pop("request_id")
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    for i, message in sorted(errors.items()):
+        print(f"row {i}: {message}", file=sys.stderr)
+    print(f"wrote {len(rows)} rows to {args.output} ({len(errors)} errors)", file=sys.stderr)
+    return EXIT_BAD_INPUT if errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    # transformers imports deepspeed, which warns about accelerator detection unless told; keep CUDA machines as is.
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if _has_cuda() else "cpu")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "generate":
+            return cmd_generate(args)
+        from mirrorspec.bench.harness import cmd_bench
+
+        engine_config, spec = resolve_config(args)
+        return cmd_bench(args, engine_config, spec)
+    except InvalidRequestError as exc:
+        print(f"mirrorspec: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
