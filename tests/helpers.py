@@ -1,0 +1,60 @@
+"""Tiny random models and engines for fast tests (token ids only, no tokenizer)."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+
+from mirrorspec.orchestration.engine import Engine
+from mirrorspec.workers.model_worker import ModelWorker
+from mirrorspec.workers.models import LoadedModel
+
+_COMMON = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=512)
+
+# Small sliding windows so that tests cross them.
+FAMILIES = {
+    "llama": lambda v: transformers.LlamaConfig(vocab_size=v, **_COMMON),
+    "qwen2": lambda v: transformers.Qwen2Config(vocab_size=v, **_COMMON),
+    "qwen3": lambda v: transformers.Qwen3Config(vocab_size=v, head_dim=8, **_COMMON),
+    "mistral": lambda v: transformers.MistralConfig(vocab_size=v, sliding_window=12, **_COMMON),
+    "gemma3": lambda v: transformers.Gemma3TextConfig(
+        vocab_size=v, head_dim=8, sliding_window=6, layer_types=["sliding_attention", "full_attention"], **_COMMON
+    ),
+    "gemma2": lambda v: transformers.Gemma2Config(
+        vocab_size=v, head_dim=8, sliding_window=6, layer_types=["sliding_attention", "full_attention"], **_COMMON
+    ),
+}
+
+
+def tiny_model(family: str = "llama", vocab: int = 64, seed: int = 0, sharpness: float = 1.0) -> LoadedModel:
+    """A random model; `sharpness` scales the output head so distributions are peaked, as a trained model's are."""
+    torch.manual_seed(seed)
+    config = FAMILIES[family](vocab)
+    attn = "eager" if family == "gemma2" else "sdpa"  # Gemma 2 soft-caps attention logits: eager only
+    config._attn_implementation = attn
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(sharpness)
+    model.requires_grad_(False)
+    return LoadedModel(path=None, model=model, tokenizer=None)
+
+
+def worker(loaded: LoadedModel, slots: int = 8, capacity: int = 256, spec: int = 64) -> ModelWorker:
+    return ModelWorker(loaded, max_slots=slots, capacity=capacity, max_spec_nodes=spec)
+
+
+def tiny_engine(target: LoadedModel, drafter: LoadedModel | None, *, max_batch: int = 8, eos_ids=(),
+                max_model_len: int = 128, max_spec_nodes: int = 64) -> Engine:
+    cap = max_model_len + max_spec_nodes + 1
+    return Engine(
+        worker(target, max_batch, cap, max_spec_nodes),
+        None if drafter is None else worker(drafter, max_batch, cap, max_spec_nodes),
+        eos_ids=eos_ids, max_model_len=max_model_len, max_batch=max_batch, max_spec_nodes=max_spec_nodes,
+    )
+
+
+def reference_logits(loaded: LoadedModel, ids: list[int]) -> torch.Tensor:
+    """Next-token logits recomputed from scratch by transformers' own forward."""
+    with torch.no_grad():
+        return loaded.model(torch.tensor([ids])).logits[0, -1].float()
