@@ -1,0 +1,169 @@
+"""Engine behaviour on tiny random models: losslessness under batching, stopping, streaming, errors, fallback."""
+
+import random
+
+import pytest
+
+from helpers import tiny_engine, tiny_model
+from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.orchestration.params import SamplingParams, SpecParams
+
+VOCAB = 96
+SPECS = [
+    SpecParams(method="chain", gamma=4),
+    SpecParams(method="chain", gamma=1),
+    SpecParams(method="tree", tree_depth=4, tree_topk=3, tree_nodes=10),
+    SpecParams(method="tree", tree_depth=2, tree_topk=5, tree_nodes=8),
+]
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny_model("llama", VOCAB, seed=1, sharpness=4.0)
+
+
+def prompts(n, seed=0):
+    rng = random.Random(seed)
+    return [[rng.randrange(VOCAB) for _ in range(rng.randint(1, 30))] for _ in range(n)]
+
+
+@pytest.mark.parametrize("drafter_kind", ["self", "other"])
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.method}-{s.shape()}")
+def test_greedy_equals_ar_at_any_batch_size(target, drafter_kind, spec):
+    drafter = target if drafter_kind == "self" else tiny_model("llama", VOCAB, seed=2, sharpness=4.0)
+    ps = prompts(9)
+    sampling = SamplingParams(max_new_tokens=20, ignore_eos=True)
+    ar = [o.token_ids for o in tiny_engine(target, None).generate(ps, sampling)]
+    for batch in (1, 4):
+        outs = tiny_engine(target, drafter, max_batch=batch).generate(ps, sampling, spec)
+        assert [o.token_ids for o in outs] == ar
+        if drafter_kind == "self":  # the target drafting for itself accepts every token it drafts
+            assert all(o.stats.tau > 1.5 for o in outs)
+
+
+def test_mixed_methods_join_and_leave_between_steps(target):
+    """Requests with different methods and lengths share batches; each still equals its ar output."""
+    drafter = tiny_model("llama", VOCAB, seed=3, sharpness=4.0)
+    engine = tiny_engine(target, drafter, max_batch=3)
+    ps = prompts(8, seed=5)
+    lengths = [3, 17, 8, 25, 1, 12, 6, 20]
+    specs = [SPECS[i % len(SPECS)] if i % 3 else SpecParams(method="ar") for i in range(8)]
+    expected = {}
+    for p, n in zip(ps, lengths):
+        (o,) = tiny_engine(target, None).generate([p], SamplingParams(max_new_tokens=n, ignore_eos=True))
+        expected[tuple(p)] = o.token_ids
+    ids = {engine.add_request(p, SamplingParams(max_new_tokens=n, ignore_eos=True), s): p
+           for p, n, s in zip(ps, lengths, specs)}
+    finished, max_live = {}, 0
+    while engine.has_unfinished():
+        outs = engine.step()
+        max_live = max(max_live, len(outs))
+        for o in outs:
+            if o.finished:
+                finished[o.request_id] = o
+    assert max_live == 3
+    for rid, p in ids.items():
+        assert finished[rid].token_ids == expected[tuple(p)]
+        assert finished[rid].finish_reason == "length"
+
+
+def test_eos_stops_exactly_even_inside_an_accepted_draft(target):
+    ps = prompts(6, seed=9)
+    (ref,) = tiny_engine(target, None).generate([ps[0]], SamplingParams(max_new_tokens=30, ignore_eos=True))
+    eos = ref.token_ids[7]
+    cut = ref.token_ids[: ref.token_ids.index(eos) + 1]
+    for spec in SPECS:
+        (out,) = tiny_engine(target, target, eos_ids=[eos]).generate([ps[0]], SamplingParams(max_new_tokens=30), spec)
+        assert out.token_ids == cut and out.finish_reason == "eos"
+
+
+def test_streaming_delivers_every_token_once_in_order(target):
+    engine = tiny_engine(target, target)
+    chunks = list(engine.stream(prompts(1)[0], SamplingParams(max_new_tokens=25, ignore_eos=True),
+                                SpecParams(method="chain", gamma=4)))
+    assert chunks[-1].finished and not any(c.finished for c in chunks[:-1])
+    streamed = [t for c in chunks for t in c.new_token_ids]
+    assert streamed == chunks[-1].token_ids and len(streamed) == 25
+    assert len(chunks) < 25  # several tokens per step were accepted and streamed together
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(prompt=[]), "prompt"),
+        (dict(prompt=[VOCAB + 5]), "prompt"),
+        (dict(sampling=SamplingParams(max_new_tokens=0)), "max_new_tokens"),
+        (dict(sampling=SamplingParams(max_new_tokens=10_000)), "max_new_tokens"),
+        (dict(prompt=[1] * 200), "prompt"),
+        (dict(sampling=SamplingParams(temperature=-0.5)), "temperature"),
+        (dict(sampling=SamplingParams(temperature=float("nan"))), "temperature"),
+        (dict(sampling=SamplingParams(top_p=0.0)), "top_p"),
+        (dict(sampling=SamplingParams(top_p=1.5)), "top_p"),
+        (dict(sampling=SamplingParams(top_k=-1)), "top_k"),
+        (dict(spec=SpecParams(method="medusa")), "method"),
+        (dict(spec=SpecParams(method="chain", gamma=0)), "gamma"),
+        (dict(spec=SpecParams(method="tree", tree_nodes=500)), "tree_nodes"),
+        (dict(prompt="text without a tokenizer"), "prompt"),
+    ],
+)
+def test_bad_input_names_the_field_and_the_batch_finishes(target, kwargs, field):
+    engine = tiny_engine(target, target)
+    good = prompts(3, seed=4)
+    base = dict(prompt=[5, 6, 7], sampling=SamplingParams(max_new_tokens=8, ignore_eos=True),
+                spec=SpecParams(method="chain"))
+    base.update(kwargs)
+    ok = dict(sampling=SamplingParams(max_new_tokens=8, ignore_eos=True), spec=SpecParams(method="chain"))
+    in_flight = [engine.add_request(p, ok["sampling"], ok["spec"]) for p in good]
+    engine.step()
+    with pytest.raises(InvalidRequestError) as err:
+        engine.add_request(base["prompt"], base["sampling"], base["spec"])
+    assert err.value.field == field and str(err.value).startswith(field)
+    done = {}
+    while engine.has_unfinished():
+        done.update({o.request_id: o for o in engine.step() if o.finished})
+    assert sorted(done) == sorted(in_flight)
+    assert all(len(o.token_ids) == 8 for o in done.values())
+
+
+def test_speculation_without_a_drafter_is_refused(target):
+    with pytest.raises(InvalidRequestError, match="drafter"):
+        tiny_engine(target, None).add_request([1, 2], SamplingParams(), SpecParams(method="tree"))
+
+
+class FlakyDrafter:
+    """Wraps a worker; its forward raises on chosen calls (a drafter that dies or times out)."""
+
+    def __init__(self, inner, fail_calls):
+        self.inner, self.fail_calls, self.calls = inner, set(fail_calls), 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls in self.fail_calls:
+            raise RuntimeError("drafter lost")
+        return self.inner.forward(*args, **kwargs)
+
+
+@pytest.mark.parametrize("fail_calls", [{3, 7}, set(range(2, 1000))], ids=["transient", "dead"])
+def test_failing_drafter_falls_back_without_losing_tokens(target, fail_calls):
+    ps = prompts(4, seed=8)
+    sampling = SamplingParams(max_new_tokens=20, ignore_eos=True)
+    ar = [o.token_ids for o in tiny_engine(target, None).generate(ps, sampling)]
+    engine = tiny_engine(target, target)
+    engine.scheduler.drafter = FlakyDrafter(engine.scheduler.drafter, fail_calls)
+    outs = engine.generate(ps, sampling, SpecParams(method="chain", gamma=3))
+    assert [o.token_ids for o in outs] == ar
+    assert sum(o.stats.fallback_steps for o in outs) > 0
+    if len(fail_calls) > 2:
+        assert engine.scheduler.drafter is None  # given up after repeated failures: ar from then on
+
+
+def test_abort_frees_the_slot(target):
+    engine = tiny_engine(target, target, max_batch=1)
+    first = engine.add_request([1, 2, 3], SamplingParams(max_new_tokens=50, ignore_eos=True), SpecParams("chain"))
+    engine.step()
+    engine.abort(first)
+    (out,) = engine.generate([[4, 5]], SamplingParams(max_new_tokens=5, ignore_eos=True), SpecParams("chain"))
+    assert len(out.token_ids) == 5
