@@ -33,12 +33,15 @@ class EngineConfig:
     max_spec_nodes: int = 64
     threads: int | None = None
     seed: int = 0
+    cpu_linear: str = "auto"  # auto | on | off: the few-row fp32 CPU matmul layout (workers/cpu_linear.py)
 
     def validate(self) -> "EngineConfig":
         for name in ("max_batch", "max_model_len", "max_spec_nodes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InvalidRequestError(name, f"must be an integer >= 1, got {value!r}")
+        if self.cpu_linear not in ("auto", "on", "off"):
+            raise InvalidRequestError("cpu_linear", f"must be auto, on or off, got {self.cpu_linear!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise InvalidRequestError("threads", f"must be an integer >= 1, got {self.threads!r}")
         return self

@@ -6,6 +6,7 @@ import torch
 import transformers
 
 from mirrorspec.orchestration.engine import Engine
+from mirrorspec.workers.cpu_linear import apply as apply_cpu_linear
 from mirrorspec.workers.model_worker import ModelWorker
 from mirrorspec.workers.models import LoadedModel
 
@@ -27,7 +28,8 @@ FAMILIES = {
 }
 
 
-def tiny_model(family: str = "llama", vocab: int = 64, seed: int = 0, sharpness: float = 1.0) -> LoadedModel:
+def tiny_model(family: str = "llama", vocab: int = 64, seed: int = 0, sharpness: float = 1.0,
+               cpu_linear: str = "off") -> LoadedModel:
     """A random model; `sharpness` scales the output head so distributions are peaked, as a trained model's are."""
     torch.manual_seed(seed)
     config = FAMILIES[family](vocab)
@@ -37,6 +39,7 @@ def tiny_model(family: str = "llama", vocab: int = 64, seed: int = 0, sharpness:
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(sharpness)
     model.requires_grad_(False)
+    apply_cpu_linear(model, cpu_linear)
     return LoadedModel(path=None, model=model, tokenizer=None)
 
 

@@ -27,9 +27,11 @@ def prompts(n, seed=0):
     return [[rng.randrange(VOCAB) for _ in range(rng.randint(1, 30))] for _ in range(n)]
 
 
-@pytest.mark.parametrize("drafter_kind", ["self", "other"])
+@pytest.mark.parametrize("drafter_kind", ["self", "other", "other-transposed-linear"])
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.method}-{s.shape()}")
 def test_greedy_equals_ar_at_any_batch_size(target, drafter_kind, spec):
+    if drafter_kind == "other-transposed-linear":
+        target = tiny_model("llama", VOCAB, seed=1, sharpness=4.0, cpu_linear="on")
     drafter = target if drafter_kind == "self" else tiny_model("llama", VOCAB, seed=2, sharpness=4.0)
     ps = prompts(9)
     sampling = SamplingParams(max_new_tokens=20, ignore_eos=True)

@@ -78,3 +78,8 @@ def ensure_default_model() -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+if __name__ == "__main__":  # `python -m mirrorspec.workers.default_model`: convert once, print the folder
+    logging.basicConfig(level=logging.INFO)
+    print(ensure_default_model())

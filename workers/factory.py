@@ -43,7 +43,7 @@ def eos_token_ids(loaded: LoadedModel) -> list[int]:
 def build_workers(config: EngineConfig) -> BuiltWorkers:
     dtype = parse_dtype(config.dtype)
     device = parse_device(config.device)
-    target = load_model(config.target, dtype=dtype, device=device, field="target")
+    target = load_model(config.target, dtype=dtype, device=device, field="target", cpu_linear=config.cpu_linear)
     positions = getattr(target.config, "max_position_embeddings", None) or config.max_model_len
     max_model_len = min(config.max_model_len, positions)
     sizes = dict(max_slots=config.max_batch, capacity=max_model_len + config.max_spec_nodes + 1,
@@ -55,7 +55,8 @@ def build_workers(config: EngineConfig) -> BuiltWorkers:
         drafter_worker = ModelWorker(target, **sizes)
     elif config.drafter:
         drafter_device = parse_device(config.drafter_device or config.device, "drafter_device")
-        drafter = load_model(config.drafter, dtype=dtype, device=drafter_device, field="drafter")
+        drafter = load_model(config.drafter, dtype=dtype, device=drafter_device, field="drafter",
+                             cpu_linear=config.cpu_linear)
         check_same_tokenizer(target, drafter)
         drafter_positions = getattr(drafter.config, "max_position_embeddings", None) or max_model_len
         if drafter_positions < max_model_len:

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.workers import cpu_linear as fast_cpu_linear
 from mirrorspec.workers.default_model import ensure_default_model
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def load_model(
     device: torch.device | str = "cpu",
     field: str = "target",
     attn_implementation: str = "sdpa",
+    cpu_linear: str = "auto",
 ) -> LoadedModel:
     folder = resolve_model_dir(path, field)
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
@@ -93,6 +95,8 @@ def load_model(
     )
     model.to(torch.device(device)).eval()
     model.requires_grad_(False)
+    if fast_cpu_linear.apply(model, cpu_linear):
+        logger.info("%s: few-token CPU linears use the transposed product", field)
     return LoadedModel(path=folder, model=model, tokenizer=load_tokenizer(folder))
 
 

@@ -1,0 +1,95 @@
+"""End-to-end on the embedded SmolLM2-135M-Instruct (fp32, CPU): lossless greedy decoding and model checks."""
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from mirrorspec.bench.harness import load_prompts
+from mirrorspec.orchestration.engine import Engine, EngineConfig
+from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.workers.default_model import ensure_default_model
+
+pytestmark = pytest.mark.real_model
+
+NEW_TOKENS = 20
+SPECS = {
+    "chain": SpecParams(method="chain", gamma=4),
+    "tree": SpecParams(method="tree", tree_depth=3, tree_topk=3, tree_nodes=8),
+}
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine.from_config(EngineConfig(drafter="self", max_batch=4))
+
+
+@pytest.fixture(scope="module")
+def bench_prompts():
+    rows = load_prompts(None, per_category=2)[:20]
+    assert len({r["category"] for r in rows}) >= 10
+    return [r["prompt"] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def ar_outputs(engine, bench_prompts):
+    engine.scheduler.max_batch = 1
+    outs = engine.generate(bench_prompts, SamplingParams(max_new_tokens=NEW_TOKENS), SpecParams(method="ar"), chat=True)
+    return [o.token_ids for o in outs]
+
+
+def test_ar_matches_transformers_generate(engine, bench_prompts, ar_outputs):
+    """The engine's own KV cache and masks reproduce transformers' greedy decoding."""
+    model, tok = engine.target.model, engine.tokenizer
+    for prompt, ours in list(zip(bench_prompts, ar_outputs))[:3]:
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)
+        with torch.inference_mode():
+            out = model.generate(**ids, do_sample=False, max_new_tokens=NEW_TOKENS,
+                                 eos_token_id=sorted(engine.eos_ids), pad_token_id=tok.pad_token_id)
+        assert out[0, ids["input_ids"].shape[1]:].tolist() == ours
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("method", sorted(SPECS))
+def test_greedy_speculation_is_token_identical_to_ar(engine, bench_prompts, ar_outputs, method, batch):
+    engine.scheduler.max_batch = batch
+    outs = engine.generate(bench_prompts, SamplingParams(max_new_tokens=NEW_TOKENS), SPECS[method], chat=True)
+    assert [o.token_ids for o in outs] == ar_outputs
+    assert sum(o.stats.accepted for o in outs) > 0.5 * sum(o.stats.target_forwards for o in outs)
+    assert all(o.text for o in outs)
+
+
+def test_stop_string_cuts_the_text(engine):
+    (out,) = engine.generate(["List the days of the week, one per line."],
+                             SamplingParams(max_new_tokens=40, stop=("Wednesday",)), SPECS["chain"], chat=True)
+    assert out.finish_reason == "stop" and "Wednesday" not in out.text and "Tuesday" in out.text
+
+
+def test_drafter_with_another_tokenizer_is_refused(tmp_path):
+    folder = tmp_path / "other-tokenizer"
+    tok = AutoTokenizer.from_pretrained(ensure_default_model())
+    tok.add_tokens(["<not-in-the-target>"])
+    tok.save_pretrained(folder)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8192)
+                     ).save_pretrained(folder)
+    with pytest.raises(InvalidRequestError) as err:
+        Engine.from_config(EngineConfig(drafter=str(folder)))
+    assert err.value.field == "drafter" and "tokenizer" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "config, field",
+    [
+        (EngineConfig(target="/no/such/folder"), "target"),
+        (EngineConfig(drafter="/no/such/drafter"), "drafter"),
+        (EngineConfig(dtype="float8"), "dtype"),
+        (EngineConfig(device="tpu"), "device"),
+        (EngineConfig(max_batch=0), "max_batch"),
+    ],
+)
+def test_bad_engine_config_names_the_field(config, field):
+    with pytest.raises(InvalidRequestError) as err:
+        Engine.from_config(config)
+    assert err.value.field == field
