@@ -1,0 +1,90 @@
+"""The `mirrorspec` command line: outputs, JSONL batches, and exit code 2 with the field named on bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from mirrorspec.orchestration.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv, field",
+    [
+        (["generate", "hi", "--temperature", "-1"], "temperature"),
+        (["generate", "hi", "--top-p", "0"], "top_p"),
+        (["generate", "hi", "--top-p", "1.2"], "top_p"),
+        (["generate", "hi", "--max-new-tokens", "0"], "max_new_tokens"),
+        (["generate", "hi", "--method", "lookahead"], "method"),
+        (["generate", "hi", "--gamma", "0", "--method", "chain"], "gamma"),
+        (["generate", "hi", "--target", "/no/such/model"], "target"),
+        (["generate", "hi", "--max-new-tokens", "100000"], "max_new_tokens"),
+        (["generate", "   "], "prompt"),
+        (["generate"], "prompt"),
+        (["generate", "--input", "x.jsonl"], "output"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_field(argv, field, capsys):
+    assert main(argv) == 2
+    assert f"error: {field}:" in capsys.readouterr().err
+
+
+def test_console_script_exit_code():
+    exe = shutil.which("mirrorspec") or str(__import__("pathlib").Path(sys.executable).parent / "mirrorspec")
+    run = subprocess.run([exe, "generate", "hi", "--temperature", "-3"], capture_output=True, text=True)
+    assert run.returncode == 2 and "temperature" in run.stderr
+
+
+def test_bad_config_key_is_named(tmp_path, capsys):
+    config = tmp_path / "ray_config.yaml"
+    config.write_text("engine:\n  max_btach: 4\n")
+    assert main(["generate", "hi", "--config", str(config)]) == 2
+    assert "engine.max_btach" in capsys.readouterr().err
+
+
+@pytest.mark.real_model
+def test_json_output_has_text_ids_and_stats(capsys):
+    assert main(["generate", "What is 2 + 2?", "--chat", "--json", "--method", "chain", "--drafter", "self",
+                 "--max-new-tokens", "12"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["text"] and len(record["token_ids"]) <= 12
+    assert record["method"] == "chain" and record["stats"]["tau"] >= 1.0
+    assert {"drafted", "accepted", "acceptance_rate", "acceptance_by_position", "ttft_s", "tpot_s",
+            "tokens_per_s"} <= set(record["stats"])
+
+
+@pytest.mark.real_model
+def test_jsonl_batch_keeps_going_past_bad_rows(tmp_path, capsys):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    rows = [
+        {"id": "a", "prompt": "Name a colour."},
+        {"id": "b", "prompt": ""},
+        {"id": "c", "prompt": "Name a fruit.", "temperature": -2},
+        {"id": "d", "prompt": "Name an animal.", "max_new_tokens": 6},
+    ]
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main(["generate", "--input", str(src), "--output", str(dst), "--chat", "--method", "tree",
+                 "--drafter", "self", "--max-new-tokens", "10"]) == 2
+    out = {r["id"]: r for r in map(json.loads, dst.read_text().splitlines())}
+    assert out["b"]["error"].startswith("prompt:") and out["c"]["error"].startswith("temperature:")
+    assert out["a"]["text"] and out["d"]["text"] and len(out["d"]["token_ids"]) <= 6
+    assert "2 errors" in capsys.readouterr().err
+
+
+@pytest.mark.real_model
+def test_bench_writes_results(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"id": f"p{i}", "category": c, "prompt": p}) for i, (c, p) in enumerate(
+        [("qa", "What is the capital of Italy?"), ("math", "What is 12 times 3?")])) + "\n")
+    assert main(["bench", "--prompts", str(prompts), "--methods", "ar,chain,tree,hf-assisted", "--drafter", "self",
+                 "--max-new-tokens", "8", "--out", str(tmp_path), "--name", "t"]) == 0
+    results = json.loads((tmp_path / "t.json").read_text())
+    assert (tmp_path / "t.png").stat().st_size > 10_000
+    for method in ("ar", "chain", "tree", "hf-assisted"):
+        overall = results["methods"][method]["overall"]
+        assert overall["prompts"] == 2 and overall["tokens_per_s"] > 0
+        assert overall["equal_to_ar"] == 2  # every method is lossless against ar
+    assert results["methods"]["chain"]["overall"]["tau"] > 1.5  # the target drafting for itself
+    assert set(results["methods"]["tree"]["categories"]) == {"qa", "math"}
