@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_args(bench)
     _add_engine_args(bench)
     _add_spec_args(bench)
+
+    train = sub.add_parser("train-drafter", help="distil a drafter for a target (self-distillation)")
+    from mirrorspec.training.pipeline import add_train_args
+
+    add_train_args(train)
     return parser
 
 
@@ -225,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return cmd_generate(args)
+        if args.command == "train-drafter":
+            from mirrorspec.training.pipeline import cmd_train_drafter
+
+            return cmd_train_drafter(args)
         from mirrorspec.bench.harness import cmd_bench
 
         engine_config, spec = resolve_config(args)

@@ -5,6 +5,9 @@ of their path; at the end the `budget` best nodes over all levels form the tree 
 arXiv 2406.16858). With topk = 1 this is a chain; a chain for a sampling request draws its tokens from the
 drafter's distribution (so that rejection sampling can use min(1, p/q)), every other node is a deterministic
 top-k pick. All rows of a batch expand together: one drafter forward per level.
+
+A feature drafter (EAGLE-style) takes a hidden state with every token: the target's for the catch-up tokens,
+and its own output at the parent for each tree node (the target has not seen the node yet).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class DraftJob:
     budget: int
     params: SamplingParams
     generator: torch.Generator
+    catchup_features: torch.Tensor | None = None  # [len(catchup), H] for feature drafters
 
 
 @dataclass
@@ -40,20 +44,23 @@ class Draft:
 @dataclass
 class _Expansion:
     job: DraftJob
-    frontier: list[tuple[int, torch.Tensor]]  # (tree node or ROOT, drafter logits at that node)
+    # (tree node or ROOT, drafter logits at that node, drafter hidden state at that node)
+    frontier: list[tuple[int, torch.Tensor, torch.Tensor]]
     tokens: list[int] = field(default_factory=list)
     parents: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     proposals: list[torch.Tensor | None] = field(default_factory=list)
     fed: list[int | None] = field(default_factory=list)
     fed_count: int = 0
+    parent_hidden: dict[int, torch.Tensor] = field(default_factory=dict)  # node -> hidden state of its parent
 
     def grow(self) -> list[int]:
         """Add one level of children; return the new tree nodes."""
         job = self.job
         sampled_chain = job.topk == 1 and not job.params.greedy
         candidates: list[tuple[float, int, int, torch.Tensor | None]] = []
-        for node, logits in self.frontier:
+        hidden_of = {node: hidden for node, _, hidden in self.frontier}
+        for node, logits, _ in self.frontier:
             base = self.scores[node] if node != ROOT else 0.0
             if sampled_chain:
                 q = probabilities(logits[None], job.params)[0]
@@ -66,6 +73,7 @@ class _Expansion:
         candidates.sort(key=lambda c: -c[0])  # stable: ties keep frontier order
         new = []
         for score, token, parent, proposal in candidates[: job.topk]:
+            self.parent_hidden[len(self.tokens)] = hidden_of[parent]
             new.append(len(self.tokens))
             self.tokens.append(token)
             self.parents.append(parent)
@@ -102,8 +110,10 @@ class _Expansion:
 def draft_trees(drafter: Worker, jobs: list[DraftJob]) -> list[Draft]:
     """Catch each sequence's drafter cache up, then expand all trees level by level."""
     seq_ids = [job.seq_id for job in jobs]
-    root_logits = drafter.forward(seq_ids, [job.catchup for job in jobs])
-    states = [_Expansion(job, frontier=[(ROOT, out[0])]) for job, out in zip(jobs, root_logits)]
+    features = [job.catchup_features for job in jobs] if drafter.uses_features else None
+    root_logits, root_hidden = drafter.forward_hidden(seq_ids, [job.catchup for job in jobs], features=features)
+    states = [_Expansion(job, frontier=[(ROOT, out[0], hid[-1])])
+              for job, out, hid in zip(jobs, root_logits, root_hidden)]
     for level in range(1, max(job.depth for job in jobs) + 1):
         feed = []
         for state in states:
@@ -115,12 +125,14 @@ def draft_trees(drafter: Worker, jobs: list[DraftJob]) -> list[Draft]:
                 feed.append((state, new))
         if not feed:
             continue
-        outputs = drafter.forward(
+        logits, hidden = drafter.forward_hidden(
             [s.job.seq_id for s, _ in feed],
             [[] for _ in feed],
             [[s.tokens[n] for n in new] for s, new in feed],
             [s.mark_fed(new) for s, new in feed],
+            features=[torch.stack([s.parent_hidden[n] for n in new]) for s, new in feed]
+            if drafter.uses_features else None,
         )
-        for (state, new), logits in zip(feed, outputs):
-            state.frontier = list(zip(new, logits))
+        for (state, new), out, hid in zip(feed, logits, hidden):
+            state.frontier = list(zip(new, out, hid))
     return [state.finish() for state in states]

@@ -45,10 +45,20 @@ class Sequence:
     finish_reason: str | None = None
     emitted_tokens: int = 0
     emitted_text: int = 0
+    # Target hidden states of positions 0..n-1 (only kept for feature drafters): features[:n_features].
+    features: torch.Tensor | None = None
+    n_features: int = 0
 
     def __post_init__(self) -> None:
         self.tokens = list(self.prompt_ids)
         self.stats.prompt_tokens = len(self.prompt_ids)
+
+    def add_features(self, rows: torch.Tensor) -> None:
+        if self.features is None:
+            size = len(self.prompt_ids) + self.sampling.max_new_tokens
+            self.features = torch.empty(size, rows.shape[-1], dtype=rows.dtype)
+        self.features[self.n_features : self.n_features + rows.shape[0]] = rows.cpu()
+        self.n_features += rows.shape[0]
 
     @property
     def finished(self) -> bool:
@@ -140,7 +150,7 @@ class Scheduler:
         rows = list(self.running)
         drafts = self._draft(rows)
         trees = [drafts[s.seq_id].tree if s.seq_id in drafts else DraftTree() for s in rows]
-        logits = self.target.forward(
+        logits, hidden = self.target.forward_hidden(
             [s.seq_id for s in rows],
             [[s.tokens[-1]] for s in rows],
             [t.tokens for t in trees],
@@ -148,11 +158,16 @@ class Scheduler:
         )
         target_paths: dict[int, list[int]] = {}
         drafter_paths: dict[int, list[int]] = {}
-        for seq, tree, out in zip(rows, trees, logits):
+        for seq, tree, out, hid in zip(rows, trees, logits, hidden):
             verdict = self._verify(seq, tree, out)
             target_paths[seq.seq_id] = verdict.path
+            if self._wants_features(seq):
+                seq.add_features(hid[[0] + [1 + n for n in verdict.path]])
             if seq.seq_id in drafts:
-                drafter_paths[seq.seq_id] = _fed_prefix(drafts[seq.seq_id], verdict.path)
+                # A feature drafter's tree nodes were computed from its own guesses of the hidden states: drop
+                # them and re-feed the accepted tokens with the target's real ones (EAGLE does the same).
+                keep = not self.drafter.uses_features
+                drafter_paths[seq.seq_id] = _fed_prefix(drafts[seq.seq_id], verdict.path) if keep else []
             seq.stats.record_step(len(tree), len(verdict.path))
             self.text.deliver(seq, [tree.tokens[n] for n in verdict.path] + [verdict.next_token])
             if seq.stats.first_token_time is None:
@@ -174,11 +189,17 @@ class Scheduler:
         prefill = [s for s in joining if len(s.tokens) > 1]
         if prefill:
             # Everything but the last prompt token: that one is fed by the first decoding step.
-            self.target.forward([s.seq_id for s in prefill], [s.tokens[:-1] for s in prefill])
+            _, hidden = self.target.forward_hidden([s.seq_id for s in prefill], [s.tokens[:-1] for s in prefill])
+            for seq, hid in zip(prefill, hidden):
+                if self._wants_features(seq):
+                    seq.add_features(hid)
         self.running += joining
 
     def _wants_draft(self, seq: Sequence) -> bool:
         return self.drafter is not None and seq.spec.method != "ar"
+
+    def _wants_features(self, seq: Sequence) -> bool:
+        return self._wants_draft(seq) and self.drafter.uses_features
 
     def _draft(self, rows: list[Sequence]) -> dict[int, Draft]:
         jobs = []
@@ -189,8 +210,13 @@ class Scheduler:
             depth = min(depth, seq.remaining - 1)  # never draft past max_new_tokens
             if depth < 1:
                 continue
-            catchup = seq.tokens[self.drafter.length(seq.seq_id) :]
-            jobs.append(DraftJob(seq.seq_id, catchup, depth, topk, budget, seq.sampling, seq.generator))
+            done = self.drafter.length(seq.seq_id)
+            if not self.drafter.uses_features:
+                jobs.append(DraftJob(seq.seq_id, seq.tokens[done:], depth, topk, budget, seq.sampling, seq.generator))
+            elif seq.n_features > done:
+                # Position p of a feature drafter takes the target's hidden state at p and token p + 1.
+                jobs.append(DraftJob(seq.seq_id, seq.tokens[done + 1 :], depth, topk, budget, seq.sampling,
+                                     seq.generator, catchup_features=seq.features[done : seq.n_features]))
         if not jobs:
             return {}
         try:

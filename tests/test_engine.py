@@ -141,11 +141,11 @@ class FlakyDrafter:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def forward(self, *args, **kwargs):
+    def forward_hidden(self, *args, **kwargs):
         self.calls += 1
         if self.calls in self.fail_calls:
             raise RuntimeError("drafter lost")
-        return self.inner.forward(*args, **kwargs)
+        return self.inner.forward_hidden(*args, **kwargs)
 
 
 @pytest.mark.parametrize("fail_calls", [{3, 7}, set(range(2, 1000))], ids=["transient", "dead"])

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from mirrorspec.orchestration.engine import SELF_DRAFTER, EngineConfig
 from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.workers import cpu_linear as fast_cpu_linear
+from mirrorspec.workers.drafter_model import Drafter, DrafterWorker, is_drafter_folder
 from mirrorspec.workers.model_worker import ModelWorker
 from mirrorspec.workers.models import (
     LoadedModel,
     check_same_tokenizer,
     load_model,
+    load_tokenizer,
     parse_device,
     parse_dtype,
 )
@@ -40,6 +44,21 @@ def eos_token_ids(loaded: LoadedModel) -> list[int]:
     return sorted(ids)
 
 
+def _trained_drafter(config: EngineConfig, target: LoadedModel, dtype, sizes: dict) -> DrafterWorker:
+    """A drafter made by `mirrorspec train-drafter` (reduced vocabulary, optionally feature-conditioned)."""
+    folder = Path(config.drafter)
+    drafter = Drafter.load(folder, dtype).to(parse_device(config.drafter_device or config.device, "drafter_device"))
+    check_same_tokenizer(target, LoadedModel(path=folder, model=drafter.lm, tokenizer=load_tokenizer(folder)))
+    if drafter.meta.target_vocab_size != target.config.vocab_size:
+        raise InvalidRequestError("drafter", f"drafter {str(folder)!r} was made for a {drafter.meta.target_vocab_size}"
+                                             f"-token vocabulary; the target has {target.config.vocab_size}")
+    if drafter.meta.feature_size and drafter.meta.feature_size != target.config.hidden_size:
+        raise InvalidRequestError("drafter", f"feature drafter {str(folder)!r} takes {drafter.meta.feature_size}-wide "
+                                             f"hidden states; the target's are {target.config.hidden_size}")
+    fast_cpu_linear.apply(drafter, config.cpu_linear)
+    return DrafterWorker(drafter, **sizes)
+
+
 def build_workers(config: EngineConfig) -> BuiltWorkers:
     dtype = parse_dtype(config.dtype)
     device = parse_device(config.device)
@@ -53,6 +72,8 @@ def build_workers(config: EngineConfig) -> BuiltWorkers:
         # The target drafts for itself: shared weights, a KV cache of its own. Useful to test losslessness with
         # long accepted paths; it is never faster than `ar`.
         drafter_worker = ModelWorker(target, **sizes)
+    elif config.drafter and is_drafter_folder(config.drafter):
+        drafter_worker = _trained_drafter(config, target, dtype, sizes)
     elif config.drafter:
         drafter_device = parse_device(config.drafter_device or config.device, "drafter_device")
         drafter = load_model(config.drafter, dtype=dtype, device=drafter_device, field="drafter",

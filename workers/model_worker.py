@@ -14,6 +14,8 @@ from mirrorspec.workers.models import LoadedModel
 
 
 class ModelWorker:
+    uses_features = False  # True for drafters that take the target's hidden states as input
+
     def __init__(self, loaded: LoadedModel, *, max_slots: int, capacity: int, max_spec_nodes: int) -> None:
         self.loaded = loaded
         self.model = loaded.model
@@ -64,24 +66,37 @@ class ModelWorker:
         self.cache.clear_speculation(seq_id)
 
     # ------------------------------------------------------------------------------------- forward
-    @torch.inference_mode()
     def forward(
         self,
         seq_ids: list[int],
         appends: list[list[int]],
         nodes: list[list[int]] | None = None,
         parents: list[list[int]] | None = None,
+        features: list[torch.Tensor] | None = None,
     ) -> list[torch.Tensor]:
         """One batched forward. Per row: logits [k, V] for the last appended token (if any) then each new node.
 
         `appends` are committed at once; `nodes` join the row's speculation tree (parent -1 = child of the
-        last committed token) until `commit` keeps one of their paths.
+        last committed token) until `commit` keeps one of their paths. `features` (per row, one vector per new
+        token) are for models that take hidden states as input (feature drafters); plain models ignore them.
         """
+        return self.forward_hidden(seq_ids, appends, nodes, parents, features)[0]
+
+    @torch.inference_mode()
+    def forward_hidden(
+        self,
+        seq_ids: list[int],
+        appends: list[list[int]],
+        nodes: list[list[int]] | None = None,
+        parents: list[list[int]] | None = None,
+        features: list[torch.Tensor] | None = None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """`forward`, plus per row the final (normed) hidden state of every new token, appends then nodes."""
         nodes = nodes if nodes is not None else [[] for _ in seq_ids]
         parents = parents if parents is not None else [[] for _ in seq_ids]
         plan = self.cache.plan(seq_ids, appends, nodes, parents)
         hidden = self._decoder(
-            input_ids=plan.input_ids.to(self.device),
+            **self._inputs(plan, features),
             attention_mask=self._masks(plan),
             position_ids=plan.position_ids.to(self.device),
             cache=self.cache.view(plan),
@@ -95,11 +110,18 @@ class ModelWorker:
             rows += [r] * len(wanted)
             cols += wanted
             counts.append(len(wanted))
-        picked = hidden[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)]
-        logits = self._lm_head(picked).float()
+        logits = self._logits(hidden[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)])
+        per_row = [hidden[r, : len(app) + len(nds)] for r, (app, nds) in enumerate(zip(appends, nodes))]
+        return list(torch.split(logits, counts)), per_row
+
+    def _inputs(self, plan: ForwardPlan, features: list[torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        return {"input_ids": plan.input_ids.to(self.device)}
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self._lm_head(hidden).float()
         if self._softcap:  # Gemma 2/3 cap their final logits inside the CausalLM forward we bypass
             logits = torch.tanh(logits / self._softcap) * self._softcap
-        return list(torch.split(logits, counts))
+        return logits
 
     def _masks(self, plan: ForwardPlan):
         if isinstance(self._windows, dict):

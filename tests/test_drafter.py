@@ -1,0 +1,122 @@
+"""Trained-drafter machinery on tiny models: losslessness with both kinds, training lowers the loss, exact resume."""
+
+import random
+
+import pytest
+import torch
+
+from helpers import tiny_model, worker
+from mirrorspec.orchestration.engine import Engine
+from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.training import data, trainer
+from mirrorspec.training.trainer import TrainConfig, multipass_mask, train
+from mirrorspec.workers.drafter_model import Drafter, DrafterWorker, new_drafter
+
+VOCAB = 80
+ARCH = {
+    "token": dict(layers=2, hidden=16, heads=2, kv_heads=1, intermediate=32),
+    "feature": dict(layers=1, hidden=32, heads=4, kv_heads=2, intermediate=64),
+}
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny_model("llama", VOCAB, seed=4, sharpness=5.0)
+
+
+def prompts(n, seed=0):
+    rng = random.Random(seed)
+    return [[rng.randrange(VOCAB) for _ in range(rng.randint(2, 12))] for _ in range(n)]
+
+
+def make_drafter(kind, target, seed=0):
+    torch.manual_seed(seed)
+    return new_drafter(kind, target.model, list(range(0, VOCAB, 2)) + [1, 3, 5], **ARCH[kind])  # a partial vocabulary
+
+
+def engine_with(target, drafter, batch=4):
+    return Engine(worker(target, batch, 200, 32), DrafterWorker(drafter, max_slots=batch, capacity=200,
+                                                                max_spec_nodes=32),
+                  max_model_len=160, max_batch=batch, max_spec_nodes=32)
+
+
+@pytest.fixture(scope="module")
+def labelled(target, tmp_path_factory):
+    """Self-distillation data from the tiny target, through the real data pipeline."""
+    folder = tmp_path_factory.mktemp("data")
+    ar = Engine(worker(target, 16, 200, 8), max_model_len=160, max_batch=16)
+    rows = [{"category": "x", "prompt": p} for p in prompts(48, seed=1)]
+    outs = ar.generate([r["prompt"] for r in rows], SamplingParams(max_new_tokens=24, ignore_eos=True))
+    responses = [{"prompt_ids": r["prompt"], "answer_ids": o.token_ids} for r, o in zip(rows, outs)]
+    data.label_sequences(target.model, responses, folder, shard_size=20)
+    return data.load_shards(folder)
+
+
+@pytest.mark.parametrize("kind", ["token", "feature"])
+@pytest.mark.parametrize("spec", [SpecParams(method="chain", gamma=4),
+                                  SpecParams(method="tree", tree_depth=3, tree_topk=3, tree_nodes=8)],
+                         ids=["chain", "tree"])
+def test_trained_drafter_kinds_stay_lossless(target, kind, spec):
+    ps = prompts(6)
+    sampling = SamplingParams(max_new_tokens=18, ignore_eos=True)
+    ar = [o.token_ids for o in Engine(worker(target), max_model_len=160).generate(ps, sampling)]
+    outs = engine_with(target, make_drafter(kind, target)).generate(ps, sampling, spec)
+    assert [o.token_ids for o in outs] == ar
+    assert sum(o.stats.drafted for o in outs) > 0
+
+
+def test_save_and_load_round_trip(target, tmp_path):
+    drafter = make_drafter("feature", target)
+    drafter.save(tmp_path)
+    loaded = Drafter.load(tmp_path)
+    assert loaded.meta == drafter.meta
+    for (name, a), (_, b) in zip(drafter.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_multipass_mask_matches_inference_attention():
+    m = multipass_mask(5, 3)
+    # pass 1 is causal
+    assert m[:5, :5].equal(torch.tril(torch.ones(5, 5, dtype=torch.bool)))
+    # pass 3 at position 4: pass-1 keys 0..2, pass-2 key at 3, pass-3 key at 4
+    row = m[10 + 4].view(3, 5)
+    assert row[0].tolist() == [True, True, True, False, False]
+    assert row[1].tolist() == [False, False, False, True, False]
+    assert row[2].tolist() == [False, False, False, False, True]
+
+
+@pytest.mark.parametrize("kind", ["token", "feature"])
+def test_training_lowers_the_distillation_loss(target, labelled, kind, tmp_path):
+    drafter = make_drafter(kind, target)
+    cfg = TrainConfig(steps=40, batch_size=4, lr=1e-2, warmup=5, eval_every=40, checkpoint_every=40, passes=2)
+    before = _eval_loss(drafter, labelled, cfg)
+    train(drafter, labelled[4:], labelled[:4], cfg, tmp_path)
+    assert _eval_loss(drafter, labelled, cfg) < before - 0.1
+
+
+def test_resume_equals_an_uninterrupted_run(target, labelled, tmp_path, monkeypatch):
+    cfg = TrainConfig(steps=12, batch_size=3, lr=3e-3, warmup=2, eval_every=6, checkpoint_every=6, passes=2)
+    whole = make_drafter("feature", target, seed=7)
+    train(whole, labelled, labelled[:3], cfg, tmp_path / "whole")
+
+    save = trainer._save_checkpoint
+
+    def crash_after_first_checkpoint(path, drafter, opt, step, history):
+        save(path, drafter, opt, step, history)
+        raise KeyboardInterrupt  # the run is killed right after step 6 is on disk
+
+    monkeypatch.setattr(trainer, "_save_checkpoint", crash_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_drafter("feature", target, seed=7), labelled, labelled[:3], cfg, tmp_path / "resumed")
+    monkeypatch.undo()
+    fresh = make_drafter("feature", target, seed=99)  # different init: everything must come from the checkpoint
+    train(fresh, labelled, labelled[:3], cfg, tmp_path / "resumed")
+    for (name, a), (_, b) in zip(whole.state_dict().items(), fresh.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def _eval_loss(drafter, examples, cfg):
+    from mirrorspec.training.trainer import evaluate
+
+    stats = evaluate(drafter, examples, cfg)
+    return stats["loss"]

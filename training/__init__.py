@@ -1,0 +1,1 @@
+"""training: self-distillation data and drafter training (mirrorspec train-drafter)."""

@@ -1,0 +1,105 @@
+"""`mirrorspec train-drafter`: prompts -> target answers -> target labels -> a trained drafter folder.
+
+Every stage is resumable: answers and labels are appended to the data folder, training checkpoints to the output
+folder; rerunning the same command continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.training import data
+from mirrorspec.training.prompt_bank import generate_prompts
+from mirrorspec.training.trainer import TrainConfig, train
+from mirrorspec.workers.drafter_model import KINDS, new_drafter
+
+logger = logging.getLogger(__name__)
+
+# Architectures: the token drafter is a 4-layer, 384-wide Llama; the feature drafter one target-width layer.
+ARCHS = {
+    "token": dict(layers=4, hidden=384, heads=6, kv_heads=2, intermediate=1024),
+    "feature": dict(layers=1, hidden=None, heads=None, kv_heads=None, intermediate=None),  # from the target
+}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="default", help="target model folder (or 'default')")
+    p.add_argument("--out", required=True, help="output drafter folder")
+    p.add_argument("--kind", choices=KINDS, required=True)
+    p.add_argument("--data", help="data folder (default: <cache>/drafter-data/<target name>)")
+    p.add_argument("--prompts", type=int, default=4000, help="prompts the target answers")
+    p.add_argument("--max-new-tokens", type=int, default=192, help="answer length cap")
+    p.add_argument("--gen-batch", type=int, default=32, help="batch size of the target while answering")
+    p.add_argument("--draft-vocab", type=int, default=8192)
+    p.add_argument("--eval-fraction", type=float, default=0.03)
+    p.add_argument("--threads", type=int)
+    for f in dataclasses.fields(TrainConfig):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+
+
+def cmd_train_drafter(args: argparse.Namespace) -> int:
+    from mirrorspec.orchestration.engine import Engine, EngineConfig
+    from mirrorspec.workers.default_model import cache_dir
+    from mirrorspec.workers.factory import eos_token_ids
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not 0.0 < args.eval_fraction < 0.5:
+        raise InvalidRequestError("eval_fraction", "must be in (0, 0.5)")
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    engine = Engine.from_config(EngineConfig(target=args.target, max_batch=args.gen_batch, cpu_linear="auto"))
+    target = engine.target.loaded
+    data_dir = Path(args.data) if args.data else cache_dir() / "drafter-data" / target.path.name
+    data_dir.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    prompts = generate_prompts(args.prompts, seed=cfg.seed)
+    data.generate_responses(engine, prompts, data_dir, max_new_tokens=args.max_new_tokens, batch=args.gen_batch)
+    responses = data.read_responses(data_dir)[: args.prompts]
+    data.label_sequences(target.model, responses, data_dir)
+    examples = data.load_shards(data_dir)[: args.prompts]
+    # A fixed held-out split: every k-th example.
+    stride = round(1 / args.eval_fraction)
+    eval_set = examples[::stride]
+    train_set = [e for i, e in enumerate(examples) if i % stride]
+
+    vocab = data.draft_vocabulary(responses, args.draft_vocab, always=eos_token_ids(target))
+    arch = dict(ARCHS[args.kind])
+    if args.kind == "feature":
+        tc = target.config
+        arch.update(hidden=tc.hidden_size, heads=tc.num_attention_heads, kv_heads=tc.num_key_value_heads,
+                    intermediate=tc.intermediate_size)
+    torch.manual_seed(cfg.seed)
+    drafter = new_drafter(args.kind, target.model, vocab, **arch)
+    final = train(drafter, train_set, eval_set, cfg, out)
+    drafter.save(out)
+    for name in TOKENIZER_FILES:  # the drafter speaks the target's tokenizer; ship it so the check can see that
+        if (target.path / name).exists():
+            shutil.copy(target.path / name, out / name)
+    report = {
+        "command": "mirrorspec train-drafter " + " ".join(sys.argv[2:]),
+        "target": str(target.path),
+        "kind": args.kind,
+        "examples": {"train": len(train_set), "eval": len(eval_set)},
+        "answer_tokens": sum(len(r["answer_ids"]) for r in responses),
+        "draft_vocab": len(vocab),
+        "parameters": sum(p.numel() for p in drafter.parameters()),
+        "seconds": round(time.time() - started),
+        "final": final,
+    }
+    (out / "training_report.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report["final"].get("eval", {}), indent=1))
+    return 0
