@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 # Consecutive drafter failures after which the engine stops asking it and decodes as `ar`.
 DRAFTER_FAILURE_LIMIT = 3
+# Padded tokens per prefill forward: joining prompts are prefilled in groups of about this size.
+PREFILL_TOKEN_BUDGET = 4096
 
 
 @dataclass
@@ -181,19 +183,29 @@ class Scheduler:
     def _admit(self) -> None:
         joining = []
         while self.waiting and len(self.running) + len(joining) < self.max_batch:
-            seq = self.waiting.popleft()
+            joining.append(self.waiting.popleft())
+        # Shortest first: prefill groups of similar length waste little on padding and get consecutive slots.
+        joining.sort(key=lambda s: len(s.tokens))
+        for seq in joining:
             self.target.open(seq.seq_id)
             if self._wants_draft(seq):
                 self.drafter.open(seq.seq_id)
-            joining.append(seq)
-        prefill = [s for s in joining if len(s.tokens) > 1]
-        if prefill:
-            # Everything but the last prompt token: that one is fed by the first decoding step.
-            _, hidden = self.target.forward_hidden([s.seq_id for s in prefill], [s.tokens[:-1] for s in prefill])
-            for seq, hid in zip(prefill, hidden):
-                if self._wants_features(seq):
-                    seq.add_features(hid)
+        group: list[Sequence] = []
+        for seq in (s for s in joining if len(s.tokens) > 1):
+            if group and (len(group) + 1) * len(seq.tokens) > PREFILL_TOKEN_BUDGET:
+                self._prefill(group)
+                group = []
+            group.append(seq)
+        if group:
+            self._prefill(group)
         self.running += joining
+
+    def _prefill(self, group: list[Sequence]) -> None:
+        # Everything but the last prompt token: that one is fed by the first decoding step.
+        _, hidden = self.target.forward_hidden([s.seq_id for s in group], [s.tokens[:-1] for s in group])
+        for seq, hid in zip(group, hidden):
+            if self._wants_features(seq):
+                seq.add_features(hid)
 
     def _wants_draft(self, seq: Sequence) -> bool:
         return self.drafter is not None and seq.spec.method != "ar"

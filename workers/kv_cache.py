@@ -3,8 +3,8 @@
 Layout. One key and one value buffer of shape [layers, slots, kv_heads, capacity + 1, head_dim], allocated
 once (static shapes, so a CUDA-graph / torch.compile path can capture forwards without re-allocating). Each
 live sequence owns one slot. Live sequences always occupy slots 0..n-1 (a released slot is refilled by moving
-the last sequence into it), so a forward over all live sequences reads plain views of the buffers, with no
-gather. Position `capacity` of every slot is a trash column: padding tokens write there and nobody reads it.
+the last sequence into it), and workers order each batch by slot, so a forward over all live sequences (or over
+the newest ones, as a prefill is) reads plain views of the buffers, with no gather. Position `capacity` of every slot is a trash column: padding tokens write there and nobody reads it.
 
 Per slot the cache knows:
   length        committed tokens, at positions [0, length)
@@ -45,7 +45,7 @@ class ForwardPlan:
     key_positions: torch.Tensor  # [B, V] RoPE position of every visible key column
     allowed: torch.Tensor  # [B, T, V] bool: query t may attend key column v
     view_len: int  # V: number of buffer columns visible to this forward
-    contiguous: bool  # slots == 0..B-1, so buffers are read as views
+    contiguous: bool  # slots are consecutive (s0, s0+1, ...), so buffers are read as views, not gathered
 
 
 class KVCache:
@@ -247,7 +247,7 @@ class KVCache:
             key_positions[r] = self.key_pos[slot, :view_len]
             new_cols = write_pos[r, :q1]
             key_positions[r, new_cols] = position_ids[r, :q1]
-        contiguous = slots == list(range(rows))
+        contiguous = slots == list(range(slots[0], slots[0] + rows))
         return ForwardPlan(
             slots=torch.tensor(slots),
             input_ids=input_ids,
@@ -293,8 +293,9 @@ class CacheView(Cache):
         keys[self._rows, :, self._cols] = key_states.transpose(1, 2).to(keys.dtype)
         values[self._rows, :, self._cols] = value_states.transpose(1, 2).to(values.dtype)
         if self._contiguous:
-            n = self._slots.shape[0]
-            return keys[:n, :, : self._view_len], values[:n, :, : self._view_len]
+            first, n = int(self._slots[0]), self._slots.shape[0]
+            rows = slice(first, first + n)
+            return keys[rows, :, : self._view_len], values[rows, :, : self._view_len]
         return keys[self._slots, :, : self._view_len], values[self._slots, :, : self._view_len]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

@@ -94,6 +94,14 @@ class ModelWorker:
         """`forward`, plus per row the final (normed) hidden state of every new token, appends then nodes."""
         nodes = nodes if nodes is not None else [[] for _ in seq_ids]
         parents = parents if parents is not None else [[] for _ in seq_ids]
+        # Rows in slot order let the cache hand attention views of its buffers instead of gathered copies.
+        order = sorted(range(len(seq_ids)), key=lambda i: self.cache.slot(seq_ids[i]))
+        if order != list(range(len(seq_ids))):
+            pick = lambda xs: None if xs is None else [xs[i] for i in order]  # noqa: E731
+            logits, hidden = self.forward_hidden(pick(seq_ids), pick(appends), pick(nodes), pick(parents),
+                                                 pick(features))
+            back = {i: k for k, i in enumerate(order)}
+            return [logits[back[i]] for i in range(len(order))], [hidden[back[i]] for i in range(len(order))]
         plan = self.cache.plan(seq_ids, appends, nodes, parents)
         hidden = self._decoder(
             **self._inputs(plan, features),
