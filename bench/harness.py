@@ -5,7 +5,9 @@ one warm-up generation per method, wall time around each generation. Per method 
 (sum of tokens / sum of seconds), tau (tokens per target forward, bonus included), acceptance rate, speedup over
 `ar`, and whether the output equals `ar`'s token for token (Spec-Bench's lossless check). `hf-assisted` is
 transformers' own assisted generation (`generate(..., assistant_model=...)`) with the same pair; its tau counts
-target forwards with a hook. Writes JSON and a PNG plot.
+target forwards with a hook. A method can carry draft-shape options, e.g. `chain:gamma=3` or
+`tree:tree_depth=4+tree_topk=2`. The drafter's and the target's forward cost per token are timed on one thread.
+Writes JSON and a PNG plot.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ DEFAULT_PROMPTS = "spec_bench_mini.jsonl"
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--methods", default="ar,chain,tree,hf-assisted", help=f"comma list of {', '.join(BENCH_METHODS)}")
+    p.add_argument("--methods", default="ar,chain,tree,hf-assisted",
+                   help=f"comma list of {', '.join(BENCH_METHODS)}, each optionally ':key=value+key=value'")
+    p.add_argument("--hf-assistant", help="assistant model folder for hf-assisted (default: the engine's drafter)")
     p.add_argument("--prompts", help="JSONL with id, category, prompt (default: the project's Spec-Bench-style set)")
     p.add_argument("--per-category", type=int, default=0, help="use only the first N prompts of each category")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -64,10 +68,28 @@ class Record:
     target_forwards: int
     drafted: int = 0
     accepted: int = 0
+    drafts: int = 0
+    accepted_per_position: list[int] = dataclasses.field(default_factory=list)
 
 
-def run_engine_method(engine, method: str, spec: SpecParams, prompts: list[dict], max_new: int, batch: int, bar) -> list[Record]:
-    spec = dataclasses.replace(spec, method=method)
+def parse_method(label: str, spec: SpecParams) -> tuple[str, SpecParams]:
+    """`tree:tree_depth=4+tree_topk=2` -> ("tree", spec with those fields)."""
+    from mirrorspec.orchestration.errors import InvalidRequestError
+
+    name, _, options = label.partition(":")
+    if name not in BENCH_METHODS:
+        raise InvalidRequestError("methods", f"unknown method {name!r}; choose from {', '.join(BENCH_METHODS)}")
+    fields = {f.name for f in dataclasses.fields(SpecParams)} - {"method"}
+    values = {}
+    for option in filter(None, options.split("+")):
+        key, _, value = option.partition("=")
+        if key not in fields or not value.isdigit():
+            raise InvalidRequestError("methods", f"bad option {option!r} in {label!r}; use {sorted(fields)}=N")
+        values[key] = int(value)
+    return name, dataclasses.replace(spec, method=name if name in METHODS else spec.method, **values)
+
+
+def run_engine_method(engine, spec: SpecParams, prompts: list[dict], max_new: int, batch: int, bar) -> list[Record]:
     sampling = SamplingParams(max_new_tokens=max_new)
     engine.generate([prompts[0]["prompt"]], sampling, spec, chat=True)  # warm-up
     records = []
@@ -80,8 +102,10 @@ def run_engine_method(engine, method: str, spec: SpecParams, prompts: list[dict]
             if out.error:
                 raise RuntimeError(f"{row['id']}: {out.error}")
             # Per-prompt time of a batch is the batch's wall time shared by its prompts.
+            st = out.stats
             records.append(Record(row["id"], row["category"], out.token_ids, seconds / len(chunk),
-                                  out.stats.target_forwards, out.stats.drafted, out.stats.accepted))
+                                  st.target_forwards, st.drafted, st.accepted, st.drafts,
+                                  list(st.accepted_per_position)))
         bar.update(len(chunk))
     return records
 
@@ -120,6 +144,10 @@ def summarize(records: list[Record], reference: list[Record] | None) -> dict:
         seconds = sum(r.seconds for r in rs)
         forwards = sum(r.target_forwards for r in rs)
         drafted = sum(r.drafted for r in rs)
+        drafts = sum(r.drafts for r in rs)
+        depth = max((len(r.accepted_per_position) for r in rs), default=0)
+        per_position = [sum(r.accepted_per_position[k] for r in rs if len(r.accepted_per_position) > k)
+                        for k in range(depth)]
         out = {
             "prompts": len(rs),
             "tokens": tokens,
@@ -127,6 +155,7 @@ def summarize(records: list[Record], reference: list[Record] | None) -> dict:
             "tokens_per_s": round(tokens / seconds, 3) if seconds else None,
             "tau": round(tokens / forwards, 3) if forwards else None,
             "acceptance_rate": round(sum(r.accepted for r in rs) / drafted, 4) if drafted else None,
+            "acceptance_by_position": [round(n / drafts, 4) for n in per_position] if drafts else None,
         }
         if refs is not None:
             out["equal_to_ar"] = sum(a.tokens == b.tokens for a, b in zip(rs, refs))
@@ -176,28 +205,32 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams) -> int:
 
     from mirrorspec.orchestration.engine import Engine
     from mirrorspec.orchestration.errors import InvalidRequestError
+    from mirrorspec.workers.factory import resolve_drafter
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    for m in methods:
-        if m not in BENCH_METHODS:
-            raise InvalidRequestError("methods", f"unknown method {m!r}; choose from {', '.join(BENCH_METHODS)}")
+    parsed = {label: parse_method(label, spec) for label in methods}
     if "ar" not in methods:
         methods.insert(0, "ar")  # the reference for speedup and equality
-    if HF_ASSISTED in methods and args.batch_size != 1:
+        parsed["ar"] = ("ar", dataclasses.replace(spec, method="ar"))
+    if any(name == HF_ASSISTED for name, _ in parsed.values()) and args.batch_size != 1:
         raise InvalidRequestError("batch_size", "hf-assisted only supports batch size 1 (a transformers limit)")
+    if any(name in ("chain", "tree") for name, _ in parsed.values()) and not engine_config.drafter:
+        raise InvalidRequestError("drafter", "chain and tree need a drafter (--drafter DIR or self)")
     prompts = load_prompts(args.prompts, args.per_category)
-    engine_config = dataclasses.replace(engine_config, max_batch=max(engine_config.max_batch, args.batch_size))
+    engine_config = dataclasses.replace(engine_config, max_batch=max(engine_config.max_batch, args.batch_size),
+                                        drafter=resolve_drafter(engine_config))
     engine = Engine.from_config(engine_config)
     records: dict[str, list[Record]] = {}
-    for method in methods:
-        with tqdm(total=len(prompts), desc=f"bench {method}", unit="prompt", file=sys.stderr) as bar:
-            if method == HF_ASSISTED:
-                target, drafter = _hf_pair(engine, engine_config)
-                records[method] = run_hf_assisted(target, drafter, engine.tokenizer, prompts, args.max_new_tokens,
-                                                  sorted(engine.eos_ids), bar)
+    for label in methods:
+        name, method_spec = parsed[label]
+        with tqdm(total=len(prompts), desc=f"bench {label}", unit="prompt", file=sys.stderr) as bar:
+            if name == HF_ASSISTED:
+                target, assistant = _hf_pair(engine, engine_config, args.hf_assistant)
+                records[label] = run_hf_assisted(target, assistant, engine.tokenizer, prompts, args.max_new_tokens,
+                                                 sorted(engine.eos_ids), bar)
             else:
-                records[method] = run_engine_method(engine, method, spec, prompts, args.max_new_tokens,
-                                                    args.batch_size, bar)
+                records[label] = run_engine_method(engine, method_spec, prompts, args.max_new_tokens,
+                                                   args.batch_size, bar)
     ref = records["ar"]
     results = {
         "target": str(engine_config.target),
@@ -207,7 +240,9 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams) -> int:
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
         "spec": dataclasses.asdict(spec),
+        "hf_assistant": args.hf_assistant or str(engine_config.drafter),
         "prompts": len(prompts),
+        "forward_cost_1_thread": forward_cost(engine),
         "methods": {m: summarize(rs, ref) for m, rs in records.items()},
     }
     base = results["methods"]["ar"]
@@ -225,19 +260,50 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams) -> int:
     return 0
 
 
-def _hf_pair(engine, engine_config):
-    """The target and drafter as plain transformers models for `generate(..., assistant_model=...)`."""
+def _hf_pair(engine, engine_config, assistant: str | None):
+    """The target and an assistant as transformers models for `generate(..., assistant_model=...)`."""
+    from mirrorspec.bench.hf_assistant import draft_vocab_assistant
     from mirrorspec.orchestration.engine import SELF_DRAFTER
+    from mirrorspec.workers.drafter_model import is_drafter_folder
     from mirrorspec.workers.models import load_model, parse_device, parse_dtype
 
-    target = engine.target.model
-    if engine_config.drafter == SELF_DRAFTER:
-        # A separate copy: transformers keeps assistant state on the model object.
-        drafter = load_model(engine_config.target, dtype=parse_dtype(engine_config.dtype),
-                             device=parse_device(engine_config.device)).model
-    else:
-        drafter = engine.drafter.model
-    return target, drafter
+    path = assistant or engine_config.drafter
+    dtype, device = parse_dtype(engine_config.dtype), parse_device(engine_config.device)
+    if path == SELF_DRAFTER:
+        path = engine_config.target  # a separate copy: transformers keeps assistant state on the model object
+    if is_drafter_folder(path):
+        return engine.target.model, draft_vocab_assistant(path, dtype)
+    return engine.target.model, load_model(path, dtype=dtype, device=device, field="hf_assistant").model
+
+
+def forward_cost(engine, context: int = 128, repeats: int = 20) -> dict:
+    """Milliseconds per single-token decode forward on one thread: the target's and the drafter's."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = {"target_ms": _decode_ms(engine.target, context, repeats)}
+        drafter = engine.scheduler.drafter
+        if drafter is not None:
+            out["drafter_ms"] = _decode_ms(drafter, context, repeats)
+            out["drafter_over_target"] = round(out["drafter_ms"] / out["target_ms"], 4)
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _decode_ms(worker, context: int, repeats: int) -> float:
+    seq = -1  # a sequence id no request uses
+    feats = (lambda n: [torch.zeros(n, worker.drafter.meta.feature_size)]) if worker.uses_features else (lambda n: None)
+    worker.open(seq)
+    try:
+        worker.forward([seq], [list(range(1, context + 1))], features=feats(context))
+        worker.forward([seq], [[5]], features=feats(1))  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            worker.forward([seq], [[5]], features=feats(1))
+        return round((time.perf_counter() - start) / repeats * 1000, 3)
+    finally:
+        worker.release(seq)
 
 
 def _print_table(results: dict) -> None:

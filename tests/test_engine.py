@@ -3,6 +3,7 @@
 import random
 
 import pytest
+import torch
 
 from helpers import tiny_engine, tiny_model
 from mirrorspec.orchestration.errors import InvalidRequestError
@@ -169,3 +170,25 @@ def test_abort_frees_the_slot(target):
     engine.abort(first)
     (out,) = engine.generate([[4, 5]], SamplingParams(max_new_tokens=5, ignore_eos=True), SpecParams("chain"))
     assert len(out.token_ids) == 5
+
+
+def test_bfloat16_models_stay_lossless():
+    """Greedy equality holds within one dtype: bf16 target and drafter, bf16 KV cache."""
+    target = tiny_model("qwen3", VOCAB, seed=6, sharpness=4.0)
+    drafter = tiny_model("qwen3", VOCAB, seed=7, sharpness=4.0)
+    for loaded in (target, drafter):
+        loaded.model.to(torch.bfloat16)
+    ps = prompts(5, seed=3)
+    sampling = SamplingParams(max_new_tokens=16, ignore_eos=True)
+    engine = tiny_engine(target, drafter)
+    assert engine.target.cache.keys.dtype == torch.bfloat16
+    ar = [o.token_ids for o in tiny_engine(target, None).generate(ps, sampling)]
+    for spec in SPECS[:3]:
+        assert [o.token_ids for o in engine.generate(ps, sampling, spec)] == ar
+
+
+def test_generate_reports_a_bad_prompt_and_finishes_the_rest(target):
+    outs = tiny_engine(target, target).generate([[1, 2], [], [3, 4, 5]], SamplingParams(max_new_tokens=4),
+                                                SpecParams(method="tree"))
+    assert outs[1].error.startswith("prompt:") and outs[1].finish_reason == "error"
+    assert [len(outs[0].token_ids), len(outs[2].token_ids)] == [4, 4]

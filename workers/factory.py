@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from mirrorspec.workers import cpu_linear as fast_cpu_linear
 from mirrorspec.workers.drafter_model import Drafter, DrafterWorker, is_drafter_folder
 from mirrorspec.workers.model_worker import ModelWorker
 from mirrorspec.workers.models import (
+    DEFAULT,
     LoadedModel,
     check_same_tokenizer,
     load_model,
@@ -21,6 +23,9 @@ from mirrorspec.workers.models import (
 )
 
 logger = logging.getLogger(__name__)
+
+# Made by `mirrorspec train-drafter` for SmolLM2-135M-Instruct (the exact command is in its training_report.json).
+DEFAULT_DRAFTER_DIR = Path(__file__).resolve().parents[1] / "drafters" / "smollm2-135m-feature"
 
 
 @dataclass
@@ -44,6 +49,18 @@ def eos_token_ids(loaded: LoadedModel) -> list[int]:
     return sorted(ids)
 
 
+def resolve_drafter(config: EngineConfig) -> str | None:
+    """`default` -> the drafter shipped in this repository for the embedded default target."""
+    if config.drafter != DEFAULT:
+        return config.drafter
+    if config.target != DEFAULT:
+        raise InvalidRequestError("drafter", "'default' names the shipped drafter of the default target; "
+                                             "give a drafter folder (or 'self') for this target")
+    if not DEFAULT_DRAFTER_DIR.is_dir():
+        raise InvalidRequestError("drafter", f"the shipped default drafter is missing ({DEFAULT_DRAFTER_DIR})")
+    return str(DEFAULT_DRAFTER_DIR)
+
+
 def _trained_drafter(config: EngineConfig, target: LoadedModel, dtype, sizes: dict) -> DrafterWorker:
     """A drafter made by `mirrorspec train-drafter` (reduced vocabulary, optionally feature-conditioned)."""
     folder = Path(config.drafter)
@@ -60,6 +77,7 @@ def _trained_drafter(config: EngineConfig, target: LoadedModel, dtype, sizes: di
 
 
 def build_workers(config: EngineConfig) -> BuiltWorkers:
+    config = dataclasses.replace(config, drafter=resolve_drafter(config))
     dtype = parse_dtype(config.dtype)
     device = parse_device(config.device)
     target = load_model(config.target, dtype=dtype, device=device, field="target", cpu_linear=config.cpu_linear)

@@ -1,0 +1,40 @@
+"""A mirrorspec token drafter as a full-vocabulary transformers model, for `generate(assistant_model=...)`.
+
+transformers' assisted generation needs an assistant that reads and writes the target's token ids. A token
+drafter is a Llama over a reduced draft vocabulary: this subclass maps ids in and scatters logits out (tokens
+outside the draft vocabulary get -inf, exactly as in mirrorspec's own drafting), so both engines run the same
+drafter. Feature drafters need the target's hidden states, which transformers cannot supply.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaForCausalLM
+
+from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.workers.drafter_model import Drafter
+
+
+class DraftVocabLlama(LlamaForCausalLM):
+    def forward(self, input_ids=None, **kwargs):
+        out = super().forward(input_ids=self.target_to_draft[input_ids], **kwargs)
+        draft = out.logits[..., : self.draft_to_target.shape[0]]
+        full = draft.new_full((*draft.shape[:-1], self.target_vocab), float("-inf"))
+        full[..., self.draft_to_target] = draft
+        out.logits = full
+        return out
+
+
+def draft_vocab_assistant(folder: str, dtype: torch.dtype) -> DraftVocabLlama:
+    drafter = Drafter.load(folder, dtype)
+    if drafter.meta.kind != "token":
+        raise InvalidRequestError(
+            "hf_assistant", "transformers' assisted generation cannot run a feature-conditioned drafter; "
+            "pass --hf-assistant with a token drafter or a plain model folder")
+    model = DraftVocabLlama(drafter.lm.config).to(dtype)
+    model.load_state_dict(drafter.lm.state_dict())
+    model.generation_config = drafter.lm.generation_config
+    model.target_to_draft = drafter.target_to_draft
+    model.draft_to_target = drafter.draft_to_target
+    model.target_vocab = drafter.meta.target_vocab_size
+    return model.eval()
