@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from mirrorspec.workers import attention
 from mirrorspec.workers.kv_cache import ForwardPlan, KVCache, KVLayout
 from mirrorspec.workers.models import LoadedModel
 
@@ -34,7 +35,9 @@ class ModelWorker:
         self._decoder = self.model.base_model
         self._lm_head = self.model.get_output_embeddings()
         self._softcap = getattr(config, "final_logit_softcapping", None)
-        self._float_mask = self.model.config._attn_implementation != "sdpa"
+        if config._attn_implementation == "sdpa":
+            self.model.set_attn_implementation(attention.NAME)
+        self._float_mask = config._attn_implementation not in ("sdpa", attention.NAME)
         self._windows = self._attention_windows(config)
 
     @staticmethod
