@@ -37,4 +37,7 @@ def draft_vocab_assistant(folder: str, dtype: torch.dtype) -> DraftVocabLlama:
     model.target_to_draft = drafter.target_to_draft
     model.draft_to_target = drafter.draft_to_target
     model.target_vocab = drafter.meta.target_vocab_size
+    # transformers compares vocab sizes to decide whether both models share a tokenizer; this one reads and
+    # writes the target's ids, so it declares the target's size (the embedding keeps its draft-vocabulary rows).
+    model.config.vocab_size = drafter.meta.target_vocab_size
     return model.eval()

@@ -120,3 +120,19 @@ def _eval_loss(drafter, examples, cfg):
 
     stats = evaluate(drafter, examples, cfg)
     return stats["loss"]
+
+
+def test_token_drafter_runs_as_transformers_assistant(target, tmp_path):
+    """The bench's hf-assisted baseline runs the same token drafter inside transformers' assisted generation."""
+    from mirrorspec.bench.hf_assistant import draft_vocab_assistant
+
+    make_drafter("token", target).save(tmp_path)
+    assistant = draft_vocab_assistant(str(tmp_path), torch.float32)
+    ids = torch.tensor([prompts(1, seed=3)[0]])
+    logits = assistant(input_ids=ids).logits[0, -1]
+    drafted = torch.isfinite(logits).nonzero().flatten().tolist()
+    assert drafted == sorted(set(range(0, VOCAB, 2)) | {1, 3, 5})  # only draft-vocabulary tokens are proposed
+    kwargs = dict(max_new_tokens=16, do_sample=False, pad_token_id=0)
+    plain = target.model.generate(ids, **kwargs)
+    assisted = target.model.generate(ids, assistant_model=assistant, **kwargs)
+    assert assisted.tolist() == plain.tolist()
