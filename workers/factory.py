@@ -77,10 +77,11 @@ def _trained_drafter(config: EngineConfig, target: LoadedModel, dtype, sizes: di
 
 
 def build_workers(config: EngineConfig) -> BuiltWorkers:
-    config = dataclasses.replace(config, drafter=resolve_drafter(config))
     dtype = parse_dtype(config.dtype)
     device = parse_device(config.device)
     target = load_model(config.target, dtype=dtype, device=device, field="target", cpu_linear=config.cpu_linear)
+    # After the target: a bad target folder is reported as the target's error, not as a drafter mismatch.
+    config = dataclasses.replace(config, drafter=resolve_drafter(config))
     positions = getattr(target.config, "max_position_embeddings", None) or config.max_model_len
     max_model_len = min(config.max_model_len, positions)
     sizes = dict(max_slots=config.max_batch, capacity=max_model_len + config.max_spec_nodes + 1,
