@@ -217,9 +217,10 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams) -> int:
     if any(name in ("chain", "tree") for name, _ in parsed.values()) and not engine_config.drafter:
         raise InvalidRequestError("drafter", "chain and tree need a drafter (--drafter DIR or self)")
     prompts = load_prompts(args.prompts, args.per_category)
-    engine_config = dataclasses.replace(engine_config, max_batch=max(engine_config.max_batch, args.batch_size),
-                                        drafter=resolve_drafter(engine_config))
+    engine_config = dataclasses.replace(engine_config, max_batch=max(engine_config.max_batch, args.batch_size))
     engine = Engine.from_config(engine_config)
+    # After the engine has loaded (and so checked) the target: the drafter's folder, for hf-assisted and the results.
+    engine_config = dataclasses.replace(engine_config, drafter=resolve_drafter(engine_config))
     records: dict[str, list[Record]] = {}
     for label in methods:
         name, method_spec = parsed[label]

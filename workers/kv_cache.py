@@ -4,7 +4,8 @@ Layout. One key and one value buffer of shape [layers, slots, kv_heads, capacity
 once (static shapes, so a CUDA-graph / torch.compile path can capture forwards without re-allocating). Each
 live sequence owns one slot. Live sequences always occupy slots 0..n-1 (a released slot is refilled by moving
 the last sequence into it), and workers order each batch by slot, so a forward over all live sequences (or over
-the newest ones, as a prefill is) reads plain views of the buffers, with no gather. Position `capacity` of every slot is a trash column: padding tokens write there and nobody reads it.
+the newest ones, as a prefill is) reads plain views of the buffers, with no gather. Position `capacity` of every
+slot is a trash column: padding tokens write there and nobody reads it.
 
 Per slot the cache knows:
   length        committed tokens, at positions [0, length)

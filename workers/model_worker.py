@@ -37,7 +37,7 @@ class ModelWorker:
         self._softcap = getattr(config, "final_logit_softcapping", None)
         if config._attn_implementation == "sdpa":
             self.model.set_attn_implementation(attention.NAME)
-        self._float_mask = config._attn_implementation not in ("sdpa", attention.NAME)
+        self._float_mask = config._attn_implementation != attention.NAME
         self._windows = self._attention_windows(config)
 
     @staticmethod
