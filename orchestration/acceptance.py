@@ -31,6 +31,7 @@ class DraftTree:
     parents: list[int] = field(default_factory=list)
     # Distribution each node was sampled from, or None for a deterministic (top-k) node.
     proposals: list[torch.Tensor | None] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # draft log-probability of each node given its parent
 
     def __len__(self) -> int:
         return len(self.tokens)

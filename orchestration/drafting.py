@@ -39,6 +39,8 @@ class Draft:
     tree: DraftTree
     # The drafter's speculative-node index of each tree node, None for nodes it never fed (the last level).
     drafter_nodes: list[int | None]
+    # The hidden state each node was (or would be) fed with: the drafter's output at its parent.
+    parent_hidden: list[torch.Tensor]
 
 
 @dataclass
@@ -63,9 +65,8 @@ class _Expansion:
         for node, logits, _ in self.frontier:
             base = self.scores[node] if node != ROOT else 0.0
             if sampled_chain:
-                q = probabilities(logits[None], job.params)[0]
-                token = sample(q, job.generator)
-                candidates.append((base + float(torch.log(q[token])), token, node, q))
+                token, logq, q = _sampled_child(logits, job.params, job.generator)
+                candidates.append((base + logq, token, node, q))
                 continue
             logp = log_probabilities(logits[None], job.params)[0]
             values, tokens = torch.topk(logp, min(job.topk, logp.shape[-1]))
@@ -99,12 +100,15 @@ class _Expansion:
         order = sorted(range(len(self.tokens)), key=lambda n: (-self.scores[n], n))[:budget]
         kept = sorted(order)
         new_index = {old: i for i, old in enumerate(kept)}
+        parents = [ROOT if self.parents[n] == ROOT else new_index[self.parents[n]] for n in kept]
         tree = DraftTree(
             tokens=[self.tokens[n] for n in kept],
-            parents=[ROOT if self.parents[n] == ROOT else new_index[self.parents[n]] for n in kept],
+            parents=parents,
             proposals=[self.proposals[n] for n in kept],
+            logprobs=[self.scores[n] - (0.0 if p == ROOT else self.scores[kept[p]]) for n, p in zip(kept, parents)],
         )
-        return Draft(tree=tree, drafter_nodes=[self.fed[n] for n in kept])
+        return Draft(tree=tree, drafter_nodes=[self.fed[n] for n in kept],
+                     parent_hidden=[self.parent_hidden[n] for n in kept])
 
 
 def draft_trees(drafter: Worker, jobs: list[DraftJob]) -> list[Draft]:
@@ -136,3 +140,78 @@ def draft_trees(drafter: Worker, jobs: list[DraftJob]) -> list[Draft]:
         for (state, new), out, hid in zip(feed, logits, hidden):
             state.frontier = list(zip(new, out, hid))
     return [state.finish() for state in states]
+
+
+def _sampled_child(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator):
+    """A child drawn from the drafter's distribution q: (token, log q(token), q)."""
+    q = probabilities(logits[None], params)[0]
+    token = sample(q, generator)
+    return token, float(torch.log(q[token])), q
+
+
+@dataclass
+class BranchJob:
+    """Mirror-SD: roll out the window that follows `first` if the target commits `first` after `anchor`."""
+
+    seq_id: int
+    anchor: int  # the drafter's speculative node `first` hangs from (ROOT: the last committed token)
+    anchor_hidden: torch.Tensor | None  # the drafter's output at the anchor (the feature fed with `first`)
+    first: int  # the token the target is expected to commit there (a correction, or the bonus)
+    length: int  # draft tokens after `first`
+    params: SamplingParams
+    generator: torch.Generator
+
+
+@dataclass
+class Branch:
+    first_node: int  # the drafter's speculative node of `first`
+    tree: DraftTree  # the chain after `first` (its root is `first`)
+    nodes: list[int | None]  # the drafter's speculative node of each chain token (None: never fed)
+    parent_hidden: list[torch.Tensor]
+
+
+def roll_out_branches(drafter: Worker, jobs: list[BranchJob], spec_counts: dict[int, int]) -> list[Branch]:
+    """Feed every branch's first token under its anchor, then extend all branches as chains, one batched
+    drafter forward per level. `spec_counts` (speculative nodes per sequence so far) is advanced in place."""
+    tips = [(job.anchor, job.first, job.anchor_hidden) for job in jobs]  # (parent node, token, its feature)
+    branches = [Branch(first_node=-1, tree=DraftTree(), nodes=[], parent_hidden=[]) for _ in jobs]
+    active = [b for b, job in enumerate(jobs) if job.length > 0]
+    while active:
+        by_seq: dict[int, list[int]] = {}
+        for b in active:
+            by_seq.setdefault(jobs[b].seq_id, []).append(b)
+        groups = list(by_seq.values())
+        logits, hidden = drafter.forward_hidden(
+            list(by_seq),
+            [[] for _ in groups],
+            [[tips[b][1] for b in bs] for bs in groups],
+            [[tips[b][0] for b in bs] for bs in groups],
+            features=[torch.stack([tips[b][2] for b in bs]) for bs in groups] if drafter.uses_features else None,
+        )
+        active = []
+        for seq_id, bs, row_logits, row_hidden in zip(by_seq, groups, logits, hidden):
+            base = spec_counts[seq_id]
+            spec_counts[seq_id] += len(bs)
+            for k, b in enumerate(bs):
+                job, branch, node = jobs[b], branches[b], base + k
+                if branch.first_node < 0:
+                    branch.first_node = node
+                else:
+                    branch.nodes[-1] = node
+                if job.params.greedy:
+                    logp = torch.log_softmax(row_logits[k].float(), dim=-1)
+                    token, proposal = int(logp.argmax()), None
+                    logq = float(logp[token])
+                else:
+                    token, logq, proposal = _sampled_child(row_logits[k], job.params, job.generator)
+                tree = branch.tree
+                tree.parents.append(len(tree.tokens) - 1)  # ROOT (-1) for the first chain token
+                tree.tokens.append(token)
+                tree.proposals.append(proposal)
+                tree.logprobs.append(logq)
+                branch.nodes.append(None)
+                branch.parent_hidden.append(row_hidden[k])
+                if len(tree.tokens) < job.length:
+                    tips[b] = (node, token, row_hidden[k])
+                    active.append(b)
+    return branches

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import torch
 
 from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.interfaces import Worker
+from mirrorspec.orchestration.drafter_session import DrafterSession
+from mirrorspec.orchestration.interfaces import DraftService, Worker
 from mirrorspec.orchestration.params import SamplingParams, SpecParams
 from mirrorspec.orchestration.scheduler import Scheduler, Sequence, TextTracker
 from mirrorspec.orchestration.stats import RequestStats
@@ -75,7 +76,7 @@ class Engine:
     def __init__(
         self,
         target: Worker,
-        drafter: Worker | None = None,
+        drafter: Worker | DraftService | None = None,
         *,
         tokenizer=None,
         eos_ids: Seq[int] = (),
@@ -83,9 +84,12 @@ class Engine:
         max_batch: int = 8,
         max_spec_nodes: int = 64,
         seed: int = 0,
+        branch_budget: int = 8,
     ) -> None:
         self.target = target
         self.drafter = drafter
+        if drafter is not None and hasattr(drafter, "forward_hidden"):  # an in-process drafter model
+            drafter = DrafterSession(drafter, max_spec_nodes=max_spec_nodes, branch_budget=branch_budget)
         self.tokenizer = tokenizer
         self.eos_ids = set(eos_ids)
         self.max_model_len = max_model_len
@@ -153,6 +157,9 @@ class Engine:
         spec = (spec or SpecParams(method="ar")).validate(self.max_spec_nodes)
         if spec.method != "ar" and self.drafter is None:
             raise InvalidRequestError("drafter", f"method {spec.method!r} needs a drafter model; none is loaded")
+        if spec.method == "mirror" and spec.exit_layer is not None and spec.exit_layer >= self.target.num_layers:
+            raise InvalidRequestError("exit_layer", f"must be below the target's {self.target.num_layers} layers, "
+                                                    f"got {spec.exit_layer}")
         if sampling.stop and self.tokenizer is None:
             raise InvalidRequestError("stop", "stop strings need a tokenizer")
         prompt_ids = self.encode(prompt, chat)

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
+from mirrorspec.orchestration.acceptance import DraftTree
+from mirrorspec.orchestration.params import SamplingParams
+
+
+@dataclass
+class EarlyExit:
+    """Mirror-SD's early exit: after `layer` decoder layers, the target's final norm and LM head (the logit lens)
+    give top-`kappa` candidates at the first `positions[r]` outputs of row r (root first); `callback` gets them
+    (per row: ids [P, kappa], log-probs [P, kappa]) while the upper layers still run."""
+
+    layer: int
+    positions: list[int]
+    kappa: int
+    callback: Callable[[list[tuple[torch.Tensor, torch.Tensor]]], None]
+    vocab: torch.Tensor | None = None  # restrict the exit head to these token ids (a cheaper head)
+
 
 class Worker(Protocol):
     vocab_size: int
+    num_layers: int
     uses_features: bool  # a feature drafter: each fed token comes with a hidden state (see drafting.py)
+    vocabulary: list[int] | None  # the tokens a drafter can propose (None: the whole vocabulary)
 
     def open(self, seq_id: int) -> None:
         """Give a new sequence a KV slot."""
@@ -38,6 +58,7 @@ class Worker(Protocol):
         nodes: list[list[int]] | None = None,
         parents: list[list[int]] | None = None,
         features: list[torch.Tensor] | None = None,
+        early_exit: EarlyExit | None = None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """`forward` plus, per row, the final hidden state of every new token (appends, then nodes)."""
 
@@ -46,3 +67,60 @@ class Worker(Protocol):
 
     def clear_speculation(self, seq_id: int) -> None:
         """Drop every speculative node of the sequence."""
+
+
+# ------------------------------------------------------------------------------------- the drafter's side
+@dataclass
+class OpenSpec:
+    seq_id: int
+    seed: int  # the drafter's own random stream (sampled chains)
+    sampling: SamplingParams
+
+
+@dataclass
+class Report:
+    """What the target committed for one sequence since its previous report, and the next draft's shape."""
+
+    seq_id: int
+    committed: list[int]  # new committed tokens; the last one is the root of the next draft
+    accepted_nodes: list[int] = field(default_factory=list)  # accepted nodes of the previous draft
+    features: torch.Tensor | None = None  # [n, H] target hidden states of newly known positions
+    depth: int = 0
+    topk: int = 1
+    budget: int = 0
+    branches: bool = False  # mirror: the next window is a chain whose branches are rolled out at early exit
+
+
+@dataclass
+class Proposal:
+    tree: DraftTree
+    reused: bool = False  # taken from a branch rolled out during the previous step
+
+
+@dataclass
+class ExitCandidates:
+    """The target's early-exit top-kappa at each window position (row 0: after the root)."""
+
+    seq_id: int
+    ids: torch.Tensor  # [positions, kappa] token ids
+    logprobs: torch.Tensor  # [positions, kappa]
+
+
+class DraftService(Protocol):
+    """The drafter as the scheduler sees it: in-process (orchestration/drafter_session.py) or across the gRPC
+    speculation channel (orchestration/remote_drafter.py). Any call may raise: the scheduler then decodes
+    without drafts and later calls `reset` and reopens its sequences."""
+
+    uses_features: bool
+    vocabulary: list[int] | None  # the only tokens the drafter can propose (None: the target's whole vocabulary)
+
+    def open(self, specs: list[OpenSpec]) -> None: ...
+
+    def release(self, seq_ids: list[int]) -> None: ...
+
+    def propose(self, reports: list[Report]) -> dict[int, Proposal]: ...
+
+    def early_exit(self, candidates: list[ExitCandidates]) -> None: ...
+
+    def reset(self) -> None:
+        """Forget every sequence (after a failure); the next calls start afresh."""

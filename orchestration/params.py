@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from mirrorspec.orchestration.errors import InvalidRequestError
 
-METHODS = ("ar", "chain", "tree")
+METHODS = ("ar", "chain", "tree", "mirror")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,9 @@ class SpecParams:
 
     `chain` drafts gamma tokens; `tree` expands top-`tree_topk` children per node for `tree_depth` levels and
     keeps the `tree_nodes` most likely nodes (EAGLE-2-style dynamic tree). A chain is a tree with one child per node.
+    `mirror` verifies gamma-token windows like `chain`, and the target's early exit after `exit_layer` layers
+    (default: half of them) sends its top-`kappa` candidates per position to the drafter, which rolls out the
+    next window for the likely outcomes while the target finishes (Mirror-SD).
     """
 
     method: str = "chain"
@@ -55,11 +58,13 @@ class SpecParams:
     tree_depth: int = 5
     tree_topk: int = 4
     tree_nodes: int = 24
+    exit_layer: int | None = None
+    kappa: int = 8
 
     def validate(self, max_spec_nodes: int) -> "SpecParams":
         if self.method not in METHODS:
             raise InvalidRequestError("method", f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        for name in ("gamma", "tree_depth", "tree_topk", "tree_nodes"):
+        for name in ("gamma", "tree_depth", "tree_topk", "tree_nodes", "kappa"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InvalidRequestError(name, f"must be an integer >= 1, got {value!r}")
@@ -67,6 +72,8 @@ class SpecParams:
         if nodes >= max_spec_nodes or depth * topk >= max_spec_nodes:
             name = "gamma" if self.method == "chain" else "tree_nodes"
             raise InvalidRequestError(name, f"a draft of this size exceeds the engine's max_spec_nodes={max_spec_nodes}")
+        if self.exit_layer is not None and (not isinstance(self.exit_layer, int) or self.exit_layer < 1):
+            raise InvalidRequestError("exit_layer", f"must be an integer >= 1, got {self.exit_layer!r}")
         if self.method == "tree" and self.tree_nodes < self.tree_depth:
             raise InvalidRequestError("tree_nodes", f"must be >= tree_depth ({self.tree_depth}), got {self.tree_nodes}")
         return self
@@ -75,6 +82,6 @@ class SpecParams:
         """(depth, children kept per level, node budget) of each step's draft; depth 0 = no draft."""
         if self.method == "ar":
             return 0, 1, 0
-        if self.method == "chain":
+        if self.method in ("chain", "mirror"):
             return self.gamma, 1, self.gamma
         return self.tree_depth, self.tree_topk, self.tree_nodes

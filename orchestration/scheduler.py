@@ -1,8 +1,10 @@
 """Continuous batching: requests join and leave between steps; each step is one target forward for all of them.
 
-A step: admit waiting requests (prefill), draft a tree for every speculating request (one batched drafter forward
-per tree level), verify every row's tree in one batched target forward, accept per row (each row commits its own
-number of tokens), roll both KV caches back to the accepted path, stream the committed tokens, retire finished rows.
+A step: admit waiting requests (prefill) and ask the drafter for their first drafts; verify every row's draft in
+one batched target forward (for `mirror` rows, the target's early exit goes to the drafter half-way through);
+accept per row (each row commits its own number of tokens); roll the target's KV cache back to the accepted path;
+stream the committed tokens; retire finished rows; report the verdicts to the drafter, which answers with the
+next drafts (for `mirror`, usually rolled out already while the target was finishing).
 """
 
 from __future__ import annotations
@@ -16,16 +18,16 @@ from dataclasses import dataclass, field
 import torch
 
 from mirrorspec.orchestration.acceptance import DraftTree, Verdict, verify_greedy, verify_sampling
-from mirrorspec.orchestration.drafting import Draft, DraftJob, draft_trees
-from mirrorspec.orchestration.interfaces import Worker
+from mirrorspec.orchestration.interfaces import DraftService, EarlyExit, ExitCandidates, OpenSpec, Report, Worker
 from mirrorspec.orchestration.params import SamplingParams, SpecParams
 from mirrorspec.orchestration.sampling import probabilities
 from mirrorspec.orchestration.stats import RequestStats
 
 logger = logging.getLogger(__name__)
 
-# Consecutive drafter failures after which the engine stops asking it and decodes as `ar`.
-DRAFTER_FAILURE_LIMIT = 3
+# After a drafter failure the engine decodes without drafts for a number of steps that doubles with every
+# consecutive failure (1, 2, 4, ... up to this), then reopens its sequences on the drafter and tries again.
+MAX_DRAFTER_BACKOFF = 64
 # Padded tokens per prefill forward: joining prompts are prefilled in groups of about this size.
 PREFILL_TOKEN_BUDGET = 4096
 
@@ -50,6 +52,14 @@ class Sequence:
     # Target hidden states of positions 0..n-1 (only kept for feature drafters): features[:n_features].
     features: torch.Tensor | None = None
     n_features: int = 0
+    # The drafter's side: whether it knows this sequence, how much of it was reported, the draft to verify next.
+    drafter_open: bool = False
+    reported_tokens: int = 0
+    reported_features: int = 0
+    accepted_nodes: list[int] = field(default_factory=list)  # of the last verified draft, not yet reported
+    window: DraftTree | None = None
+    window_reused: bool = False
+    exit_top: list[list[int]] | None = None  # mirror: early-exit top-kappa ids per window position
 
     def __post_init__(self) -> None:
         self.tokens = list(self.prompt_ids)
@@ -111,7 +121,7 @@ class Scheduler:
     def __init__(
         self,
         target: Worker,
-        drafter: Worker | None,
+        drafter: DraftService | None,
         *,
         max_batch: int,
         text: TextTracker,
@@ -122,7 +132,10 @@ class Scheduler:
         self.text = text
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
-        self._drafter_failures = 0
+        self.drafter_failures = 0  # consecutive
+        self._steps = 0
+        self._drafter_back_at = 0  # step from which the drafter is asked again after a failure
+        self._exit_vocab = None if drafter is None or drafter.vocabulary is None else torch.tensor(drafter.vocabulary)
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -146,38 +159,36 @@ class Scheduler:
     # --------------------------------------------------------------------------------------- step
     def step(self) -> list[Sequence]:
         """Run one decoding step; return the sequences that committed tokens (finished ones included)."""
+        self._steps += 1
         self._admit()
         if not self.running:
             return []
         rows = list(self.running)
-        drafts = self._draft(rows)
-        trees = [drafts[s.seq_id].tree if s.seq_id in drafts else DraftTree() for s in rows]
+        self._propose([s for s in rows if s.window is None])
+        trees = [s.window if s.window is not None else DraftTree() for s in rows]
         logits, hidden = self.target.forward_hidden(
             [s.seq_id for s in rows],
             [[s.tokens[-1]] for s in rows],
             [t.tokens for t in trees],
             [t.parents for t in trees],
+            early_exit=self._early_exit(rows, trees),
         )
         target_paths: dict[int, list[int]] = {}
-        drafter_paths: dict[int, list[int]] = {}
         for seq, tree, out, hid in zip(rows, trees, logits, hidden):
             verdict = self._verify(seq, tree, out)
             target_paths[seq.seq_id] = verdict.path
             if self._wants_features(seq):
                 seq.add_features(hid[[0] + [1 + n for n in verdict.path]])
-            if seq.seq_id in drafts:
-                # A feature drafter's tree nodes were computed from its own guesses of the hidden states: drop
-                # them and re-feed the accepted tokens with the target's real ones (EAGLE does the same).
-                keep = not self.drafter.uses_features
-                drafter_paths[seq.seq_id] = _fed_prefix(drafts[seq.seq_id], verdict.path) if keep else []
             seq.stats.record_step(len(tree), len(verdict.path))
+            self._record_mirror(seq, verdict)
+            seq.accepted_nodes = verdict.path
+            seq.window = None
             self.text.deliver(seq, [tree.tokens[n] for n in verdict.path] + [verdict.next_token])
             if seq.stats.first_token_time is None:
                 seq.stats.first_token_time = time.perf_counter()
         self.target.commit(target_paths)
-        if drafter_paths and self.drafter is not None:
-            self.drafter.commit(drafter_paths)
         self._retire([s for s in rows if s.finished])
+        self._propose([s for s in rows if not s.finished])
         return rows
 
     def _admit(self) -> None:
@@ -188,8 +199,6 @@ class Scheduler:
         joining.sort(key=lambda s: len(s.tokens))
         for seq in joining:
             self.target.open(seq.seq_id)
-            if self._wants_draft(seq):
-                self.drafter.open(seq.seq_id)
         group: list[Sequence] = []
         for seq in (s for s in joining if len(s.tokens) > 1):
             if group and (len(group) + 1) * len(seq.tokens) > PREFILL_TOKEN_BUDGET:
@@ -213,48 +222,93 @@ class Scheduler:
     def _wants_features(self, seq: Sequence) -> bool:
         return self._wants_draft(seq) and self.drafter.uses_features
 
-    def _draft(self, rows: list[Sequence]) -> dict[int, Draft]:
-        jobs = []
-        for seq in rows:
-            if not self._wants_draft(seq):
-                continue
-            depth, topk, budget = seq.spec.shape()
-            depth = min(depth, seq.remaining - 1)  # never draft past max_new_tokens
-            if depth < 1:
-                continue
-            done = self.drafter.length(seq.seq_id)
-            if not self.drafter.uses_features:
-                jobs.append(DraftJob(seq.seq_id, seq.tokens[done:], depth, topk, budget, seq.sampling, seq.generator))
-            elif seq.n_features > done:
-                # Position p of a feature drafter takes the target's hidden state at p and token p + 1.
-                jobs.append(DraftJob(seq.seq_id, seq.tokens[done + 1 :], depth, topk, budget, seq.sampling,
-                                     seq.generator, catchup_features=seq.features[done : seq.n_features]))
-        if not jobs:
-            return {}
-        try:
-            drafts = draft_trees(self.drafter, jobs)
-        except Exception:  # a failing drafter must never stop generation: decode this step without drafts
-            self._drafter_failures += 1
-            logger.exception("drafter failed (%d in a row); decoding this step without a draft", self._drafter_failures)
-            for seq in rows:
-                if self._wants_draft(seq):
-                    seq.stats.fallback_steps += 1
-            self._reset_drafter([job.seq_id for job in jobs])
-            return {}
-        self._drafter_failures = 0
-        return {job.seq_id: d for job, d in zip(jobs, drafts)}
-
-    def _reset_drafter(self, seq_ids: list[int]) -> None:
-        if self._drafter_failures >= DRAFTER_FAILURE_LIMIT:
-            logger.error("drafter failed %d times in a row; continuing without it (ar)", self._drafter_failures)
-            self.drafter = None
+    # ---------------------------------------------------------------------------------- drafting
+    def _propose(self, rows: list[Sequence]) -> None:
+        """Report the rows' verdicts to the drafter and take its next drafts (on failure: no drafts)."""
+        rows = [s for s in rows if self._wants_draft(s)]
+        if not rows or self._steps < self._drafter_back_at:
             return
+        reports = []
         try:
-            for seq_id in seq_ids:
-                self.drafter.clear_speculation(seq_id)
+            joining = [s for s in rows if not s.drafter_open]
+            if joining:
+                self.drafter.open([OpenSpec(s.seq_id, int(torch.randint(2**62, (), generator=s.generator)),
+                                            s.sampling) for s in joining])
+                for seq in joining:
+                    seq.drafter_open = True
+            for seq in rows:
+                depth, topk, budget = seq.spec.shape()
+                depth = min(depth, seq.remaining - 1)  # never draft past max_new_tokens
+                if depth < 1:
+                    continue
+                features = None
+                if self.drafter.uses_features:
+                    features = seq.features[seq.reported_features : seq.n_features]
+                reports.append(Report(seq.seq_id, seq.tokens[seq.reported_tokens :], seq.accepted_nodes, features,
+                                      depth, topk, max(depth, min(budget, depth * topk)),
+                                      branches=seq.spec.method == "mirror"))
+            proposals = self.drafter.propose(reports) if reports else {}
+        except Exception:  # a failing drafter must never stop generation: decode without drafts for a while
+            self._drafter_failed(rows)
+            return
+        self.drafter_failures = 0
+        by_id = {s.seq_id: s for s in rows}
+        for report in reports:
+            seq = by_id[report.seq_id]
+            seq.reported_tokens = len(seq.tokens)
+            seq.reported_features = seq.n_features
+            seq.accepted_nodes = []
+            proposal = proposals.get(seq.seq_id)
+            if proposal is not None:
+                seq.window, seq.window_reused = proposal.tree, proposal.reused
+
+    def _drafter_failed(self, rows: list[Sequence]) -> None:
+        self.drafter_failures += 1
+        backoff = min(MAX_DRAFTER_BACKOFF, 2 ** (self.drafter_failures - 1))
+        logger.exception("drafter failed (%d in a row); decoding without drafts for %d step(s)",
+                         self.drafter_failures, backoff)
+        self._drafter_back_at = self._steps + backoff
+        for seq in self.running:
+            # Whatever the drafter knew is lost: reopen from scratch when it is asked again.
+            seq.drafter_open, seq.reported_tokens, seq.reported_features = False, 0, 0
+            seq.accepted_nodes, seq.window = [], None
+            if self._wants_draft(seq) and seq in rows:
+                seq.stats.fallback_steps += 1
+        try:
+            self.drafter.reset()
         except Exception:
-            logger.exception("drafter could not be reset; continuing without it (ar)")
-            self.drafter = None
+            logger.exception("drafter could not be reset")
+
+    def _early_exit(self, rows: list[Sequence], trees: list[DraftTree]) -> EarlyExit | None:
+        """Mirror rows send the early exit's candidates at each window position to the drafter."""
+        mirror = [s.spec.method == "mirror" and len(t) > 0 for s, t in zip(rows, trees)]
+        if not any(mirror) or self._steps < self._drafter_back_at:
+            return None
+        positions = [len(t) + 1 if m else 0 for m, t in zip(mirror, trees)]
+        layers = {s.spec.exit_layer or self.target.num_layers // 2 for s, m in zip(rows, mirror) if m}
+        kappa = max(s.spec.kappa for s, m in zip(rows, mirror) if m)
+
+        def send(results: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+            candidates = []
+            for seq, count, (ids, logps) in zip(rows, positions, results):
+                if count:
+                    seq.exit_top = ids.tolist()
+                    candidates.append(ExitCandidates(seq.seq_id, ids, logps))
+            try:
+                self.drafter.early_exit(candidates)
+            except Exception:
+                logger.exception("drafter failed on the early exit; the next drafts are drafted afresh")
+
+        return EarlyExit(min(layers), positions, kappa, send, self._exit_vocab)
+
+    @staticmethod
+    def _record_mirror(seq: Sequence, verdict: Verdict) -> None:
+        if seq.window_reused:
+            seq.stats.reused_windows += 1
+        if seq.exit_top is not None:
+            seq.stats.exit_checked += 1
+            seq.stats.exit_covered += verdict.next_token in seq.exit_top[len(verdict.path)]
+        seq.window_reused, seq.exit_top = False, None
 
     @staticmethod
     def _verify(seq: Sequence, tree: DraftTree, logits: torch.Tensor) -> Verdict:
@@ -267,16 +321,9 @@ class Scheduler:
             seq.stats.finish_time = time.perf_counter()
             self.running.remove(seq)
             self.target.release(seq.seq_id)
-            if self.drafter is not None and seq.spec.method != "ar":
-                self.drafter.release(seq.seq_id)
-
-
-def _fed_prefix(draft: Draft, path: list[int]) -> list[int]:
-    """The drafter-side nodes of the accepted path, up to the first node the drafter never fed."""
-    fed = []
-    for node in path:
-        index = draft.drafter_nodes[node]
-        if index is None:
-            break
-        fed.append(index)
-    return fed
+        leaving = [s.seq_id for s in done if s.drafter_open]
+        if leaving and self.drafter is not None:
+            try:
+                self.drafter.release(leaving)
+            except Exception:
+                self._drafter_failed([])

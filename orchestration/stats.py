@@ -16,6 +16,9 @@ class RequestStats:
     accepted: int = 0  # draft tokens accepted
     accepted_per_position: list[int] = field(default_factory=list)  # accepted tokens at draft depth 1, 2, ...
     fallback_steps: int = 0  # steps decoded without a draft because the drafter failed
+    reused_windows: int = 0  # mirror: drafts taken from a branch rolled out during the previous step
+    exit_checked: int = 0  # mirror: steps whose correction position had early-exit candidates
+    exit_covered: int = 0  # ... and whose committed token there was among them (Mirror-SD App. E coverage)
     arrival_time: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None
     finish_time: float | None = None
@@ -74,6 +77,8 @@ class RequestStats:
             "acceptance_rate": r(self.acceptance_rate),
             "acceptance_by_position": [r(x) for x in self.acceptance_by_position],
             "fallback_steps": self.fallback_steps,
+            "reused_windows": self.reused_windows,
+            "exit_coverage": r(self.exit_covered / self.exit_checked) if self.exit_checked else None,
             "ttft_s": r(self.ttft),
             "tpot_s": r(self.tpot),
             "tokens_per_s": r(self.tokens_per_second, 2),
@@ -89,6 +94,9 @@ class RequestStats:
             parts.append(f"TTFT {self.ttft * 1000:.0f} ms")
         if self.tpot is not None:
             parts.append(f"TPOT {self.tpot * 1000:.0f} ms")
+        if self.exit_checked:
+            parts.append(f"{self.reused_windows}/{self.drafts} windows reused, "
+                         f"early-exit coverage {self.exit_covered / self.exit_checked:.2f}")
         if self.fallback_steps:
             parts.append(f"{self.fallback_steps} fallback steps")
         return ", ".join(parts)

@@ -15,6 +15,8 @@ SPECS = [
     SpecParams(method="chain", gamma=1),
     SpecParams(method="tree", tree_depth=4, tree_topk=3, tree_nodes=10),
     SpecParams(method="tree", tree_depth=2, tree_topk=5, tree_nodes=8),
+    SpecParams(method="mirror", gamma=4),
+    SpecParams(method="mirror", gamma=2, kappa=3),
 ]
 
 
@@ -42,6 +44,10 @@ def test_greedy_equals_ar_at_any_batch_size(target, drafter_kind, spec):
         assert [o.token_ids for o in outs] == ar
         if drafter_kind == "self":  # the target drafting for itself accepts every token it drafts
             assert all(o.stats.tau > 1.5 for o in outs)
+        if spec.method == "mirror":
+            assert all(o.stats.exit_checked == o.stats.drafts > 0 for o in outs)
+            # Windows come from branches rolled out at the early exit whenever its top-kappa held the outcome.
+            assert sum(o.stats.reused_windows for o in outs) > 0
 
 
 def test_mixed_methods_join_and_leave_between_steps(target):
@@ -149,18 +155,24 @@ class FlakyDrafter:
         return self.inner.forward_hidden(*args, **kwargs)
 
 
+@pytest.mark.parametrize("method", ["chain", "mirror"])
 @pytest.mark.parametrize("fail_calls", [{3, 7}, set(range(2, 1000))], ids=["transient", "dead"])
-def test_failing_drafter_falls_back_without_losing_tokens(target, fail_calls):
+def test_failing_drafter_falls_back_without_losing_tokens(target, fail_calls, method):
     ps = prompts(4, seed=8)
     sampling = SamplingParams(max_new_tokens=20, ignore_eos=True)
     ar = [o.token_ids for o in tiny_engine(target, None).generate(ps, sampling)]
     engine = tiny_engine(target, target)
-    engine.scheduler.drafter = FlakyDrafter(engine.scheduler.drafter, fail_calls)
-    outs = engine.generate(ps, sampling, SpecParams(method="chain", gamma=3))
+    session = engine.scheduler.drafter
+    session.drafter = FlakyDrafter(session.drafter, fail_calls)
+    outs = engine.generate(ps, sampling, SpecParams(method=method, gamma=3))
     assert [o.token_ids for o in outs] == ar
     assert sum(o.stats.fallback_steps for o in outs) > 0
     if len(fail_calls) > 2:
-        assert engine.scheduler.drafter is None  # given up after repeated failures: ar from then on
+        # Retried with a doubling back-off (steps 1, 2, 4, 8, 16 of 20): ar in between, never stuck.
+        assert engine.scheduler.drafter_failures >= 4
+    else:
+        assert engine.scheduler.drafter_failures == 0  # rejoined: the last tries succeeded
+        assert sum(o.stats.drafts for o in outs) > 0
 
 
 def test_abort_frees_the_slot(target):

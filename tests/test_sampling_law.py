@@ -25,6 +25,7 @@ PROMPT = [1, 2, 3]
 SPECS = {
     "chain": SpecParams(method="chain", gamma=3),
     "tree": SpecParams(method="tree", tree_depth=3, tree_topk=2, tree_nodes=5),
+    "mirror": SpecParams(method="mirror", gamma=3, kappa=4),
 }
 SETTINGS = {
     "T=1.0": dict(temperature=1.0),

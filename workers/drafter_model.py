@@ -140,6 +140,7 @@ class DrafterWorker(ModelWorker):
         self.drafter = drafter
         self.vocab_size = drafter.meta.target_vocab_size
         self.uses_features = drafter.meta.kind == "feature"
+        self.vocabulary = list(drafter.meta.draft_to_target)
 
     def _inputs(self, plan: ForwardPlan, features: list[torch.Tensor] | None) -> dict[str, torch.Tensor]:
         ids = plan.input_ids.to(self.device)

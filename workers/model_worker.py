@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from mirrorspec.orchestration.interfaces import EarlyExit
 from mirrorspec.workers import attention
 from mirrorspec.workers.kv_cache import ForwardPlan, KVCache, KVLayout
 from mirrorspec.workers.models import LoadedModel
@@ -16,12 +17,14 @@ from mirrorspec.workers.models import LoadedModel
 
 class ModelWorker:
     uses_features = False  # True for drafters that take the target's hidden states as input
+    vocabulary: list[int] | None = None  # tokens a drafter can propose (None: all; reduced-vocabulary drafters)
 
     def __init__(self, loaded: LoadedModel, *, max_slots: int, capacity: int, max_spec_nodes: int) -> None:
         self.loaded = loaded
         self.model = loaded.model
         config = self.model.config
         self.vocab_size: int = self.model.get_output_embeddings().weight.shape[0]
+        self.num_layers: int = config.num_hidden_layers
         self.device = next(self.model.parameters()).device
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         layout = KVLayout(
@@ -93,37 +96,73 @@ class ModelWorker:
         nodes: list[list[int]] | None = None,
         parents: list[list[int]] | None = None,
         features: list[torch.Tensor] | None = None,
+        early_exit: EarlyExit | None = None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """`forward`, plus per row the final (normed) hidden state of every new token, appends then nodes."""
+        """`forward`, plus per row the final (normed) hidden state of every new token, appends then nodes.
+
+        With `early_exit`, its callback runs between its layer and the next one (see EarlyExit)."""
         nodes = nodes if nodes is not None else [[] for _ in seq_ids]
         parents = parents if parents is not None else [[] for _ in seq_ids]
         # Rows in slot order let the cache hand attention views of its buffers instead of gathered copies.
         order = sorted(range(len(seq_ids)), key=lambda i: self.cache.slot(seq_ids[i]))
         if order != list(range(len(seq_ids))):
             pick = lambda xs: None if xs is None else [xs[i] for i in order]  # noqa: E731
+            if early_exit is not None:
+                early_exit = _reordered(early_exit, order)
             logits, hidden = self.forward_hidden(pick(seq_ids), pick(appends), pick(nodes), pick(parents),
-                                                 pick(features))
+                                                 pick(features), early_exit)
             back = {i: k for k, i in enumerate(order)}
             return [logits[back[i]] for i in range(len(order))], [hidden[back[i]] for i in range(len(order))]
         plan = self.cache.plan(seq_ids, appends, nodes, parents)
-        hidden = self._decoder(
-            **self._inputs(plan, features),
-            attention_mask=self._masks(plan),
-            position_ids=plan.position_ids.to(self.device),
-            cache=self.cache.view(plan),
-            use_cache=True,
-        ).last_hidden_state
+        firsts = [len(app) - 1 if app else 0 for app in appends]  # each row's first output: the last append
+        hook = None
+        if early_exit is not None:
+            fired: list[bool] = []
+
+            def on_exit_layer(_module, _inputs, output) -> None:
+                # Once: a drafter sharing these layers (self-drafting) may run inside the callback.
+                if not fired:
+                    fired.append(True)
+                    self._early_exit(output, firsts, early_exit)
+
+            hook = self._decoder.layers[early_exit.layer - 1].register_forward_hook(on_exit_layer)
+        try:
+            hidden = self._decoder(
+                **self._inputs(plan, features),
+                attention_mask=self._masks(plan),
+                position_ids=plan.position_ids.to(self.device),
+                cache=self.cache.view(plan),
+                use_cache=True,
+            ).last_hidden_state
+        finally:
+            if hook is not None:
+                hook.remove()
         self.cache.apply(plan, seq_ids, appends, nodes)
         rows, cols, counts = [], [], []
         for r, (app, nds) in enumerate(zip(appends, nodes)):
-            first = len(app) - 1 if app else len(app)
-            wanted = list(range(first, len(app) + len(nds)))
+            wanted = list(range(firsts[r], len(app) + len(nds)))
             rows += [r] * len(wanted)
             cols += wanted
             counts.append(len(wanted))
         logits = self._logits(hidden[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)])
         per_row = [hidden[r, : len(app) + len(nds)] for r, (app, nds) in enumerate(zip(appends, nodes))]
         return list(torch.split(logits, counts)), per_row
+
+    def _early_exit(self, output, firsts: list[int], spec: EarlyExit) -> None:
+        """The logit lens at the exit layer: final norm + LM head (optionally over a vocabulary subset)."""
+        hidden = output[0] if isinstance(output, tuple) else output
+        weight = self._lm_head.weight if spec.vocab is None else self._lm_head.weight[spec.vocab.to(self.device)]
+        results = []
+        for r, (first, count) in enumerate(zip(firsts, spec.positions)):
+            if count == 0:
+                results.append((torch.empty(0, spec.kappa, dtype=torch.long), torch.empty(0, spec.kappa)))
+                continue
+            normed = self._decoder.norm(hidden[r, first : first + count])
+            logp = torch.log_softmax((normed @ weight.T).float(), dim=-1)
+            top = torch.topk(logp, min(spec.kappa, logp.shape[-1]), dim=-1)
+            ids = top.indices if spec.vocab is None else spec.vocab.to(self.device)[top.indices]
+            results.append((ids.cpu(), top.values.cpu()))
+        spec.callback(results)
 
     def _inputs(self, plan: ForwardPlan, features: list[torch.Tensor] | None) -> dict[str, torch.Tensor]:
         return {"input_ids": plan.input_ids.to(self.device)}
@@ -148,3 +187,13 @@ class ModelWorker:
             return allowed
         additive = torch.zeros(allowed.shape, dtype=self.model.dtype, device=self.device)
         return additive.masked_fill_(~allowed, torch.finfo(self.model.dtype).min)
+
+
+def _reordered(spec: EarlyExit, order: list[int]) -> EarlyExit:
+    """The same early exit for a batch permuted by `order`; the callback still sees the caller's row order."""
+    back = {i: k for k, i in enumerate(order)}
+
+    def callback(results: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        spec.callback([results[back[i]] for i in range(len(order))])
+
+    return EarlyExit(spec.layer, [spec.positions[i] for i in order], spec.kappa, callback, spec.vocab)
