@@ -283,7 +283,7 @@ def forward_cost(engine, context: int = 128, repeats: int = 20) -> dict:
     torch.set_num_threads(1)
     try:
         out = {"target_ms": _decode_ms(engine.target, context, repeats)}
-        drafter = engine.scheduler.drafter
+        drafter = engine.drafter  # the in-process drafter model
         if drafter is not None:
             out["drafter_ms"] = _decode_ms(drafter, context, repeats)
             out["drafter_over_target"] = round(out["drafter_ms"] / out["target_ms"], 4)

@@ -1,7 +1,7 @@
 """`ray_config.yaml`: the one file a user edits. Loaded into dataclasses and validated with errors naming the key.
 
-Sections present today: `engine` (models, dtype, device, batch and context sizes, threads) and `speculation`
-(default method and draft shape). Cluster placement (roles -> resources) joins with the Ray actors.
+Sections: `engine` (models, dtype, device, batch and context sizes, threads), `speculation` (default method and
+draft shape) and `cluster` (the Ray cluster, and which resources the target and the drafter actors take).
 """
 
 from __future__ import annotations
@@ -21,10 +21,69 @@ CONFIG_ENV = "MIRRORSPEC_CONFIG"
 DEFAULT_CONFIG_NAME = "ray_config.yaml"
 
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+@dataclass
+class RoleConfig:
+    """What one actor (the target, or the drafter) takes: Ray resources, torch threads, pinned CPU cores."""
+
+    resources: dict = field(default_factory=lambda: {"CPU": 1})  # CPU, GPU or any custom resource -> amount
+    threads: int | None = 1
+    cores: list | None = None  # Linux CPU affinity, e.g. [0]; null = whatever Ray gives
+
+    def validate(self, where: str) -> "RoleConfig":
+        if not isinstance(self.resources, dict) or not self.resources:
+            raise InvalidRequestError(f"{where}.resources", "must map resource names to amounts, e.g. {CPU: 1}")
+        for name, amount in self.resources.items():
+            if not isinstance(amount, (int, float)) or isinstance(amount, bool) or amount <= 0:
+                raise InvalidRequestError(f"{where}.resources.{name}", f"must be a number > 0, got {amount!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise InvalidRequestError(f"{where}.threads", f"must be an integer >= 1, got {self.threads!r}")
+        if self.cores is not None and (not isinstance(self.cores, list) or not self.cores
+                                       or not all(isinstance(c, int) and c >= 0 for c in self.cores)):
+            raise InvalidRequestError(f"{where}.cores", f"must be a list of CPU numbers, got {self.cores!r}")
+        return self
+
+
+@dataclass
+class ClusterConfig:
+    ray: str = "auto"  # auto (Ray for `mirror`, in-process otherwise) | always | never
+    address: str | None = None  # null: start an embedded local cluster (or use $RAY_ADDRESS); else ray.init's
+    num_cpus: int | None = None  # embedded cluster: CPUs it offers (null: all)
+    resources: dict = field(default_factory=dict)  # embedded cluster: custom resources it offers, e.g. {npu: 1}
+    placement_strategy: str = "PACK"
+    target: RoleConfig = field(default_factory=RoleConfig)
+    drafter: RoleConfig = field(default_factory=RoleConfig)
+    drafter_port: int = 0  # the speculation server's port on the drafter's node (0: any free port)
+    reply_timeout_s: float = 10.0  # the target waits this long for a draft, then decodes without one
+    branch_budget: int = 8  # mirror: branches rolled out per step over the whole batch
+
+    def validate(self) -> "ClusterConfig":
+        if self.ray not in ("auto", "always", "never"):
+            raise InvalidRequestError("cluster.ray", f"must be auto, always or never, got {self.ray!r}")
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise InvalidRequestError("cluster.placement_strategy",
+                                      f"must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {self.placement_strategy!r}")
+        if not isinstance(self.resources, dict):
+            raise InvalidRequestError("cluster.resources", "must map resource names to amounts")
+        for name in ("reply_timeout_s", "branch_budget"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise InvalidRequestError(f"cluster.{name}", f"must be > 0, got {value!r}")
+        self.target.validate("cluster.target")
+        self.drafter.validate("cluster.drafter")
+        return self
+
+    def uses_ray(self, method: str) -> bool:
+        return self.ray == "always" or (self.ray == "auto" and method == "mirror")
+
+
 @dataclass
 class ProjectConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     speculation: SpecParams = field(default_factory=SpecParams)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 def _section(cls, data: object, name: str, source: str):
@@ -63,13 +122,20 @@ def load_config(path: Path | None) -> ProjectConfig:
         raise InvalidRequestError(source, f"is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequestError(source, "must be a mapping of sections")
-    sections = {"engine": EngineConfig, "speculation": SpecParams}
+    sections = {"engine": EngineConfig, "speculation": SpecParams, "cluster": ClusterConfig}
     for key in data:
         if key not in sections:
             raise InvalidRequestError(f"{source}:{key}", f"unknown section; known: {', '.join(sections)}")
     try:
-        config = ProjectConfig(**{name: _section(cls, data.get(name), name, source) for name, cls in sections.items()})
+        parsed = {name: _section(cls, data.get(name), name, source) for name, cls in sections.items()}
+        cluster = parsed["cluster"]
+        for role in ("target", "drafter"):
+            value = getattr(cluster, role)
+            if not isinstance(value, RoleConfig):
+                setattr(cluster, role, _section(RoleConfig, value, f"cluster.{role}", source))
+        config = ProjectConfig(**parsed)
     except TypeError as exc:
         raise InvalidRequestError(source, str(exc)) from None
     config.engine.validate()
+    config.cluster.validate()
     return config

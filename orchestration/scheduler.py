@@ -21,7 +21,7 @@ from mirrorspec.orchestration.acceptance import DraftTree, Verdict, verify_greed
 from mirrorspec.orchestration.interfaces import DraftService, EarlyExit, ExitCandidates, OpenSpec, Report, Worker
 from mirrorspec.orchestration.params import SamplingParams, SpecParams
 from mirrorspec.orchestration.sampling import probabilities
-from mirrorspec.orchestration.stats import RequestStats
+from mirrorspec.orchestration.stats import RequestStats, StepTiming
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,8 @@ class Scheduler:
         self._steps = 0
         self._drafter_back_at = 0  # step from which the drafter is asked again after a failure
         self._exit_vocab = None if drafter is None or drafter.vocabulary is None else torch.tensor(drafter.vocabulary)
+        self.timing = StepTiming()
+        self._exit_window: tuple[float, float] | None = None  # (start, end) of this step's early exit
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -166,6 +168,8 @@ class Scheduler:
         rows = list(self.running)
         self._propose([s for s in rows if s.window is None])
         trees = [s.window if s.window is not None else DraftTree() for s in rows]
+        self._exit_window = None
+        started = time.perf_counter()
         logits, hidden = self.target.forward_hidden(
             [s.seq_id for s in rows],
             [[s.tokens[-1]] for s in rows],
@@ -173,6 +177,7 @@ class Scheduler:
             [t.parents for t in trees],
             early_exit=self._early_exit(rows, trees),
         )
+        self._time_target(started, time.perf_counter())
         target_paths: dict[int, list[int]] = {}
         for seq, tree, out, hid in zip(rows, trees, logits, hidden):
             verdict = self._verify(seq, tree, out)
@@ -247,7 +252,9 @@ class Scheduler:
                 reports.append(Report(seq.seq_id, seq.tokens[seq.reported_tokens :], seq.accepted_nodes, features,
                                       depth, topk, max(depth, min(budget, depth * topk)),
                                       branches=seq.spec.method == "mirror"))
+            started = time.perf_counter()
             proposals = self.drafter.propose(reports) if reports else {}
+            self.timing.propose_s += time.perf_counter() - started
         except Exception:  # a failing drafter must never stop generation: decode without drafts for a while
             self._drafter_failed(rows)
             return
@@ -289,6 +296,7 @@ class Scheduler:
         kappa = max(s.spec.kappa for s, m in zip(rows, mirror) if m)
 
         def send(results: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+            self._exit_window = (time.perf_counter(), 0.0)
             candidates = []
             for seq, count, (ids, logps) in zip(rows, positions, results):
                 if count:
@@ -298,8 +306,22 @@ class Scheduler:
                 self.drafter.early_exit(candidates)
             except Exception:
                 logger.exception("drafter failed on the early exit; the next drafts are drafted afresh")
+            self._exit_window = (self._exit_window[0], time.perf_counter())
 
         return EarlyExit(min(layers), positions, kappa, send, self._exit_vocab)
+
+    def _time_target(self, started: float, ended: float) -> None:
+        t = self.timing
+        t.steps += 1
+        t.target_s += ended - started
+        if self._exit_window is not None:
+            # The exit's logits/top-k are measured from the early-exit callback's start; the (tiny) logit-lens
+            # matmul before it counts as lower layers.
+            exit_start, exit_end = self._exit_window
+            t.exit_steps += 1
+            t.lower_s += exit_start - started
+            t.exit_s += exit_end - exit_start
+            t.upper_s += ended - exit_end
 
     @staticmethod
     def _record_mirror(seq: Sequence, verdict: Verdict) -> None:

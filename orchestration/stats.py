@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass
@@ -100,3 +100,24 @@ class RequestStats:
         if self.fallback_steps:
             parts.append(f"{self.fallback_steps} fallback steps")
         return ", ".join(parts)
+
+
+@dataclass
+class StepTiming:
+    """Wall-clock accounting of the step loop, summed over steps: the terms of Mirror-SD's latency model
+    (arXiv 2510.13161 Eq. 10: lower layers + max(upper layers, draft) + exchanges)."""
+
+    steps: int = 0
+    exit_steps: int = 0  # steps with an early exit
+    target_s: float = 0.0  # target forwards of decoding steps
+    lower_s: float = 0.0  # ... exit steps: from the forward's start to the early exit
+    exit_s: float = 0.0  # ... exit steps: computing and sending the early exit
+    upper_s: float = 0.0  # ... exit steps: after the early exit to the forward's end
+    propose_s: float = 0.0  # waiting for drafts
+
+    def read(self) -> dict:
+        """The sums so far, then zero."""
+        out = asdict(self)
+        for name in out:
+            setattr(self, name, type(out[name])())
+        return out

@@ -15,6 +15,7 @@ from mirrorspec.workers.model_worker import ModelWorker
 from mirrorspec.workers.models import (
     DEFAULT,
     LoadedModel,
+    ModelInfo,
     check_same_tokenizer,
     load_model,
     load_tokenizer,
@@ -61,7 +62,7 @@ def resolve_drafter(config: EngineConfig) -> str | None:
     return str(DEFAULT_DRAFTER_DIR)
 
 
-def _trained_drafter(config: EngineConfig, target: LoadedModel, dtype, sizes: dict) -> DrafterWorker:
+def _trained_drafter(config: EngineConfig, target: LoadedModel | ModelInfo, dtype, sizes: dict) -> DrafterWorker:
     """A drafter made by `mirrorspec train-drafter` (reduced vocabulary, optionally feature-conditioned)."""
     folder = Path(config.drafter)
     drafter = Drafter.load(folder, dtype).to(parse_device(config.drafter_device or config.device, "drafter_device"))
@@ -76,38 +77,57 @@ def _trained_drafter(config: EngineConfig, target: LoadedModel, dtype, sizes: di
     return DrafterWorker(drafter, **sizes)
 
 
-def build_workers(config: EngineConfig) -> BuiltWorkers:
-    dtype = parse_dtype(config.dtype)
-    device = parse_device(config.device)
-    target = load_model(config.target, dtype=dtype, device=device, field="target", cpu_linear=config.cpu_linear)
-    # After the target: a bad target folder is reported as the target's error, not as a drafter mismatch.
-    config = dataclasses.replace(config, drafter=resolve_drafter(config))
-    positions = getattr(target.config, "max_position_embeddings", None) or config.max_model_len
+def worker_sizes(config: EngineConfig, target_config) -> tuple[int, dict]:
+    """(max_model_len, KV-cache sizes) of the workers of one engine: the same for target and drafter."""
+    positions = getattr(target_config, "max_position_embeddings", None) or config.max_model_len
     max_model_len = min(config.max_model_len, positions)
-    sizes = dict(max_slots=config.max_batch, capacity=max_model_len + config.max_spec_nodes + 1,
-                 max_spec_nodes=config.max_spec_nodes)
-    drafter_worker = None
+    return max_model_len, dict(max_slots=config.max_batch, capacity=max_model_len + config.max_spec_nodes + 1,
+                               max_spec_nodes=config.max_spec_nodes)
+
+
+def build_drafter(config: EngineConfig, target: LoadedModel | ModelInfo) -> ModelWorker | None:
+    """The drafter worker `config` names (None for none), checked against the target (weights not needed,
+    except for `self`, which shares them)."""
+    config = dataclasses.replace(config, drafter=resolve_drafter(config))
+    if not config.drafter:
+        return None
+    dtype = parse_dtype(config.dtype)
+    max_model_len, sizes = worker_sizes(config, target.config)
     if config.drafter == SELF_DRAFTER:
         # The target drafts for itself: shared weights, a KV cache of its own. Useful to test losslessness with
         # long accepted paths; it is never faster than `ar`.
-        drafter_worker = ModelWorker(target, **sizes)
-    elif config.drafter and is_drafter_folder(config.drafter):
-        drafter_worker = _trained_drafter(config, target, dtype, sizes)
-    elif config.drafter:
-        drafter_device = parse_device(config.drafter_device or config.device, "drafter_device")
-        drafter = load_model(config.drafter, dtype=dtype, device=drafter_device, field="drafter",
-                             cpu_linear=config.cpu_linear)
-        check_same_tokenizer(target, drafter)
-        drafter_positions = getattr(drafter.config, "max_position_embeddings", None) or max_model_len
-        if drafter_positions < max_model_len:
-            raise InvalidRequestError(
-                "drafter", f"drafter context {drafter_positions} is shorter than max_model_len {max_model_len}"
-            )
-        drafter_worker = ModelWorker(drafter, **sizes)
+        if not isinstance(target, LoadedModel):
+            target = load_model(target.path, dtype=dtype, device=parse_device(config.drafter_device or config.device,
+                                                                              "drafter_device"),
+                                field="drafter", cpu_linear=config.cpu_linear)
+        return ModelWorker(target, **sizes)
+    if is_drafter_folder(config.drafter):
+        return _trained_drafter(config, target, dtype, sizes)
+    drafter_device = parse_device(config.drafter_device or config.device, "drafter_device")
+    drafter = load_model(config.drafter, dtype=dtype, device=drafter_device, field="drafter",
+                         cpu_linear=config.cpu_linear)
+    check_same_tokenizer(target, drafter)
+    drafter_positions = getattr(drafter.config, "max_position_embeddings", None) or max_model_len
+    if drafter_positions < max_model_len:
+        raise InvalidRequestError(
+            "drafter", f"drafter context {drafter_positions} is shorter than max_model_len {max_model_len}"
+        )
+    return ModelWorker(drafter, **sizes)
+
+
+def build_target(config: EngineConfig) -> tuple[ModelWorker, LoadedModel]:
+    target = load_model(config.target, dtype=parse_dtype(config.dtype), device=parse_device(config.device),
+                        field="target", cpu_linear=config.cpu_linear)
+    return ModelWorker(target, **worker_sizes(config, target.config)[1]), target
+
+
+def build_workers(config: EngineConfig) -> BuiltWorkers:
+    target_worker, target = build_target(config)
+    # After the target: a bad target folder is reported as the target's error, not as a drafter mismatch.
     return BuiltWorkers(
-        target=ModelWorker(target, **sizes),
-        drafter=drafter_worker,
+        target=target_worker,
+        drafter=build_drafter(config, target),
         tokenizer=target.tokenizer,
         eos_ids=eos_token_ids(target),
-        max_model_len=max_model_len,
+        max_model_len=worker_sizes(config, target.config)[0],
     )

@@ -67,6 +67,20 @@ class LoadedModel:
         return self.model.config
 
 
+@dataclass
+class ModelInfo:
+    """A model folder's config and tokenizer without its weights (what a drafter is checked against)."""
+
+    path: Path
+    config: object
+    tokenizer: PreTrainedTokenizerBase | None
+
+
+def load_model_info(path: str | Path, field: str = "target") -> ModelInfo:
+    folder = resolve_model_dir(path, field)
+    return ModelInfo(folder, AutoConfig.from_pretrained(folder, local_files_only=True), load_tokenizer(folder))
+
+
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase | None:
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -100,7 +114,7 @@ def load_model(
     return LoadedModel(path=folder, model=model, tokenizer=load_tokenizer(folder))
 
 
-def check_same_tokenizer(target: LoadedModel, drafter: LoadedModel, field: str = "drafter") -> None:
+def check_same_tokenizer(target: LoadedModel | ModelInfo, drafter: LoadedModel, field: str = "drafter") -> None:
     """A drafter must speak the target's token ids: same vocabulary and the same special tokens."""
     t_tok, d_tok = target.tokenizer, drafter.tokenizer
     if t_tok is None or d_tok is None:

@@ -1,0 +1,85 @@
+"""The two Ray actors of a speculation pipeline: the drafter (serving the speculation channel) and the target
+(running the engine's step loop, with the drafter behind a gRPC stream).
+
+The classes are plain Python; cluster/pipeline.py turns them into actors placed on their resources.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from mirrorspec.cluster.config import RoleConfig
+from mirrorspec.orchestration.drafter_session import DrafterSession
+from mirrorspec.orchestration.engine import Engine, EngineConfig
+from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.orchestration.remote_drafter import RemoteDrafter
+
+logger = logging.getLogger(__name__)
+
+
+def pin(role: RoleConfig) -> None:
+    """Thread count and CPU affinity of this actor process (emulates separate devices on one CPU)."""
+    if role.cores:
+        os.sched_setaffinity(0, role.cores)
+    if role.threads:
+        torch.set_num_threads(role.threads)
+
+
+class DrafterActor:
+    def __init__(self, engine: EngineConfig, role: RoleConfig, *, port: int = 0, branch_budget: int = 8) -> None:
+        from mirrorspec.workers.drafter_service import serve
+        from mirrorspec.workers.factory import build_drafter
+        from mirrorspec.workers.models import load_model_info
+
+        pin(role)
+        target = load_model_info(engine.target)
+        worker = build_drafter(engine, target)
+        if worker is None:
+            raise InvalidRequestError("drafter", "the pipeline has no drafter to serve")
+        self.session = DrafterSession(worker, max_spec_nodes=engine.max_spec_nodes, branch_budget=branch_budget)
+        feature_size = target.config.hidden_size if worker.uses_features else 0
+        self.server, self._address = serve(self.session, vocab_size=target.config.vocab_size,
+                                           feature_size=feature_size, port=port)
+        logger.info("drafter serving the speculation channel on %s", self._address)
+
+    def address(self) -> str:
+        return self._address
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class TargetActor:
+    def __init__(self, engine: EngineConfig, role: RoleConfig, drafter_address: str | None, *,
+                 reply_timeout_s: float = 10.0) -> None:
+        from mirrorspec.workers.factory import build_target, eos_token_ids, worker_sizes
+
+        pin(role)
+        worker, target = build_target(engine)
+        self.remote = None
+        if drafter_address:
+            self.remote = RemoteDrafter(drafter_address, vocab_size=worker.vocab_size,
+                                        reply_timeout_s=reply_timeout_s)
+        self.engine = Engine(worker, self.remote, tokenizer=target.tokenizer, eos_ids=eos_token_ids(target),
+                             max_model_len=worker_sizes(engine, target.config)[0], max_batch=engine.max_batch,
+                             max_spec_nodes=engine.max_spec_nodes, seed=engine.seed)
+
+    def generate(self, prompts: list, sampling: SamplingParams | list[SamplingParams] | None,
+                 spec: SpecParams | None, chat: bool = False) -> list:
+        return self.engine.generate(prompts, sampling, spec, chat=chat)
+
+    def stream(self, prompt, sampling: SamplingParams | None, spec: SpecParams | None, chat: bool = False):
+        yield from self.engine.stream(prompt, sampling, spec, chat=chat)
+
+    def channel_stats(self) -> dict:
+        """The speculation channel's accounting since the last call (zeroed on read)."""
+        if self.remote is None:
+            return {}
+        out = {"proposes": self.remote.proposes, "wait_s": self.remote.wait_s,
+               "drafter_busy_s": self.remote.drafter_busy_s, **self.engine.scheduler.timing.read()}
+        self.remote.proposes, self.remote.wait_s, self.remote.drafter_busy_s = 0, 0.0, 0.0
+        return out

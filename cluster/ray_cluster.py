@@ -1,0 +1,30 @@
+"""Connecting to a Ray cluster, or starting an embedded local one; every socket stays on 127.0.0.1 locally."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from mirrorspec.cluster.config import ClusterConfig
+
+logger = logging.getLogger(__name__)
+
+
+def connect(cluster: ClusterConfig) -> None:
+    """`cluster.address` (or $RAY_ADDRESS) -> join that cluster; otherwise start an embedded one here."""
+    # Ray replaces 127.0.0.1 by the routable interface unless told not to (PLATFORM.md): keep loopback.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cluster.address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                                "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}}
+    if address:
+        logger.info("joining the Ray cluster at %s", address)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        return
+    ray.init(num_cpus=cluster.num_cpus, resources=dict(cluster.resources) or None, include_dashboard=False,
+             _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=False,
+             configure_logging=False)

@@ -1,0 +1,140 @@
+"""The target's end of the speculation channel: a `DraftService` whose drafter sits behind gRPC.
+
+One bidirectional stream carries every message; open, release and early-exit messages are sent without waiting,
+and only `propose` waits for its answer (with a timeout, so that a hung drafter never hangs the target). Answers
+are matched by `seq`: one that belongs to an earlier, abandoned request is dropped; an Error from the drafter
+raises `DrafterError` naming the field it refused. After any failure the scheduler calls `reset`, which closes
+the stream; the next call opens a new one, and the drafter then forgets the old sequences.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+import grpc
+
+from mirrorspec.orchestration import wire
+from mirrorspec.orchestration.interfaces import ExitCandidates, OpenSpec, Proposal, Report
+from mirrorspec.protos import speculation_pb2 as pb
+from mirrorspec.protos import speculation_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class DrafterError(RuntimeError):
+    """The drafter refused a message (or failed on it); `field` names what it refused."""
+
+    def __init__(self, seq: int, field: str, message: str) -> None:
+        super().__init__(f"drafter refused message {seq}: {field}: {message}")
+        self.field = field
+
+
+class _Stream:
+    """One open Speculate call: an outbox the gRPC runtime drains and an inbox a reader thread fills."""
+
+    def __init__(self, stub: pb_grpc.SpeculationStub) -> None:
+        self.outbox: queue.Queue = queue.Queue()
+        self.inbox: queue.Queue = queue.Queue()
+        self.call = stub.Speculate(iter(self.outbox.get, None))
+        self.next_seq = 1
+        threading.Thread(target=self._read, daemon=True, name="speculation-reader").start()
+
+    def _read(self) -> None:
+        try:
+            for msg in self.call:
+                self.inbox.put(msg)
+            self.inbox.put(ConnectionError("the drafter closed the speculation stream"))
+        except grpc.RpcError as exc:
+            self.inbox.put(exc)
+
+    def send(self, **body) -> int:
+        seq = self.next_seq
+        self.next_seq += 1
+        self.outbox.put(pb.TargetMessage(seq=seq, **body))
+        return seq
+
+    def close(self) -> None:
+        self.outbox.put(None)
+        self.call.cancel()
+
+
+class RemoteDrafter:
+    """A DraftService over gRPC (the drafter side runs workers/drafter_service.py)."""
+
+    def __init__(self, address: str, *, vocab_size: int, connect_timeout_s: float = 30.0,
+                 reply_timeout_s: float = 10.0) -> None:
+        self.address = address
+        self.reply_timeout_s = reply_timeout_s
+        self._channel = grpc.insecure_channel(address, options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ])
+        self._stub = pb_grpc.SpeculationStub(self._channel)
+        info = self._stub.Describe(pb.DescribeRequest(), timeout=connect_timeout_s, wait_for_ready=True)
+        if info.vocab_size != vocab_size:
+            raise ValueError(f"the drafter at {address} works in a {info.vocab_size}-token vocabulary; "
+                             f"the target has {vocab_size}")
+        self.vocab_size = vocab_size
+        self.uses_features = info.uses_features
+        self.feature_size = info.feature_size
+        self.vocabulary = list(info.vocabulary) or None
+        self._stream: _Stream | None = None
+        # Channel accounting for the bench: drafter compute reported by the drafter, and the target's waits.
+        self.drafter_busy_s = 0.0
+        self.wait_s = 0.0
+        self.proposes = 0
+
+    def _open_stream(self) -> _Stream:
+        if self._stream is None:
+            self._stream = _Stream(self._stub)
+        return self._stream
+
+    # ------------------------------------------------------------------------------ DraftService
+    def open(self, specs: list[OpenSpec]) -> None:
+        self._open_stream().send(open=wire.encode_open(specs))
+
+    def release(self, seq_ids: list[int]) -> None:
+        if self._stream is not None:  # a fresh stream knows no sequences anyway
+            self._stream.send(release=pb.Release(ids=seq_ids))
+
+    def early_exit(self, candidates: list[ExitCandidates]) -> None:
+        self._open_stream().send(early_exit=wire.encode_early_exit(candidates))
+
+    def propose(self, reports: list[Report]) -> dict[int, Proposal]:
+        stream = self._open_stream()
+        started = time.perf_counter()
+        seq = stream.send(propose=wire.encode_propose(reports))
+        deadline = started + self.reply_timeout_s
+        while True:
+            try:
+                msg = stream.inbox.get(timeout=max(0.0, deadline - time.perf_counter()))
+            except queue.Empty:
+                raise TimeoutError(f"the drafter at {self.address} did not answer within "
+                                   f"{self.reply_timeout_s} s") from None
+            if isinstance(msg, BaseException):
+                raise ConnectionError(f"the speculation stream to {self.address} broke: {msg}") from msg
+            if msg.WhichOneof("body") == "error":
+                raise DrafterError(msg.seq, msg.error.field, msg.error.message)
+            if msg.seq < seq:
+                logger.debug("dropping the drafter's late answer to message %d", msg.seq)
+                continue
+            if msg.seq > seq:
+                raise DrafterError(msg.seq, "seq", f"answer to message {msg.seq} while waiting for {seq}")
+            self.wait_s += time.perf_counter() - started
+            self.drafter_busy_s += msg.busy_ms / 1000
+            self.proposes += 1
+            return wire.decode_drafts(msg.drafts, self.vocab_size)
+
+    def reset(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def close(self) -> None:
+        self.reset()
+        self._channel.close()

@@ -1,0 +1,1 @@
+"""The wire: .proto files and their generated Python code (regenerate with `python -m mirrorspec.protos.generate`)."""
