@@ -75,6 +75,9 @@ class TargetActor:
     def stream(self, prompt, sampling: SamplingParams | None, spec: SpecParams | None, chat: bool = False):
         yield from self.engine.stream(prompt, sampling, spec, chat=chat)
 
+    def progress(self) -> int:
+        return 0 if self.remote is None else self.remote.proposes
+
     def channel_stats(self) -> dict:
         """The speculation channel's accounting since the last call (zeroed on read)."""
         if self.remote is None:

@@ -38,6 +38,7 @@ class Pipeline:
         cluster, engine = config.cluster, config.engine
         connect(cluster)
         roles = [cluster.target] + ([cluster.drafter] if engine.drafter else [])
+        _check_resources(roles, ray.cluster_resources())
         self.group = placement_group([dict(r.resources) for r in roles], strategy=cluster.placement_strategy)
         ready, _ = ray.wait([self.group.ready()], timeout=PLACEMENT_TIMEOUT_S)
         if not ready:
@@ -57,7 +58,8 @@ class Pipeline:
                 self.drafter = ray.remote(DrafterActor).options(**on(1, cluster.drafter)).remote(
                     engine, cluster.drafter, port=cluster.drafter_port, branch_budget=cluster.branch_budget)
                 address = ray.get(self.drafter.address.remote())
-            self.target = ray.remote(TargetActor).options(**on(0, cluster.target)).remote(
+            # Two concurrent calls: `progress` can be read while `generate` runs.
+            self.target = ray.remote(TargetActor).options(max_concurrency=2, **on(0, cluster.target)).remote(
                 engine, cluster.target, address, reply_timeout_s=cluster.reply_timeout_s)
             ray.get(self.target.channel_stats.remote())  # surfaces the target's start-up errors here
         except ray.exceptions.RayActorError as exc:
@@ -81,6 +83,16 @@ class Pipeline:
         for ref in self.target.stream.options(num_returns="streaming").remote(prompt, sampling, spec, chat):
             yield ray.get(ref)
 
+    def generate_async(self, prompts: list, sampling=None, spec: SpecParams | None = None, *, chat: bool = False):
+        """Start `generate`; returns a Ray object ref (ray.get it for the outputs)."""
+        return self.target.generate.remote(prompts, sampling, spec, chat)
+
+    def progress(self) -> int:
+        """Drafts the target has received so far."""
+        import ray
+
+        return ray.get(self.target.progress.remote())
+
     def channel_stats(self) -> dict:
         import ray
 
@@ -99,3 +111,15 @@ class Pipeline:
             if actor is not None:
                 ray.kill(actor, no_restart=True)
         ray.util.remove_placement_group(self.group)
+
+
+def _check_resources(roles: list[RoleConfig], offered: dict) -> None:
+    """Fail at once, naming the resource, when the whole cluster cannot hold the pipeline."""
+    wanted: dict[str, float] = {}
+    for role in roles:
+        for name, amount in role.resources.items():
+            wanted[name] = wanted.get(name, 0) + amount
+    for name, amount in wanted.items():
+        if offered.get(name, 0) < amount:
+            raise InvalidRequestError(f"cluster.resources.{name}", f"the pipeline needs {amount:g} {name} but the "
+                                                                   f"Ray cluster has {offered.get(name, 0):g}")

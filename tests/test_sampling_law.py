@@ -53,11 +53,13 @@ def exact_ar_law(target, params: SamplingParams) -> dict[tuple[int, ...], float]
     return law
 
 
-def empirical_law(target, drafter, spec: SpecParams, settings: dict) -> dict[tuple[int, ...], float]:
-    engine = tiny_engine(target, drafter, max_batch=256, max_model_len=16, max_spec_nodes=8)
+def empirical_law(target, drafter, spec: SpecParams, settings: dict, generate=None) -> dict[tuple[int, ...], float]:
+    """The law of N generations; `generate(prompts, params, spec)` defaults to an in-process engine."""
+    if generate is None:
+        generate = tiny_engine(target, drafter, max_batch=256, max_model_len=16, max_spec_nodes=8).generate
     params = [SamplingParams(max_new_tokens=LENGTH, ignore_eos=True, seed=s, **settings) for s in range(N)]
     counts: dict[tuple[int, ...], int] = {}
-    for out in engine.generate([PROMPT] * N, params, spec):
+    for out in generate([PROMPT] * N, params, spec):
         key = tuple(out.token_ids)
         counts[key] = counts.get(key, 0) + 1
     return {k: v / N for k, v in counts.items()}

@@ -1,0 +1,97 @@
+"""The Ray pipeline: drafter and target in separate actors on a real local Ray cluster, joined by gRPC."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import tiny_model
+from mirrorspec.cluster.config import ClusterConfig, ProjectConfig, RoleConfig
+from mirrorspec.cluster.pipeline import Pipeline
+from mirrorspec.orchestration.engine import EngineConfig
+from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from test_sampling_law import LENGTH, SETTINGS, VOCAB, empirical_law, exact_ar_law, tv, tv_bound
+
+BENCH_PROMPTS = Path(__file__).resolve().parents[1] / "bench" / "prompts" / "spec_bench_mini.jsonl"
+
+
+def save(loaded, folder: Path) -> str:
+    loaded.model.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def tiny_law_pipeline(ray_cluster, tmp_path_factory):
+    """The sampling-law test's tiny target and drafter, each in its own actor on one of the two CPUs."""
+    root = tmp_path_factory.mktemp("tiny-law")
+    target = tiny_model("llama", VOCAB, seed=11, sharpness=6.0)
+    drafter = tiny_model("llama", VOCAB, seed=12, sharpness=6.0)
+    engine = EngineConfig(target=save(target, root / "target"), drafter=save(drafter, root / "drafter"),
+                          max_batch=256, max_model_len=16, max_spec_nodes=8)
+    pipeline = Pipeline(ProjectConfig(engine=engine, cluster=ClusterConfig(num_cpus=2)))
+    yield target, pipeline
+    pipeline.shutdown()
+
+
+def test_sampling_law_through_the_actors(tiny_law_pipeline):
+    target, pipeline = tiny_law_pipeline
+    settings = SETTINGS["T=1.0"]
+    exact = exact_ar_law(target, SamplingParams(**settings))
+    seen = empirical_law(None, None, SpecParams("mirror", gamma=3, kappa=4), settings, generate=pipeline.generate)
+    assert tv(seen, exact) <= tv_bound(VOCAB**LENGTH)
+    stats = pipeline.channel_stats()
+    assert stats["proposes"] > 0 and stats["exit_steps"] > 0  # it really went through the drafter actor
+
+
+def test_missing_resources_fail_early_naming_them(ray_cluster):
+    cluster = ClusterConfig(drafter=RoleConfig(resources={"npu": 1}))
+    with pytest.raises(InvalidRequestError, match="npu"):
+        Pipeline(ProjectConfig(engine=EngineConfig(drafter="self"), cluster=cluster))
+
+
+@pytest.fixture
+def default_pipeline(ray_cluster):
+    """The default pair (SmolLM2-135M-Instruct and its shipped drafter), one core each."""
+    engine = EngineConfig(target="default", drafter="default", max_batch=4)
+    pipeline = Pipeline(ProjectConfig(engine=engine, cluster=ClusterConfig(num_cpus=2)))
+    yield pipeline
+    pipeline.shutdown()
+
+
+def bench_prompts(n):
+    rows = [json.loads(line) for line in BENCH_PROMPTS.read_text().splitlines()]
+    return [r["prompt"] for r in rows[:: len(rows) // n][:n]]
+
+
+@pytest.mark.real_model
+def test_mirror_through_actors_equals_ar_at_batch_1_and_4(default_pipeline):
+    prompts = bench_prompts(6)
+    sampling = SamplingParams(max_new_tokens=24)
+    ar = [o.token_ids for o in default_pipeline.generate(prompts, sampling, SpecParams("ar"), chat=True)]
+    mirror = SpecParams("mirror", gamma=3)
+    batched = default_pipeline.generate(prompts, sampling, mirror, chat=True)  # 4 at a time
+    single = [default_pipeline.generate([p], sampling, mirror, chat=True)[0] for p in prompts[:3]]
+    assert [o.token_ids for o in batched] == ar
+    assert [o.token_ids for o in single] == ar[:3]
+    assert all(o.stats.exit_checked > 0 for o in batched + single)
+
+
+@pytest.mark.real_model
+def test_killing_the_drafter_mid_generation_loses_nothing(ray_cluster):
+    engine = EngineConfig(target="default", drafter="default", max_batch=4)
+    pipeline = Pipeline(ProjectConfig(engine=engine, cluster=ClusterConfig(num_cpus=2, reply_timeout_s=5)))
+    try:
+        prompts = bench_prompts(4)
+        sampling = SamplingParams(max_new_tokens=40)
+        ar = [o.token_ids for o in pipeline.generate(prompts, sampling, SpecParams("ar"), chat=True)]
+        pending = pipeline.generate_async(prompts, sampling, SpecParams("mirror", gamma=3), chat=True)
+        while pipeline.progress() < 4:  # some drafts have arrived: the drafter is in the middle of its work
+            pass
+        pipeline.kill_drafter()
+        outs = ray_cluster.get(pending)
+        assert [o.token_ids for o in outs] == ar
+        assert all(o.finish_reason in ("length", "eos") for o in outs)
+        assert sum(o.stats.fallback_steps for o in outs) > 0
+    finally:
+        pipeline.shutdown()

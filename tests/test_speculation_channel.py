@@ -1,0 +1,166 @@
+"""The speculation channel: every message round-trips; malformed, stale and out-of-order messages are refused
+with an error naming the field; an engine whose drafter sits behind a real gRPC server on 127.0.0.1 stays
+lossless, and keeps going when the server dies."""
+
+import random
+
+import grpc
+import pytest
+import torch
+
+from helpers import tiny_engine, tiny_model, worker
+from mirrorspec.orchestration import wire
+from mirrorspec.orchestration.acceptance import DraftTree
+from mirrorspec.orchestration.drafter_session import DrafterSession
+from mirrorspec.orchestration.engine import Engine
+from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.orchestration.interfaces import ExitCandidates, OpenSpec, Proposal, Report
+from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.orchestration.remote_drafter import RemoteDrafter
+from mirrorspec.protos import speculation_pb2 as pb
+from mirrorspec.protos import speculation_pb2_grpc as pb_grpc
+from mirrorspec.workers.drafter_service import serve
+
+VOCAB = 96
+
+
+def through_bytes(msg):
+    return type(msg).FromString(msg.SerializeToString())
+
+
+def test_every_message_round_trips():
+    specs = [OpenSpec(3, 12345, SamplingParams(temperature=0.7, top_k=5, top_p=0.9)), OpenSpec(4, 1, SamplingParams())]
+    assert wire.decode_open(through_bytes(wire.encode_open(specs))) == specs
+
+    feats = torch.randn(3, 8)
+    reports = [Report(3, [5, 6, 7], [0, 1], feats, depth=4, topk=2, budget=6, branches=True),
+               Report(4, [9], [], None, depth=2, topk=1, budget=2)]
+    back = wire.decode_propose(through_bytes(wire.encode_propose(reports)), VOCAB, feature_size=8)
+    assert torch.equal(back[0].features, feats) and back[1].features is None
+    assert [(r.seq_id, r.committed, r.accepted_nodes, r.depth, r.topk, r.budget, r.branches) for r in back] == \
+        [(r.seq_id, r.committed, r.accepted_nodes, r.depth, r.topk, r.budget, r.branches) for r in reports]
+
+    cands = [ExitCandidates(3, torch.tensor([[1, 2], [3, 4], [5, 6]]), torch.log(torch.tensor([[.5, .25]] * 3)))]
+    (c,) = wire.decode_early_exit(through_bytes(pb.EarlyExit(sequences=wire.encode_early_exit(cands).sequences)),
+                                  VOCAB)
+    assert torch.equal(c.ids, cands[0].ids) and torch.allclose(c.logprobs, cands[0].logprobs)
+
+    q = torch.zeros(VOCAB)
+    q[[4, 9, 20]] = torch.tensor([0.5, 0.3, 0.2])
+    sampled = DraftTree(tokens=[4, 9], parents=[-1, 0], proposals=[q, q], logprobs=[-0.7, -1.2])
+    greedy = DraftTree(tokens=[1, 2, 3], parents=[-1, -1, 0], proposals=[None] * 3, logprobs=[-0.1, -2.0, -0.3])
+    out = wire.decode_drafts(through_bytes(wire.encode_drafts({3: Proposal(sampled, reused=True),
+                                                               4: Proposal(greedy)})), VOCAB)
+    assert out[3].reused and not out[4].reused
+    assert out[3].tree.tokens == [4, 9] and torch.equal(out[3].tree.proposals[1], q)
+    assert out[4].tree.parents == [-1, -1, 0] and out[4].tree.proposals == [None] * 3
+    assert out[4].tree.logprobs == pytest.approx(greedy.logprobs)
+
+
+def _verdict(**kw):
+    base = dict(id=1, committed=[3], depth=2, topk=1, budget=2)
+    return pb.Propose(verdicts=[pb.Verdict(**{**base, **kw})])
+
+
+MALFORMED = [
+    (lambda: wire.decode_propose(_verdict(committed=[]), VOCAB, 0), "propose.verdicts[0].committed"),
+    (lambda: wire.decode_propose(_verdict(committed=[VOCAB]), VOCAB, 0), "propose.verdicts[0].committed"),
+    (lambda: wire.decode_propose(_verdict(budget=1), VOCAB, 0), "propose.verdicts[0].topk"),
+    (lambda: wire.decode_propose(_verdict(features=pb.Features(width=4, data=b"\0" * 16)), VOCAB, 8),
+     "propose.verdicts[0].features.width"),
+    (lambda: wire.decode_propose(_verdict(features=pb.Features(width=8, data=b"\0" * 20)), VOCAB, 8),
+     "propose.verdicts[0].features.data"),
+    (lambda: wire.decode_propose(pb.Propose(verdicts=[_verdict().verdicts[0]] * 2), VOCAB, 0), "propose.verdicts"),
+    (lambda: wire.decode_early_exit(pb.EarlyExit(sequences=[pb.ExitCandidates(
+        id=1, positions=2, kappa=2, ids=[1, 2, 3], logprobs=[-1.0] * 3)]), VOCAB), "early_exit.sequences[0]"),
+    (lambda: wire.decode_early_exit(pb.EarlyExit(sequences=[pb.ExitCandidates(
+        id=1, positions=1, kappa=1, ids=[1], logprobs=[float("nan")])]), VOCAB), "early_exit.sequences[0].logprobs"),
+    (lambda: wire.decode_drafts(pb.Drafts(trees=[pb.Tree(id=1, ids=[1, 2], parents=[-1, 1], logprobs=[0, 0])]),
+                                VOCAB), "drafts.trees[0].parents"),
+    (lambda: wire.decode_drafts(pb.Drafts(trees=[pb.Tree(id=1, ids=[1], parents=[-1], logprobs=[0], proposals=[
+        pb.Proposal(ids=[1], probs=[0.5])])]), VOCAB), "drafts.trees[0].proposals[0].probs"),
+    (lambda: wire.decode_open(pb.Open(sequences=[pb.OpenSequence(id=1, sampling=pb.Sampling(temperature=-1, top_p=1))])),
+     "open.sequences[0].sampling.temperature"),
+]
+
+
+@pytest.mark.parametrize("decode, field", MALFORMED, ids=[f for _, f in MALFORMED])
+def test_malformed_messages_name_the_field(decode, field):
+    with pytest.raises(InvalidRequestError) as info:
+        decode()
+    assert info.value.field == field
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_model("llama", VOCAB, seed=1, sharpness=4.0), tiny_model("llama", VOCAB, seed=2, sharpness=4.0)
+
+
+@pytest.fixture
+def served(models):
+    session = DrafterSession(worker(models[1], 8, 193, 64), max_spec_nodes=64)
+    server, address = serve(session, vocab_size=VOCAB, feature_size=0)
+    yield server, address
+    server.stop(0)
+
+
+def test_stale_out_of_order_and_bad_messages_are_refused_without_a_hang(served):
+    _, address = served
+    stub = pb_grpc.SpeculationStub(grpc.insecure_channel(address))
+    greedy = pb.Sampling(temperature=0, top_p=1)
+    messages = [
+        pb.TargetMessage(seq=1, open=pb.Open(sequences=[pb.OpenSequence(id=7, sampling=greedy)])),
+        pb.TargetMessage(seq=1, release=pb.Release(ids=[7])),  # stale: 1 again
+        pb.TargetMessage(seq=5, release=pb.Release(ids=[7])),  # out of order: 2 expected
+        pb.TargetMessage(seq=2),  # no body
+        pb.TargetMessage(seq=3, propose=_verdict(id=99)),  # a sequence that was never opened
+        pb.TargetMessage(seq=4, propose=_verdict(id=7, committed=[1, 2, 3])),  # valid: drafts come back
+    ]
+    replies = list(stub.Speculate(iter(messages), timeout=30))
+    errors = [(r.seq, r.error.field) for r in replies if r.WhichOneof("body") == "error"]
+    assert errors == [(1, "seq"), (5, "seq"), (2, "body"), (3, "propose.id")]
+    assert "stale" in replies[0].error.message and "out of order" in replies[1].error.message
+    drafts = [r for r in replies if r.WhichOneof("body") == "drafts"]
+    assert [r.seq for r in drafts] == [4] and len(drafts[0].drafts.trees[0].ids) == 2
+
+
+def prompts(n, seed=0):
+    rng = random.Random(seed)
+    return [[rng.randrange(VOCAB) for _ in range(rng.randint(1, 30))] for _ in range(n)]
+
+
+@pytest.mark.parametrize("spec", [SpecParams("chain", gamma=3), SpecParams("tree", tree_depth=3, tree_topk=2,
+                                                                           tree_nodes=6), SpecParams("mirror", gamma=3)],
+                         ids=lambda s: s.method)
+def test_engine_over_grpc_is_lossless(models, served, spec):
+    target, _ = models
+    ps = prompts(6)
+    sampling = SamplingParams(max_new_tokens=16, ignore_eos=True)
+    ar = [o.token_ids for o in tiny_engine(target, None).generate(ps, sampling)]
+    remote = RemoteDrafter(served[1], vocab_size=VOCAB)
+    outs = Engine(worker(target, 4, 193, 64), remote, max_batch=4, max_model_len=128).generate(ps, sampling, spec)
+    assert [o.token_ids for o in outs] == ar
+    assert remote.proposes > 0 and sum(o.stats.drafts for o in outs) > 0
+    if spec.method == "mirror":
+        assert sum(o.stats.reused_windows for o in outs) > 0
+
+
+def test_a_dead_drafter_server_costs_speed_not_tokens(models, served):
+    target, _ = models
+    server, address = served
+    ps = prompts(4, seed=3)
+    sampling = SamplingParams(max_new_tokens=24, ignore_eos=True)
+    ar = [o.token_ids for o in tiny_engine(target, None).generate(ps, sampling)]
+    remote = RemoteDrafter(address, vocab_size=VOCAB, reply_timeout_s=5)
+    engine = Engine(worker(target, 4, 193, 64), remote, max_batch=4, max_model_len=128)
+    ids = [engine.add_request(p, sampling, SpecParams("mirror", gamma=3)) for p in ps]
+    outs = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                outs[out.request_id] = out
+        if remote.proposes == 3:
+            server.stop(0)  # the drafter dies mid-generation
+    assert [outs[i].token_ids for i in ids] == ar
+    assert all(o.stats.fallback_steps > 0 for o in outs.values())
+    assert all(o.stats.drafts > 0 for o in outs.values())  # drafted before the drafter died
