@@ -70,6 +70,9 @@ class Record:
     accepted: int = 0
     drafts: int = 0
     accepted_per_position: list[int] = dataclasses.field(default_factory=list)
+    reused: int = 0  # mirror: windows taken from precomputed branches
+    exit_checked: int = 0
+    exit_covered: int = 0
 
 
 def parse_method(label: str, spec: SpecParams) -> tuple[str, SpecParams]:
@@ -105,7 +108,8 @@ def run_engine_method(engine, spec: SpecParams, prompts: list[dict], max_new: in
             st = out.stats
             records.append(Record(row["id"], row["category"], out.token_ids, seconds / len(chunk),
                                   st.target_forwards, st.drafted, st.accepted, st.drafts,
-                                  list(st.accepted_per_position)))
+                                  list(st.accepted_per_position), st.reused_windows, st.exit_checked,
+                                  st.exit_covered))
         bar.update(len(chunk))
     return records
 
@@ -200,10 +204,9 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams) -> int:
+def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams, cluster) -> int:
     from tqdm import tqdm
 
-    from mirrorspec.orchestration.engine import Engine
     from mirrorspec.orchestration.errors import InvalidRequestError
     from mirrorspec.workers.factory import resolve_drafter
 
@@ -214,38 +217,49 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams) -> int:
         parsed["ar"] = ("ar", dataclasses.replace(spec, method="ar"))
     if any(name == HF_ASSISTED for name, _ in parsed.values()) and args.batch_size != 1:
         raise InvalidRequestError("batch_size", "hf-assisted only supports batch size 1 (a transformers limit)")
-    if any(name in ("chain", "tree") for name, _ in parsed.values()) and not engine_config.drafter:
-        raise InvalidRequestError("drafter", "chain and tree need a drafter (--drafter DIR or self)")
+    if any(name in ("chain", "tree", "mirror") for name, _ in parsed.values()) and not engine_config.drafter:
+        raise InvalidRequestError("drafter", "chain, tree and mirror need a drafter (--drafter DIR or self)")
     prompts = load_prompts(args.prompts, args.per_category)
     engine_config = dataclasses.replace(engine_config, max_batch=max(engine_config.max_batch, args.batch_size))
-    engine = Engine.from_config(engine_config)
+    on_ray = any(cluster.uses_ray(name) for name, _ in parsed.values())
+    engine = _bench_engine(engine_config, spec, cluster, on_ray)
     # After the engine has loaded (and so checked) the target: the drafter's folder, for hf-assisted and the results.
     engine_config = dataclasses.replace(engine_config, drafter=resolve_drafter(engine_config))
     records: dict[str, list[Record]] = {}
-    for label in methods:
-        name, method_spec = parsed[label]
-        with tqdm(total=len(prompts), desc=f"bench {label}", unit="prompt", file=sys.stderr) as bar:
-            if name == HF_ASSISTED:
-                target, assistant = _hf_pair(engine, engine_config, args.hf_assistant)
-                records[label] = run_hf_assisted(target, assistant, engine.tokenizer, prompts, args.max_new_tokens,
-                                                 sorted(engine.eos_ids), bar)
-            else:
+    channel: dict[str, dict] = {}
+    round_trip = engine.round_trip_s() if on_ray else None
+    try:
+        for label in methods:
+            name, method_spec = parsed[label]
+            with tqdm(total=len(prompts), desc=f"bench {label}", unit="prompt", file=sys.stderr) as bar:
+                if name == HF_ASSISTED:
+                    records[label] = _run_hf(engine, engine_config, cluster if on_ray else None, args, prompts, bar)
+                    continue
                 records[label] = run_engine_method(engine, method_spec, prompts, args.max_new_tokens,
                                                    args.batch_size, bar)
+                if on_ray:
+                    channel[label] = channel_summary(engine.channel_stats(), round_trip, records[label])
+    finally:
+        if on_ray:
+            engine.shutdown()
     ref = records["ar"]
     results = {
         "target": str(engine_config.target),
         "drafter": str(engine_config.drafter),
-        "threads": torch.get_num_threads(),
+        "threads": cluster.target.threads if on_ray else torch.get_num_threads(),
+        "placement": _placement(cluster) if on_ray else "in-process",
         "machine": platform.processor() or platform.machine(),
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
         "spec": dataclasses.asdict(spec),
         "hf_assistant": args.hf_assistant or str(engine_config.drafter),
         "prompts": len(prompts),
-        "forward_cost_1_thread": forward_cost(engine),
+        "forward_cost_1_thread": None if on_ray else forward_cost(engine),
+        "channel_round_trip_ms": None if round_trip is None else round(round_trip * 1000, 3),
         "methods": {m: summarize(rs, ref) for m, rs in records.items()},
     }
+    for label, summary in channel.items():
+        results["methods"][label]["channel"] = summary
     base = results["methods"]["ar"]
     for summary in results["methods"].values():
         for key, block in [("overall", summary["overall"]), *summary["categories"].items()]:
@@ -261,8 +275,89 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams) -> int:
     return 0
 
 
-def _hf_pair(engine, engine_config, assistant: str | None):
-    """The target and an assistant as transformers models for `generate(..., assistant_model=...)`."""
+def _bench_engine(engine_config, spec: SpecParams, cluster, on_ray: bool):
+    """The in-process engine, or (when any method runs on Ray) one pipeline of two actors for every method:
+    `ar` then runs on the target's actor, chain/tree/mirror across both, so all share one placement."""
+    if not on_ray:
+        from mirrorspec.orchestration.engine import Engine
+
+        return Engine.from_config(engine_config)
+    from mirrorspec.cluster.config import ProjectConfig
+    from mirrorspec.cluster.pipeline import Pipeline
+
+    return Pipeline(ProjectConfig(engine=engine_config, speculation=spec, cluster=cluster))
+
+
+def _placement(cluster) -> dict:
+    return {role: {"resources": r.resources, "threads": r.threads, "cores": r.cores}
+            for role, r in (("target", cluster.target), ("drafter", cluster.drafter))}
+
+
+def _run_hf(engine, engine_config, cluster, args, prompts: list[dict], bar) -> list[Record]:
+    """transformers' assisted generation in this process (on Ray: with the target actor's thread count, while
+    the actors idle)."""
+    from mirrorspec.workers.factory import eos_token_ids
+    from mirrorspec.workers.models import load_model, parse_device, parse_dtype
+
+    threads = torch.get_num_threads()
+    if cluster is None:
+        target = engine.target.loaded
+    else:
+        target = load_model(engine_config.target, dtype=parse_dtype(engine_config.dtype),
+                            device=parse_device(engine_config.device), field="target", cpu_linear="off")
+        torch.set_num_threads(cluster.target.threads or threads)
+    try:
+        assistant = _hf_assistant(engine_config, args.hf_assistant)
+        return run_hf_assisted(target.model, assistant, target.tokenizer, prompts, args.max_new_tokens,
+                               eos_token_ids(target), bar)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def channel_summary(stats: dict, round_trip_s: float | None, records: list[Record]) -> dict:
+    """Mirror-SD's overlap accounting for one method's run over the two actors.
+
+    hidden_fraction: the share of the drafter's compute the target did not wait for: 1 - (target's waits for
+    drafts minus one channel round trip per draft) / drafter compute. Eq. 10 of arXiv 2510.13161 predicts a
+    mirror step as lower + exit + max(upper, drafter rollout per step) + one round trip; `measured_step_ms` is
+    the target forward plus the wait for the next draft."""
+    steps = max(1, stats.get("steps", 0))
+    proposes = max(1, stats.get("proposes", 0))
+    rtt = round_trip_s or 0.0
+    busy = stats.get("drafter_busy_s", 0.0)
+    exposed = max(0.0, stats.get("wait_s", 0.0) - proposes * rtt)
+    out = {
+        "steps": stats.get("steps", 0),
+        "drafts": stats.get("proposes", 0),
+        "drafter_busy_ms_per_step": round(busy / steps * 1000, 3),
+        "target_wait_ms_per_step": round(stats.get("wait_s", 0.0) / steps * 1000, 3),
+        "hidden_fraction": round(max(0.0, 1 - exposed / busy), 4) if busy else None,
+        "channel_ms_per_step": round(max(0.0, stats.get("wait_s", 0.0) - stats.get("drafter_propose_s", 0.0))
+                                     / proposes * 1000, 3),
+        "measured_step_ms": round((stats.get("target_s", 0.0) + stats.get("propose_s", 0.0)) / steps * 1000, 3),
+    }
+    reused = sum(r.reused for r in records)
+    if stats.get("exit_steps"):
+        n = stats["exit_steps"]
+        lower, exit_, upper = stats["lower_s"] / n, stats["exit_s"] / n, stats["upper_s"] / n
+        rollout = max(0.0, busy - stats.get("drafter_propose_s", 0.0)) / n
+        predicted = lower + exit_ + max(upper, rollout) + rtt
+        # Eq. 10 assumes the next window is ready; a miss drafts afresh after the verdict, on the critical path.
+        fresh = stats.get("drafter_propose_s", 0.0) / n
+        out.update({
+            "lower_ms": round(lower * 1000, 3), "exit_ms": round(exit_ * 1000, 3), "upper_ms": round(upper * 1000, 3),
+            "rollout_ms": round(rollout * 1000, 3), "fresh_draft_ms": round(fresh * 1000, 3),
+            "eq10_predicted_step_ms": round(predicted * 1000, 3),
+            "eq10_plus_fresh_drafts_ms": round((predicted + fresh) * 1000, 3),
+            "branch_reuse_rate": round(reused / max(1, sum(r.drafts for r in records)), 4),
+            "exit_coverage": round(sum(r.exit_covered for r in records) / max(1, sum(r.exit_checked for r in records)),
+                                   4),
+        })
+    return out
+
+
+def _hf_assistant(engine_config, assistant: str | None):
+    """An assistant as a transformers model for `generate(..., assistant_model=...)`."""
     from mirrorspec.bench.hf_assistant import draft_vocab_assistant
     from mirrorspec.orchestration.engine import SELF_DRAFTER
     from mirrorspec.workers.drafter_model import is_drafter_folder
@@ -273,8 +368,8 @@ def _hf_pair(engine, engine_config, assistant: str | None):
     if path == SELF_DRAFTER:
         path = engine_config.target  # a separate copy: transformers keeps assistant state on the model object
     if is_drafter_folder(path):
-        return engine.target.model, draft_vocab_assistant(path, dtype)
-    return engine.target.model, load_model(path, dtype=dtype, device=device, field="hf_assistant").model
+        return draft_vocab_assistant(path, dtype)
+    return load_model(path, dtype=dtype, device=device, field="hf_assistant").model
 
 
 def forward_cost(engine, context: int = 128, repeats: int = 20) -> dict:

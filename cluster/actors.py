@@ -81,8 +81,8 @@ class TargetActor:
     def channel_stats(self) -> dict:
         """The speculation channel's accounting since the last call (zeroed on read)."""
         if self.remote is None:
-            return {}
-        out = {"proposes": self.remote.proposes, "wait_s": self.remote.wait_s,
-               "drafter_busy_s": self.remote.drafter_busy_s, **self.engine.scheduler.timing.read()}
-        self.remote.proposes, self.remote.wait_s, self.remote.drafter_busy_s = 0, 0.0, 0.0
-        return out
+            return self.engine.scheduler.timing.read()
+        return {**self.remote.read_accounting(), **self.engine.scheduler.timing.read()}
+
+    def round_trip_s(self) -> float | None:
+        return None if self.remote is None else self.remote.round_trip_s()

@@ -98,6 +98,12 @@ class Pipeline:
 
         return ray.get(self.target.channel_stats.remote())
 
+    def round_trip_s(self) -> float | None:
+        """The speculation channel's own latency, measured from the target actor."""
+        import ray
+
+        return ray.get(self.target.round_trip_s.remote())
+
     def kill_drafter(self) -> None:
         import ray
 

@@ -32,6 +32,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-batch", type=int, help="sequences decoded together")
     g.add_argument("--max-model-len", type=int, help="prompt + new tokens per sequence")
     g.add_argument("--threads", type=int, help="torch intra-op threads")
+    g.add_argument("--ray", choices=("auto", "always", "never"),
+                   help="run target and drafter as Ray actors (auto: for --method mirror); see cluster in ray_config.yaml")
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -40,6 +42,8 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tree-depth", type=int, help="tree: levels")
     g.add_argument("--tree-topk", type=int, help="tree: children kept per level")
     g.add_argument("--tree-nodes", type=int, help="tree: nodes verified per step")
+    g.add_argument("--exit-layer", type=int, help="mirror: the target's early-exit layer (default: half its layers)")
+    g.add_argument("--kappa", type=int, help="mirror: early-exit candidates per window position")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -84,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace):
-    """ray_config.yaml, overridden by the flags the user gave."""
+    """ray_config.yaml, overridden by the flags the user gave: (engine, speculation, cluster)."""
     from mirrorspec.cluster.config import find_config, load_config
 
     config = load_config(find_config(args.config))
@@ -107,9 +111,12 @@ def resolve_config(args: argparse.Namespace):
         "tree_depth": args.tree_depth,
         "tree_topk": args.tree_topk,
         "tree_nodes": args.tree_nodes,
+        "exit_layer": args.exit_layer,
+        "kappa": args.kappa,
     }
     spec = dataclasses.replace(config.speculation, **{k: v for k, v in spec_overrides.items() if v is not None})
-    return engine.validate(), spec
+    cluster = config.cluster if args.ray is None else dataclasses.replace(config.cluster, ray=args.ray)
+    return engine.validate(), spec, cluster
 
 
 def sampling_from_args(args: argparse.Namespace, overrides: dict | None = None) -> SamplingParams:
@@ -152,12 +159,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise InvalidRequestError("prompt", "give a prompt or --input FILE (not both)")
     if args.input and not args.output:
         raise InvalidRequestError("output", "--input needs --output FILE")
-    engine_config, spec = resolve_config(args)
+    engine_config, spec, cluster = resolve_config(args)
     sampling = sampling_from_args(args)
     spec.validate(engine_config.max_spec_nodes)
-    from mirrorspec.orchestration.engine import Engine
+    if cluster.uses_ray(spec.method):
+        from mirrorspec.cluster.config import ProjectConfig
+        from mirrorspec.cluster.pipeline import Pipeline
 
-    engine = Engine.from_config(engine_config)
+        # Target and drafter as Ray actors on their own resources, joined by the gRPC speculation channel.
+        engine = Pipeline(ProjectConfig(engine=engine_config, speculation=spec, cluster=cluster))
+    else:
+        from mirrorspec.orchestration.engine import Engine
+
+        engine = Engine.from_config(engine_config)
+    try:
+        return _generate(engine, args, sampling, spec)
+    finally:
+        if hasattr(engine, "shutdown"):
+            engine.shutdown()
+
+
+def _generate(engine, args: argparse.Namespace, sampling: SamplingParams, spec: SpecParams) -> int:
     if args.input:
         return _generate_file(engine, args, spec)
     streaming = args.stream and not args.json
@@ -188,21 +210,19 @@ def _generate_file(engine, args: argparse.Namespace, spec: SpecParams) -> int:
             params.append(None)
         prompts.append(row["prompt"])
     outputs: list = [None] * len(rows)
-    request_ids = {}
-    for i, (prompt, p) in enumerate(zip(prompts, params)):
-        if i in errors:
-            continue
-        try:
-            request_ids[engine.add_request(prompt, p, spec, chat=args.chat)] = i
-        except InvalidRequestError as exc:
-            errors[i] = str(exc)
+    todo = [i for i in range(len(rows)) if i not in errors]
     with tqdm(total=len(rows), desc=f"generate [{spec.method}]", unit="prompt", file=sys.stderr) as bar:
         bar.update(len(errors))
-        while engine.has_unfinished():
-            for out in engine.step():
-                if out.finished:
-                    outputs[request_ids[out.request_id]] = out
-                    bar.update(1)
+        # Chunks keep the progress bar moving; each chunk is batched (continuous batching inside the engine).
+        for start in range(0, len(todo), 64):
+            chunk = todo[start : start + 64]
+            outs = engine.generate([prompts[i] for i in chunk], [params[i] for i in chunk], spec, chat=args.chat)
+            for i, out in zip(chunk, outs):
+                if out.error is not None:
+                    errors[i] = out.error
+                else:
+                    outputs[i] = out
+            bar.update(len(chunk))
     with open(args.output, "w", encoding="utf-8") as f:
         for i, row in enumerate(rows):
             record = {"id": row.get("id", i)}
@@ -236,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train_drafter(args)
         from mirrorspec.bench.harness import cmd_bench
 
-        engine_config, spec = resolve_config(args)
-        return cmd_bench(args, engine_config, spec)
+        engine_config, spec, cluster = resolve_config(args)
+        return cmd_bench(args, engine_config, spec, cluster)
     except InvalidRequestError as exc:
         print(f"mirrorspec: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

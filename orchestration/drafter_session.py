@@ -77,6 +77,7 @@ class DrafterSession:
         self.branch_budget = branch_budget  # branches per step over the whole batch (fewer each at larger batch)
         self._seqs: dict[int, _State] = {}
         self.busy_s = 0.0  # compute time since the owner last read it
+        self.propose_s = 0.0  # ... of which inside `propose`
 
     # ------------------------------------------------------------------------------------ lifecycle
     def open(self, specs: list[OpenSpec]) -> None:
@@ -134,7 +135,9 @@ class DrafterSession:
             state.window, state.branches, state.sent_nodes = None, {}, []
         if fresh:
             out.update(self._draft_fresh(fresh))
-        self.busy_s += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.busy_s += elapsed
+        self.propose_s += elapsed
         return out
 
     def _check(self, report: Report, state: _State) -> None:

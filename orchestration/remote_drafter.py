@@ -86,6 +86,7 @@ class RemoteDrafter:
         self._stream: _Stream | None = None
         # Channel accounting for the bench: drafter compute reported by the drafter, and the target's waits.
         self.drafter_busy_s = 0.0
+        self.drafter_propose_s = 0.0
         self.wait_s = 0.0
         self.proposes = 0
 
@@ -127,8 +128,25 @@ class RemoteDrafter:
                 raise DrafterError(msg.seq, "seq", f"answer to message {msg.seq} while waiting for {seq}")
             self.wait_s += time.perf_counter() - started
             self.drafter_busy_s += msg.busy_ms / 1000
+            self.drafter_propose_s += msg.propose_ms / 1000
             self.proposes += 1
             return wire.decode_drafts(msg.drafts, self.vocab_size)
+
+    def round_trip_s(self, samples: int = 50) -> float:
+        """Median time of an empty unary call to the drafter: the channel's own latency."""
+        times = []
+        for _ in range(samples):
+            started = time.perf_counter()
+            self._stub.Ping(pb.PingMessage(), timeout=self.reply_timeout_s)
+            times.append(time.perf_counter() - started)
+        return sorted(times)[len(times) // 2]
+
+    def read_accounting(self) -> dict:
+        """Drafts received, the target's waits and the drafter's compute since the last read (then zero)."""
+        out = {"proposes": self.proposes, "wait_s": self.wait_s, "drafter_busy_s": self.drafter_busy_s,
+               "drafter_propose_s": self.drafter_propose_s}
+        self.proposes, self.wait_s, self.drafter_busy_s, self.drafter_propose_s = 0, 0.0, 0.0, 0.0
+        return out
 
     def reset(self) -> None:
         if self._stream is not None:

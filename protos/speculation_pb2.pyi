@@ -10,6 +10,10 @@ class DescribeRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class PingMessage(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class DrafterInfo(_message.Message):
     __slots__ = ("uses_features", "feature_size", "vocabulary", "vocab_size")
     USES_FEATURES_FIELD_NUMBER: _ClassVar[int]
@@ -37,16 +41,18 @@ class TargetMessage(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., open: _Optional[_Union[Open, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., propose: _Optional[_Union[Propose, _Mapping]] = ..., early_exit: _Optional[_Union[EarlyExit, _Mapping]] = ...) -> None: ...
 
 class DrafterMessage(_message.Message):
-    __slots__ = ("seq", "drafts", "error", "busy_ms")
+    __slots__ = ("seq", "drafts", "error", "busy_ms", "propose_ms")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     DRAFTS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     BUSY_MS_FIELD_NUMBER: _ClassVar[int]
+    PROPOSE_MS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     drafts: Drafts
     error: Error
     busy_ms: float
-    def __init__(self, seq: _Optional[int] = ..., drafts: _Optional[_Union[Drafts, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., busy_ms: _Optional[float] = ...) -> None: ...
+    propose_ms: float
+    def __init__(self, seq: _Optional[int] = ..., drafts: _Optional[_Union[Drafts, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., busy_ms: _Optional[float] = ..., propose_ms: _Optional[float] = ...) -> None: ...
 
 class Sampling(_message.Message):
     __slots__ = ("temperature", "top_k", "top_p")

@@ -39,6 +39,11 @@ class SpeculationStub:
                 request_serializer=mirrorspec_dot_protos_dot_speculation__pb2.DescribeRequest.SerializeToString,
                 response_deserializer=mirrorspec_dot_protos_dot_speculation__pb2.DrafterInfo.FromString,
                 _registered_method=True)
+        self.Ping = channel.unary_unary(
+                '/mirrorspec.speculation.v1.Speculation/Ping',
+                request_serializer=mirrorspec_dot_protos_dot_speculation__pb2.PingMessage.SerializeToString,
+                response_deserializer=mirrorspec_dot_protos_dot_speculation__pb2.PingMessage.FromString,
+                _registered_method=True)
         self.Speculate = channel.stream_stream(
                 '/mirrorspec.speculation.v1.Speculation/Speculate',
                 request_serializer=mirrorspec_dot_protos_dot_speculation__pb2.TargetMessage.SerializeToString,
@@ -51,6 +56,13 @@ class SpeculationServicer:
 
     def Describe(self, request, context):
         """What the drafter is: answered before any stream opens (also a readiness check).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Ping(self, request, context):
+        """An empty round trip: the channel's own latency.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -70,6 +82,11 @@ def add_SpeculationServicer_to_server(servicer, server):
                     servicer.Describe,
                     request_deserializer=mirrorspec_dot_protos_dot_speculation__pb2.DescribeRequest.FromString,
                     response_serializer=mirrorspec_dot_protos_dot_speculation__pb2.DrafterInfo.SerializeToString,
+            ),
+            'Ping': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ping,
+                    request_deserializer=mirrorspec_dot_protos_dot_speculation__pb2.PingMessage.FromString,
+                    response_serializer=mirrorspec_dot_protos_dot_speculation__pb2.PingMessage.SerializeToString,
             ),
             'Speculate': grpc.stream_stream_rpc_method_handler(
                     servicer.Speculate,
@@ -104,6 +121,33 @@ class Speculation:
             '/mirrorspec.speculation.v1.Speculation/Describe',
             mirrorspec_dot_protos_dot_speculation__pb2.DescribeRequest.SerializeToString,
             mirrorspec_dot_protos_dot_speculation__pb2.DrafterInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirrorspec.speculation.v1.Speculation/Ping',
+            mirrorspec_dot_protos_dot_speculation__pb2.PingMessage.SerializeToString,
+            mirrorspec_dot_protos_dot_speculation__pb2.PingMessage.FromString,
             options,
             channel_credentials,
             insecure,

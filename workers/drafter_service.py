@@ -38,6 +38,9 @@ class DrafterService(pb_grpc.SpeculationServicer):
         return pb.DrafterInfo(uses_features=self.session.uses_features, feature_size=self.feature_size,
                               vocabulary=self.session.vocabulary or [], vocab_size=self.vocab_size)
 
+    def Ping(self, request: pb.PingMessage, context) -> pb.PingMessage:
+        return pb.PingMessage()
+
     def Speculate(self, request_iterator, context):
         with self._lock:
             self._generation += 1
@@ -73,8 +76,9 @@ class DrafterService(pb_grpc.SpeculationServicer):
             elif kind == "propose":
                 reports = wire.decode_propose(msg.propose, self.vocab_size, self.feature_size)
                 drafts = wire.encode_drafts(self.session.propose(reports))
-                busy_ms, self.session.busy_s = self.session.busy_s * 1000, 0.0
-                return pb.DrafterMessage(seq=msg.seq, drafts=drafts, busy_ms=busy_ms)
+                busy_ms, propose_ms = self.session.busy_s * 1000, self.session.propose_s * 1000
+                self.session.busy_s = self.session.propose_s = 0.0
+                return pb.DrafterMessage(seq=msg.seq, drafts=drafts, busy_ms=busy_ms, propose_ms=propose_ms)
             else:
                 raise InvalidRequestError("body", "the message carries no body")
         except InvalidRequestError as exc:
