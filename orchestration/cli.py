@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     from mirrorspec.training.pipeline import add_train_args
 
     add_train_args(train)
+
+    head = sub.add_parser("train-exit-head", help="fit the early-exit head that mirror's early exit uses")
+    from mirrorspec.training.exit_head import add_exit_head_args
+
+    add_exit_head_args(head)
     return parser
 
 
@@ -254,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
             from mirrorspec.training.pipeline import cmd_train_drafter
 
             return cmd_train_drafter(args)
+        if args.command == "train-exit-head":
+            from mirrorspec.training.exit_head import cmd_train_exit_head
+
+            return cmd_train_exit_head(args)
         from mirrorspec.bench.harness import cmd_bench
 
         engine_config, spec, cluster = resolve_config(args)

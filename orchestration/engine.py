@@ -29,6 +29,7 @@ class EngineConfig:
     dtype: str = "float32"
     device: str = "cpu"
     drafter_device: str | None = None  # defaults to `device`
+    exit_head: str | None = None  # mirror's early-exit head: a folder from train-exit-head, "default", or None
     max_batch: int = 8
     max_model_len: int = 2048
     max_spec_nodes: int = 64

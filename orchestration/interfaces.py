@@ -28,6 +28,7 @@ class EarlyExit:
 class Worker(Protocol):
     vocab_size: int
     num_layers: int
+    exit_layer: int  # mirror's default early-exit layer
     uses_features: bool  # a feature drafter: each fed token comes with a hidden state (see drafting.py)
     vocabulary: list[int] | None  # the tokens a drafter can propose (None: the whole vocabulary)
 

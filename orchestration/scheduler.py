@@ -292,7 +292,7 @@ class Scheduler:
         if not any(mirror) or self._steps < self._drafter_back_at:
             return None
         positions = [len(t) + 1 if m else 0 for m, t in zip(mirror, trees)]
-        layers = {s.spec.exit_layer or self.target.num_layers // 2 for s, m in zip(rows, mirror) if m}
+        layers = {s.spec.exit_layer or self.target.exit_layer for s, m in zip(rows, mirror) if m}
         kappa = max(s.spec.kappa for s, m in zip(rows, mirror) if m)
 
         def send(results: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

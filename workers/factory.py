@@ -11,6 +11,7 @@ from mirrorspec.orchestration.engine import SELF_DRAFTER, EngineConfig
 from mirrorspec.orchestration.errors import InvalidRequestError
 from mirrorspec.workers import cpu_linear as fast_cpu_linear
 from mirrorspec.workers.drafter_model import Drafter, DrafterWorker, is_drafter_folder
+from mirrorspec.workers.exit_head import ExitHead, is_exit_head_folder
 from mirrorspec.workers.model_worker import ModelWorker
 from mirrorspec.workers.models import (
     DEFAULT,
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 # Made by `mirrorspec train-drafter` for SmolLM2-135M-Instruct (the exact command is in its training_report.json).
 DEFAULT_DRAFTER_DIR = Path(__file__).resolve().parents[1] / "drafters" / "smollm2-135m-feature"
+# Made by `mirrorspec train-exit-head` (command in its exit_head.json).
+DEFAULT_EXIT_HEAD_DIR = Path(__file__).resolve().parents[1] / "drafters" / "smollm2-135m-exit-head"
 
 
 @dataclass
@@ -48,6 +51,24 @@ def eos_token_ids(loaded: LoadedModel) -> list[int]:
     if loaded.tokenizer is not None and loaded.tokenizer.eos_token_id is not None:
         ids.add(loaded.tokenizer.eos_token_id)
     return sorted(ids)
+
+
+def resolve_exit_head(config: EngineConfig, num_layers: int, hidden_size: int) -> ExitHead | None:
+    """`default` -> the head shipped for the embedded default target (None for other targets)."""
+    folder = config.exit_head
+    if folder == DEFAULT:
+        if config.target != DEFAULT:
+            return None  # the shipped head fits only the default target; others use the logit lens
+        folder = DEFAULT_EXIT_HEAD_DIR
+    if not folder:
+        return None
+    if not is_exit_head_folder(folder):
+        raise InvalidRequestError("exit_head", f"{str(folder)!r} is not an exit-head folder (see train-exit-head)")
+    head = ExitHead.load(folder)
+    if head.meta.hidden_size != hidden_size or not 1 <= head.meta.layer < num_layers:
+        raise InvalidRequestError("exit_head", f"{str(folder)!r} was fitted for another target (layer "
+                                               f"{head.meta.layer}, hidden size {head.meta.hidden_size})")
+    return head
 
 
 def resolve_drafter(config: EngineConfig) -> str | None:
@@ -118,7 +139,8 @@ def build_drafter(config: EngineConfig, target: LoadedModel | ModelInfo) -> Mode
 def build_target(config: EngineConfig) -> tuple[ModelWorker, LoadedModel]:
     target = load_model(config.target, dtype=parse_dtype(config.dtype), device=parse_device(config.device),
                         field="target", cpu_linear=config.cpu_linear)
-    return ModelWorker(target, **worker_sizes(config, target.config)[1]), target
+    head = resolve_exit_head(config, target.config.num_hidden_layers, target.config.hidden_size)
+    return ModelWorker(target, exit_head=head, **worker_sizes(config, target.config)[1]), target
 
 
 def build_workers(config: EngineConfig) -> BuiltWorkers:

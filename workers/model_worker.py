@@ -11,6 +11,7 @@ import torch
 
 from mirrorspec.orchestration.interfaces import EarlyExit
 from mirrorspec.workers import attention
+from mirrorspec.workers.exit_head import ExitHead
 from mirrorspec.workers.kv_cache import ForwardPlan, KVCache, KVLayout
 from mirrorspec.workers.models import LoadedModel
 
@@ -19,12 +20,16 @@ class ModelWorker:
     uses_features = False  # True for drafters that take the target's hidden states as input
     vocabulary: list[int] | None = None  # tokens a drafter can propose (None: all; reduced-vocabulary drafters)
 
-    def __init__(self, loaded: LoadedModel, *, max_slots: int, capacity: int, max_spec_nodes: int) -> None:
+    def __init__(self, loaded: LoadedModel, *, max_slots: int, capacity: int, max_spec_nodes: int,
+                 exit_head: ExitHead | None = None) -> None:
         self.loaded = loaded
+        self.exit_head = exit_head
         self.model = loaded.model
         config = self.model.config
         self.vocab_size: int = self.model.get_output_embeddings().weight.shape[0]
         self.num_layers: int = config.num_hidden_layers
+        # Mirror's default early exit: where the exit head was fitted, else half-way up (the logit lens).
+        self.exit_layer: int = exit_head.meta.layer if exit_head is not None else self.num_layers // 2
         self.device = next(self.model.parameters()).device
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         layout = KVLayout(
@@ -149,7 +154,8 @@ class ModelWorker:
         return list(torch.split(logits, counts)), per_row
 
     def _early_exit(self, output, firsts: list[int], spec: EarlyExit) -> None:
-        """The logit lens at the exit layer: final norm + LM head (optionally over a vocabulary subset)."""
+        """The exit head fitted for this layer (else the logit lens: the final norm), then the LM head
+        (optionally over a vocabulary subset)."""
         hidden = output[0] if isinstance(output, tuple) else output
         weight = self._lm_head.weight if spec.vocab is None else self._lm_head.weight[spec.vocab.to(self.device)]
         results = []
@@ -157,7 +163,11 @@ class ModelWorker:
             if count == 0:
                 results.append((torch.empty(0, spec.kappa, dtype=torch.long), torch.empty(0, spec.kappa)))
                 continue
-            normed = self._decoder.norm(hidden[r, first : first + count])
+            rows = hidden[r, first : first + count]
+            if self.exit_head is not None and self.exit_head.meta.layer == spec.layer:
+                normed = self.exit_head(rows)
+            else:
+                normed = self._decoder.norm(rows)
             logp = torch.log_softmax((normed @ weight.T).float(), dim=-1)
             top = torch.topk(logp, min(spec.kappa, logp.shape[-1]), dim=-1)
             ids = top.indices if spec.vocab is None else spec.vocab.to(self.device)[top.indices]
