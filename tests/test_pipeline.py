@@ -95,3 +95,16 @@ def test_killing_the_drafter_mid_generation_loses_nothing(ray_cluster):
         assert sum(o.stats.fallback_steps for o in outs) > 0
     finally:
         pipeline.shutdown()
+
+
+@pytest.mark.real_model
+def test_cli_generate_mirror_runs_on_two_actors_and_equals_ar(ray_cluster, capsys):
+    from mirrorspec.orchestration.cli import main
+
+    args = ["generate", "Name three colours of the rainbow.", "--chat", "--max-new-tokens", "12", "--json"]
+    assert main(args + ["--method", "ar", "--ray", "never"]) == 0
+    ar = json.loads(capsys.readouterr().out)
+    assert main(args + ["--method", "mirror", "--gamma", "3"]) == 0  # ray: auto -> two actors for mirror
+    mirror = json.loads(capsys.readouterr().out)
+    assert mirror["token_ids"] == ar["token_ids"]
+    assert mirror["stats"]["exit_coverage"] is not None and mirror["stats"]["drafted"] > 0

@@ -79,7 +79,8 @@ def label_sequences(model, responses: list[dict], out_dir: Path, *, shard_size: 
         tmp.rename(path)  # a shard is either complete or absent
 
 
-def _label_batch(decoder, head, rows: list[dict]) -> list[Sequence]:
+def padded_batch(rows: list[dict]) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
+    """prompt + answer of each row, right-padded: (sequences, input ids [B, T], attention mask [B, T])."""
     seqs = [r["prompt_ids"] + r["answer_ids"] for r in rows]
     width = max(map(len, seqs))
     ids = torch.zeros(len(seqs), width, dtype=torch.long)
@@ -87,6 +88,11 @@ def _label_batch(decoder, head, rows: list[dict]) -> list[Sequence]:
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
+    return seqs, ids, mask
+
+
+def _label_batch(decoder, head, rows: list[dict]) -> list[Sequence]:
+    seqs, ids, mask = padded_batch(rows)
     hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
     out = []
     for i, (row, s) in enumerate(zip(rows, seqs)):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from mirrorspec.training.data import padded_batch
 from mirrorspec.workers.exit_head import ExitHead, ExitHeadMeta, fit
 
 
@@ -36,13 +37,7 @@ def collect(model, rows: list[dict], layer: int, batch: int = 8) -> tuple[torch.
     middles, finals = [], []
     for start in range(0, len(rows), batch):
         chunk = rows[start : start + batch]
-        seqs = [r["prompt_ids"] + r["answer_ids"] for r in chunk]
-        width = max(map(len, seqs))
-        ids = torch.zeros(len(seqs), width, dtype=torch.long)
-        mask = torch.zeros(len(seqs), width, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
+        seqs, ids, mask = padded_batch(chunk)
         out = decoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         for i, (r, s) in enumerate(zip(chunk, seqs)):
             span = slice(len(r["prompt_ids"]) - 1, len(s) - 1)  # positions that predict answer tokens
