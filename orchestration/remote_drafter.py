@@ -17,6 +17,7 @@ import time
 import grpc
 
 from mirrorspec.orchestration import wire
+from mirrorspec.orchestration.errors import InvalidRequestError
 from mirrorspec.orchestration.interfaces import ExitCandidates, OpenSpec, Proposal, Report
 from mirrorspec.protos import speculation_pb2 as pb
 from mirrorspec.protos import speculation_pb2_grpc as pb_grpc
@@ -77,8 +78,8 @@ class RemoteDrafter:
         self._stub = pb_grpc.SpeculationStub(self._channel)
         info = self._stub.Describe(pb.DescribeRequest(), timeout=connect_timeout_s, wait_for_ready=True)
         if info.vocab_size != vocab_size:
-            raise ValueError(f"the drafter at {address} works in a {info.vocab_size}-token vocabulary; "
-                             f"the target has {vocab_size}")
+            raise InvalidRequestError("drafter", f"the drafter at {address} works in a {info.vocab_size}-token "
+                                                 f"vocabulary; the target has {vocab_size}")
         self.vocab_size = vocab_size
         self.uses_features = info.uses_features
         self.feature_size = info.feature_size
