@@ -86,7 +86,8 @@ def test_killing_the_drafter_mid_generation_loses_nothing(ray_cluster):
         sampling = SamplingParams(max_new_tokens=40)
         ar = [o.token_ids for o in pipeline.generate(prompts, sampling, SpecParams("ar"), chat=True)]
         pending = pipeline.generate_async(prompts, sampling, SpecParams("mirror", gamma=3), chat=True)
-        while pipeline.progress() < 4:  # some drafts have arrived: the drafter is in the middle of its work
+        # Poll until some drafts have arrived (the drafter is in the middle of its work), never past the end.
+        while pipeline.progress() < 4 and not ray_cluster.wait([pending], timeout=0)[0]:
             pass
         pipeline.kill_drafter()
         outs = ray_cluster.get(pending)
