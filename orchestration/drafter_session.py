@@ -106,7 +106,7 @@ class DrafterSession:
         return state
 
     # -------------------------------------------------------------------------------------- propose
-    def propose(self, reports: list[Report]) -> dict[int, Proposal]:
+    def propose(self, reports: list[Report], patience_s: float | None = None) -> dict[int, Proposal]:
         self.prepare_pending()  # normally done already, right after the previous answer
         started = time.perf_counter()
         states = [self._state(r.seq_id, "propose.id") for r in reports]

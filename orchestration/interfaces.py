@@ -119,7 +119,10 @@ class DraftService(Protocol):
 
     def release(self, seq_ids: list[int]) -> None: ...
 
-    def propose(self, reports: list[Report]) -> dict[int, Proposal]: ...
+    def propose(self, reports: list[Report], patience_s: float | None = None) -> dict[int, Proposal] | None:
+        """The next drafts. A remote drafter that has not answered within `patience_s` gives none this time
+        ({}: the target goes on without them; the late answer is dropped), and None (nothing sent, the reports
+        stay pending) while that answer is outstanding. An in-process drafter always answers."""
 
     def early_exit(self, candidates: list[ExitCandidates]) -> None: ...
 

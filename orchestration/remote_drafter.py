@@ -90,6 +90,9 @@ class RemoteDrafter:
         self.drafter_propose_s = 0.0
         self.wait_s = 0.0
         self.proposes = 0
+        self.late = 0  # proposes not awaited past the patience the target gave (or not sent: one outstanding)
+        self._awaiting: int | None = None  # a Propose whose answer was not waited for
+        self._awaiting_since = 0.0
 
     def _open_stream(self) -> _Stream:
         if self._stream is None:
@@ -107,17 +110,42 @@ class RemoteDrafter:
     def early_exit(self, candidates: list[ExitCandidates]) -> None:
         self._open_stream().send(early_exit=wire.encode_early_exit(candidates))
 
-    def propose(self, reports: list[Report]) -> dict[int, Proposal]:
+    def propose(self, reports: list[Report], patience_s: float | None = None) -> dict[int, Proposal] | None:
+        """The next drafts; {} when the drafter did not answer within `patience_s` (it will, and that answer is
+        dropped); None when the previous answer is still outstanding, so nothing was sent: the reports stay the
+        caller's to send next time (a slow drafter is asked at its own pace, and no backlog builds up)."""
         stream = self._open_stream()
         started = time.perf_counter()
+        if self._awaiting is not None:
+            if self._next_answer(stream, self._awaiting, self._awaiting_since + self.reply_timeout_s, 0.0) is None:
+                self.late += 1
+                return None
+            self._awaiting = None
         seq = stream.send(propose=wire.encode_propose(reports))
-        deadline = started + self.reply_timeout_s
+        patient = self.reply_timeout_s if patience_s is None else min(patience_s, self.reply_timeout_s)
+        msg = self._next_answer(stream, seq, started + self.reply_timeout_s, patient)
+        self.wait_s += time.perf_counter() - started
+        if msg is None:
+            self._awaiting, self._awaiting_since = seq, started
+            self.late += 1
+            return {}
+        self.drafter_busy_s += msg.busy_ms / 1000
+        self.drafter_propose_s += msg.propose_ms / 1000
+        self.proposes += 1
+        return wire.decode_drafts(msg.drafts, self.vocab_size)
+
+    def _next_answer(self, stream: _Stream, seq: int, dead_at: float, patience_s: float):
+        """The answer to message `seq`, or None if it has not come within `patience_s`. Raises if the drafter
+        refused something, the stream broke, or nothing came by `dead_at` (a drafter that stopped answering)."""
+        give_up = min(dead_at, time.perf_counter() + patience_s)
         while True:
             try:
-                msg = stream.inbox.get(timeout=max(0.0, deadline - time.perf_counter()))
+                msg = stream.inbox.get(timeout=max(0.0, give_up - time.perf_counter()))
             except queue.Empty:
-                raise TimeoutError(f"the drafter at {self.address} did not answer within "
-                                   f"{self.reply_timeout_s} s") from None
+                if time.perf_counter() >= dead_at:
+                    raise TimeoutError(f"the drafter at {self.address} did not answer within "
+                                       f"{self.reply_timeout_s} s") from None
+                return None
             if isinstance(msg, BaseException):
                 raise ConnectionError(f"the speculation stream to {self.address} broke: {msg}") from msg
             if msg.WhichOneof("body") == "error":
@@ -127,11 +155,7 @@ class RemoteDrafter:
                 continue
             if msg.seq > seq:
                 raise DrafterError(msg.seq, "seq", f"answer to message {msg.seq} while waiting for {seq}")
-            self.wait_s += time.perf_counter() - started
-            self.drafter_busy_s += msg.busy_ms / 1000
-            self.drafter_propose_s += msg.propose_ms / 1000
-            self.proposes += 1
-            return wire.decode_drafts(msg.drafts, self.vocab_size)
+            return msg
 
     def round_trip_s(self, samples: int = 50) -> float:
         """Median time of an empty unary call to the drafter: the channel's own latency."""
@@ -144,12 +168,13 @@ class RemoteDrafter:
 
     def read_accounting(self) -> dict:
         """Drafts received, the target's waits and the drafter's compute since the last read (then zero)."""
-        out = {"proposes": self.proposes, "wait_s": self.wait_s, "drafter_busy_s": self.drafter_busy_s,
-               "drafter_propose_s": self.drafter_propose_s}
-        self.proposes, self.wait_s, self.drafter_busy_s, self.drafter_propose_s = 0, 0.0, 0.0, 0.0
+        out = {"proposes": self.proposes, "late": self.late, "wait_s": self.wait_s,
+               "drafter_busy_s": self.drafter_busy_s, "drafter_propose_s": self.drafter_propose_s}
+        self.proposes, self.late, self.wait_s, self.drafter_busy_s, self.drafter_propose_s = 0, 0, 0.0, 0.0, 0.0
         return out
 
     def reset(self) -> None:
+        self._awaiting = None
         if self._stream is not None:
             self._stream.close()
             self._stream = None

@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 # After a drafter failure the engine decodes without drafts for a number of steps that doubles with every
 # consecutive failure (1, 2, 4, ... up to this), then reopens its sequences on the drafter and tries again.
 MAX_DRAFTER_BACKOFF = 64
+# A remote drafter gets at most this many (average) target steps to answer; slower answers are not waited for:
+# a draft that takes longer than a plain step cannot pay for itself at the acceptance rates drafters reach.
+DRAFT_PATIENCE_STEPS = 1.0
+DRAFT_PATIENCE_FLOOR_S = 0.05  # ... but never less than this (scheduling jitter, tiny models)
 # Padded tokens per prefill forward: joining prompts are prefilled in groups of about this size.
 PREFILL_TOKEN_BUDGET = 4096
 
@@ -137,6 +141,7 @@ class Scheduler:
         self._drafter_back_at = 0  # step from which the drafter is asked again after a failure
         self._exit_vocab = None if drafter is None or drafter.vocabulary is None else torch.tensor(drafter.vocabulary)
         self.timing = StepTiming()
+        self._step_seconds: float | None = None  # moving average of the target's decoding forward
         self._exit_window: tuple[float, float] | None = None  # (start, end) of this step's early exit
 
     def add(self, seq: Sequence) -> None:
@@ -166,7 +171,7 @@ class Scheduler:
         if not self.running:
             return []
         rows = list(self.running)
-        self._propose([s for s in rows if s.window is None])
+        self._propose([s for s in rows if not s.drafter_open])  # new rows (or all, after a drafter failure)
         trees = [s.window if s.window is not None else DraftTree() for s in rows]
         self._exit_window = None
         started = time.perf_counter()
@@ -253,12 +258,19 @@ class Scheduler:
                                       depth, topk, max(depth, min(budget, depth * topk)),
                                       branches=seq.spec.method == "mirror"))
             started = time.perf_counter()
-            proposals = self.drafter.propose(reports) if reports else {}
+            patience = None
+            if self._step_seconds is not None:
+                patience = max(DRAFT_PATIENCE_FLOOR_S, DRAFT_PATIENCE_STEPS * self._step_seconds)
+            proposals = self.drafter.propose(reports, patience_s=patience) if reports else {}
             self.timing.propose_s += time.perf_counter() - started
         except Exception:  # a failing drafter must never stop generation: decode without drafts for a while
             self._drafter_failed(rows)
             return
         self.drafter_failures = 0
+        if proposals is None:  # the drafter is still busy with an earlier report: these wait for the next call
+            for seq in rows:
+                seq.stats.late_drafts += 1
+            return
         by_id = {s.seq_id: s for s in rows}
         for report in reports:
             seq = by_id[report.seq_id]
@@ -268,6 +280,8 @@ class Scheduler:
             proposal = proposals.get(seq.seq_id)
             if proposal is not None:
                 seq.window, seq.window_reused = proposal.tree, proposal.reused
+            else:
+                seq.stats.late_drafts += 1  # this step goes without a draft; the drafter hears the verdict next
 
     def _drafter_failed(self, rows: list[Sequence]) -> None:
         self.drafter_failures += 1
@@ -314,6 +328,8 @@ class Scheduler:
         t = self.timing
         t.steps += 1
         t.target_s += ended - started
+        seconds = ended - started
+        self._step_seconds = seconds if self._step_seconds is None else 0.9 * self._step_seconds + 0.1 * seconds
         if self._exit_window is not None:
             # The exit's logits/top-k are measured from the early-exit callback's start; the (tiny) logit-lens
             # matmul before it counts as lower layers.

@@ -16,6 +16,7 @@ class RequestStats:
     accepted: int = 0  # draft tokens accepted
     accepted_per_position: list[int] = field(default_factory=list)  # accepted tokens at draft depth 1, 2, ...
     fallback_steps: int = 0  # steps decoded without a draft because the drafter failed
+    late_drafts: int = 0  # steps decoded without a draft because the drafter was slower than the target's patience
     reused_windows: int = 0  # mirror: drafts taken from a branch rolled out during the previous step
     exit_checked: int = 0  # mirror: steps whose correction position had early-exit candidates
     exit_covered: int = 0  # ... and whose committed token there was among them (Mirror-SD App. E coverage)
@@ -77,6 +78,7 @@ class RequestStats:
             "acceptance_rate": r(self.acceptance_rate),
             "acceptance_by_position": [r(x) for x in self.acceptance_by_position],
             "fallback_steps": self.fallback_steps,
+            "late_drafts": self.late_drafts,
             "reused_windows": self.reused_windows,
             "exit_coverage": r(self.exit_covered / self.exit_checked) if self.exit_checked else None,
             "ttft_s": r(self.ttft),
@@ -99,6 +101,8 @@ class RequestStats:
                          f"early-exit coverage {self.exit_covered / self.exit_checked:.2f}")
         if self.fallback_steps:
             parts.append(f"{self.fallback_steps} fallback steps")
+        if self.late_drafts:
+            parts.append(f"{self.late_drafts} drafts too late")
         return ", ".join(parts)
 
 

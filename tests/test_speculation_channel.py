@@ -3,6 +3,7 @@ with an error naming the field; an engine whose drafter sits behind a real gRPC 
 lossless, and keeps going when the server dies."""
 
 import random
+import time
 
 import grpc
 import pytest
@@ -164,3 +165,38 @@ def test_a_dead_drafter_server_costs_speed_not_tokens(models, served):
     assert [outs[i].token_ids for i in ids] == ar
     assert all(o.stats.fallback_steps > 0 for o in outs.values())
     assert all(o.stats.drafts > 0 for o in outs.values())  # drafted before the drafter died
+
+
+class SlowSession(DrafterSession):
+    """A drafter that becomes much slower than the target after its first answers (a throttled device)."""
+
+    def __init__(self, *args, fast_answers: int, delay_s: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fast_answers, self.delay_s, self.answers = fast_answers, delay_s, 0
+
+    def propose(self, reports, patience_s=None):
+        self.answers += 1
+        if self.answers > self.fast_answers:
+            time.sleep(self.delay_s)  # simulated slowness of the drafter's device, not a wait for an event
+        return super().propose(reports, patience_s)
+
+
+def test_a_slow_drafter_is_not_waited_for_and_no_backlog_builds(models):
+    target, drafter = models
+    session = SlowSession(worker(drafter, 8, 193, 64), max_spec_nodes=64, fast_answers=3, delay_s=0.3)
+    server, address = serve(session, vocab_size=VOCAB, feature_size=0)
+    try:
+        ps = prompts(3, seed=5)
+        sampling = SamplingParams(max_new_tokens=30, ignore_eos=True)
+        ar = [o.token_ids for o in tiny_engine(target, None).generate(ps, sampling)]
+        remote = RemoteDrafter(address, vocab_size=VOCAB)
+        outs = Engine(worker(target, 4, 193, 64), remote, max_batch=4, max_model_len=128).generate(
+            ps, sampling, SpecParams("chain", gamma=3))
+        assert [o.token_ids for o in outs] == ar
+        assert all(o.stats.late_drafts > 0 and o.stats.fallback_steps == 0 for o in outs)  # slow, not dead
+        assert all(o.stats.drafts > 0 for o in outs)
+        # Asked at its own pace: far fewer questions than target steps, so no backlog of stale work.
+        steps = max(o.stats.target_forwards for o in outs)
+        assert session.answers < steps / 2
+    finally:
+        server.stop(0)
