@@ -329,6 +329,7 @@ def channel_summary(stats: dict, round_trip_s: float | None, records: list[Recor
     out = {
         "steps": stats.get("steps", 0),
         "drafts": stats.get("proposes", 0),
+        "late_drafts": stats.get("late", 0),
         "drafter_busy_ms_per_step": round(busy / steps * 1000, 3),
         "target_wait_ms_per_step": round(stats.get("wait_s", 0.0) / steps * 1000, 3),
         "hidden_fraction": round(max(0.0, 1 - exposed / busy), 4) if busy else None,

@@ -95,10 +95,6 @@ class DrafterSession:
     def reset(self) -> None:
         self.release(list(self._seqs))
 
-    @property
-    def open_ids(self) -> list[int]:
-        return list(self._seqs)
-
     def _state(self, seq_id: int, where: str) -> _State:
         state = self._seqs.get(seq_id)
         if state is None:
