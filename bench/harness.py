@@ -348,6 +348,8 @@ def channel_summary(stats: dict, round_trip_s: float | None, records: list[Recor
         out.update({
             "lower_ms": round(lower * 1000, 3), "exit_ms": round(exit_ * 1000, 3), "upper_ms": round(upper * 1000, 3),
             "rollout_ms": round(rollout * 1000, 3), "fresh_draft_ms": round(fresh * 1000, 3),
+            # Of the branch rollouts alone (mean per step): the part that fits under the upper layers.
+            "rollout_hidden_fraction": round(min(1.0, upper / rollout), 4) if rollout else None,
             "eq10_predicted_step_ms": round(predicted * 1000, 3),
             "eq10_plus_fresh_drafts_ms": round((predicted + fresh) * 1000, 3),
             "branch_reuse_rate": round(reused / max(1, sum(r.drafts for r in records)), 4),

@@ -88,3 +88,19 @@ def test_bench_writes_results(tmp_path):
         assert overall["equal_to_ar"] == 2  # every method is lossless against ar
     assert results["methods"]["chain"]["overall"]["tau"] > 1.5  # the target drafting for itself
     assert set(results["methods"]["tree"]["categories"]) == {"qa", "math"}
+
+
+def test_channel_summary_follows_the_mirror_latency_model():
+    from mirrorspec.bench.harness import Record, channel_summary
+
+    stats = {"steps": 10, "proposes": 10, "late": 1, "wait_s": 0.3, "drafter_busy_s": 1.0, "drafter_propose_s": 0.2,
+             "target_s": 1.9, "propose_s": 0.3, "exit_steps": 10, "lower_s": 0.9, "exit_s": 0.01, "upper_s": 0.9}
+    record = Record("a", "c", [1], 1.0, 10, drafts=10, reused=3, exit_checked=10, exit_covered=4)
+    out = channel_summary(stats, 0.001, [record])
+    # Waits 30 ms/step of which 1 ms is the round trip; the drafter computed 100 ms/step: 71% hidden.
+    assert out["hidden_fraction"] == pytest.approx(1 - (0.3 - 10 * 0.001) / 1.0)
+    # Eq. 10: lower 90 + exit 1 + max(upper 90, rollout 80) + round trip 1; plus 20 ms of fresh drafts.
+    assert out["eq10_predicted_step_ms"] == pytest.approx(182.0)
+    assert out["eq10_plus_fresh_drafts_ms"] == pytest.approx(202.0)
+    assert out["rollout_hidden_fraction"] == 1.0 and out["late_drafts"] == 1
+    assert (out["branch_reuse_rate"], out["exit_coverage"]) == (0.3, 0.4)
