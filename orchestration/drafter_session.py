@@ -52,7 +52,8 @@ class _State:
     sampling: SamplingParams
     generator: torch.Generator
     tokens: list[int] = field(default_factory=list)  # committed tokens the target reported
-    features: list[torch.Tensor] = field(default_factory=list)
+    features: torch.Tensor | None = None  # target hidden states of positions [feature_base, n_features)
+    feature_base: int = 0
     n_features: int = 0
     cached: int = 0  # committed tokens in the drafter's KV cache
     spec: int = 0  # speculative nodes in the drafter's KV cache
@@ -62,8 +63,16 @@ class _State:
     branches: dict[tuple[int, int], Branch] = field(default_factory=dict)
     pending: Branch | None = None  # a reused window whose nodes are fed after the answer is sent
 
-    def feature_rows(self, start: int, stop: int) -> torch.Tensor:
-        return torch.cat(self.features)[start:stop]
+    def add_features(self, rows: torch.Tensor) -> None:
+        self.features = rows if self.features is None else torch.cat([self.features, rows])
+        self.n_features += rows.shape[0]
+
+    def catchup_features(self, start: int) -> torch.Tensor:
+        """Hidden states of positions [start, n_features). The drafter's cache only grows, so no later catch-up
+        starts before `start`: the rows before it are dropped here."""
+        self.features = self.features[start - self.feature_base :]
+        self.feature_base = start
+        return self.features
 
 
 class DrafterSession:
@@ -116,8 +125,7 @@ class DrafterSession:
             keep[report.seq_id] = self._kept_path(report, state, branch)
             state.tokens += report.committed
             if report.features is not None and report.features.shape[0]:
-                state.features.append(report.features.float())
-                state.n_features += report.features.shape[0]
+                state.add_features(report.features.float())
             if branch is not None:
                 out[report.seq_id] = Proposal(branch.tree, reused=True)
                 state.pending = branch
@@ -146,6 +154,9 @@ class DrafterSession:
             raise InvalidRequestError("propose.depth", f"sequence {report.seq_id}: bad draft shape")
         if self.uses_features:
             rows = 0 if report.features is None else report.features.shape[0]
+            if state.n_features + rows == 0:
+                raise InvalidRequestError("propose.features",
+                                          f"sequence {report.seq_id}: a feature drafter needs the target's hidden states")
             if state.n_features + rows > len(state.tokens) + len(report.committed):
                 raise InvalidRequestError("propose.features",
                                           f"sequence {report.seq_id}: more hidden states than committed tokens")
@@ -175,7 +186,7 @@ class DrafterSession:
         """Committed tokens the drafter has not fed yet (a feature drafter pairs token p + 1 with state p)."""
         if not self.uses_features:
             return state.tokens[state.cached :], None
-        return state.tokens[state.cached + 1 :], state.feature_rows(state.cached, state.n_features)
+        return state.tokens[state.cached + 1 :], state.catchup_features(state.cached)
 
     def _draft_fresh(self, work: list[tuple[Report, _State]]) -> dict[int, Proposal]:
         jobs = []

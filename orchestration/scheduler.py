@@ -253,6 +253,8 @@ class Scheduler:
                     continue
                 features = None
                 if self.drafter.uses_features:
+                    if seq.n_features == 0:  # a one-token prompt: no hidden state to draft from until a step ran
+                        continue
                     features = seq.features[seq.reported_features : seq.n_features]
                 reports.append(Report(seq.seq_id, seq.tokens[seq.reported_tokens :], seq.accepted_nodes, features,
                                       depth, topk, max(depth, min(budget, depth * topk)),
@@ -326,9 +328,9 @@ class Scheduler:
 
     def _time_target(self, started: float, ended: float) -> None:
         t = self.timing
-        t.steps += 1
-        t.target_s += ended - started
         seconds = ended - started
+        t.steps += 1
+        t.target_s += seconds
         self._step_seconds = seconds if self._step_seconds is None else 0.9 * self._step_seconds + 0.1 * seconds
         if self._exit_window is not None:
             # The exit's logits/top-k are measured from the early-exit callback's start; the (tiny) logit-lens

@@ -40,6 +40,19 @@ def engine_with(target, drafter, batch=4):
                   max_model_len=160, max_batch=batch, max_spec_nodes=32)
 
 
+def test_a_one_token_prompt_waits_for_a_hidden_state_without_failing_the_feature_drafter(target):
+    """A one-token prompt has no prefill, so no target hidden state yet: it drafts from its second step on,
+    and the other sequences in the batch keep their drafter."""
+    ps = [[5], [3, 4, 5, 6]]
+    sampling = SamplingParams(max_new_tokens=10, ignore_eos=True)
+    ar = [o.token_ids for o in Engine(worker(target), max_model_len=160).generate(ps, sampling)]
+    engine = engine_with(target, make_drafter("feature", target))
+    outs = engine.generate(ps, sampling, SpecParams(method="chain", gamma=3))
+    assert [o.token_ids for o in outs] == ar
+    assert engine.scheduler.drafter_failures == 0 and all(o.stats.fallback_steps == 0 for o in outs)
+    assert all(o.stats.drafts > 0 for o in outs)
+
+
 @pytest.fixture(scope="module")
 def labelled(target, tmp_path_factory):
     """Self-distillation data from the tiny target, through the real data pipeline."""
