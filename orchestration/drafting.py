@@ -199,7 +199,7 @@ def roll_out_branches(drafter: Worker, jobs: list[BranchJob], spec_counts: dict[
                 else:
                     branch.nodes[-1] = node
                 if job.params.greedy:
-                    logp = torch.log_softmax(row_logits[k].float(), dim=-1)
+                    logp = log_probabilities(row_logits[k][None], job.params)[0]
                     token, proposal = int(logp.argmax()), None
                     logq = float(logp[token])
                 else:

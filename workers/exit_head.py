@@ -36,8 +36,7 @@ class ExitHead:
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """Middle-layer hidden states [n, H] -> estimates of the final normed hidden states [n, H]."""
-        x = hidden.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        x = _rms(hidden.float())
         return (x @ self.weight.to(x.device) + self.bias.to(x.device)).to(hidden.dtype)
 
     def save(self, folder: str | Path) -> None:
@@ -54,14 +53,18 @@ class ExitHead:
         return cls(meta, tensors["weight"].float(), tensors["bias"].float())
 
 
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit root-mean-square (RMSNorm without its weight)."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
 def is_exit_head_folder(folder: str | Path) -> bool:
     return (Path(folder) / META).is_file()
 
 
 def fit(middle: torch.Tensor, final: torch.Tensor, ridge: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
     """Least squares (ridge) W, b with rms(middle) @ W + b ~ final, in closed form."""
-    x = middle.double()
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+    x = _rms(middle.double())
     x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
     gram = x.T @ x
     gram += ridge * x.shape[0] * torch.eye(gram.shape[0], dtype=gram.dtype)

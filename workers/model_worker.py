@@ -46,6 +46,7 @@ class ModelWorker:
         if config._attn_implementation == "sdpa":
             self.model.set_attn_implementation(attention.NAME)
         self._float_mask = config._attn_implementation != attention.NAME
+        self._exit_rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # see _exit_vocab_rows
         self._windows = self._attention_windows(config)
 
     @staticmethod
@@ -157,7 +158,7 @@ class ModelWorker:
         """The exit head fitted for this layer (else the logit lens: the final norm), then the LM head
         (optionally over a vocabulary subset)."""
         hidden = output[0] if isinstance(output, tuple) else output
-        weight = self._lm_head.weight if spec.vocab is None else self._lm_head.weight[spec.vocab.to(self.device)]
+        vocab, weight = self._exit_vocab_rows(spec.vocab)
         results = []
         for r, (first, count) in enumerate(zip(firsts, spec.positions)):
             if count == 0:
@@ -170,9 +171,18 @@ class ModelWorker:
                 normed = self._decoder.norm(rows)
             logp = torch.log_softmax((normed @ weight.T).float(), dim=-1)
             top = torch.topk(logp, min(spec.kappa, logp.shape[-1]), dim=-1)
-            ids = top.indices if spec.vocab is None else spec.vocab.to(self.device)[top.indices]
+            ids = top.indices if vocab is None else vocab[top.indices]
             results.append((ids.cpu(), top.values.cpu()))
         spec.callback(results)
+
+    def _exit_vocab_rows(self, vocab: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(vocabulary on this device, its LM-head rows); gathered once per vocabulary, not every step."""
+        if vocab is None:
+            return None, self._lm_head.weight
+        if self._exit_rows is None or self._exit_rows[0] is not vocab:
+            on_device = vocab.to(self.device)
+            self._exit_rows = (vocab, on_device, self._lm_head.weight[on_device])
+        return self._exit_rows[1], self._exit_rows[2]
 
     def _inputs(self, plan: ForwardPlan, features: list[torch.Tensor] | None) -> dict[str, torch.Tensor]:
         return {"input_ids": plan.input_ids.to(self.device)}
