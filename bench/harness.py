@@ -207,6 +207,7 @@ def plot(results: dict, path: Path) -> None:
 def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams, cluster) -> int:
     from tqdm import tqdm
 
+    from mirrorspec.cluster.launch import open_engine
     from mirrorspec.orchestration.errors import InvalidRequestError
     from mirrorspec.workers.factory import resolve_drafter
 
@@ -222,39 +223,43 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams, cluster
     prompts = load_prompts(args.prompts, args.per_category)
     engine_config = dataclasses.replace(engine_config, max_batch=max(engine_config.max_batch, args.batch_size))
     on_ray = any(cluster.uses_ray(name) for name, _ in parsed.values())
-    engine = _bench_engine(engine_config, spec, cluster, on_ray)
+    # One engine for every method: on Ray (or dialing a served drafter) `ar` runs on the target's role, and
+    # chain/tree/mirror across both roles, so that all share one placement.
+    engine = open_engine(engine_config, spec, cluster, on_ray=on_ray)
+    two_roles = on_ray or bool(cluster.drafter_address)
     # After the engine has loaded (and so checked) the target: the drafter's folder, for hf-assisted and the results.
     engine_config = dataclasses.replace(engine_config, drafter=resolve_drafter(engine_config))
     records: dict[str, list[Record]] = {}
     channel: dict[str, dict] = {}
-    round_trip = engine.round_trip_s() if on_ray else None
+    round_trip = engine.round_trip_s() if two_roles else None
     try:
         for label in methods:
             name, method_spec = parsed[label]
             with tqdm(total=len(prompts), desc=f"bench {label}", unit="prompt", file=sys.stderr) as bar:
                 if name == HF_ASSISTED:
-                    records[label] = _run_hf(engine, engine_config, cluster if on_ray else None, args, prompts, bar)
+                    records[label] = _run_hf(engine, engine_config, cluster if two_roles else None, args, prompts, bar)
                     continue
                 records[label] = run_engine_method(engine, method_spec, prompts, args.max_new_tokens,
                                                    args.batch_size, bar)
-                if on_ray:
+                if two_roles:
                     channel[label] = channel_summary(engine.channel_stats(), round_trip, records[label])
     finally:
-        if on_ray:
+        if two_roles:
             engine.shutdown()
     ref = records["ar"]
     results = {
         "target": str(engine_config.target),
         "drafter": str(engine_config.drafter),
-        "threads": cluster.target.threads if on_ray else torch.get_num_threads(),
-        "placement": _placement(cluster) if on_ray else "in-process",
+        "threads": cluster.target.threads if two_roles else torch.get_num_threads(),
+        "placement": _placement(cluster) if two_roles else "in-process",
+        "device": engine_config.device,
         "machine": platform.processor() or platform.machine(),
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
         "spec": dataclasses.asdict(spec),
         "hf_assistant": args.hf_assistant or str(engine_config.drafter),
         "prompts": len(prompts),
-        "forward_cost_1_thread": None if on_ray else forward_cost(engine),
+        "forward_cost_1_thread": None if two_roles else forward_cost(engine),
         "channel_round_trip_ms": None if round_trip is None else round(round_trip * 1000, 3),
         "methods": {m: summarize(rs, ref) for m, rs in records.items()},
     }
@@ -275,22 +280,12 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams, cluster
     return 0
 
 
-def _bench_engine(engine_config, spec: SpecParams, cluster, on_ray: bool):
-    """The in-process engine, or (when any method runs on Ray) one pipeline of two actors for every method:
-    `ar` then runs on the target's actor, chain/tree/mirror across both, so all share one placement."""
-    if not on_ray:
-        from mirrorspec.orchestration.engine import Engine
-
-        return Engine.from_config(engine_config)
-    from mirrorspec.cluster.config import ProjectConfig
-    from mirrorspec.cluster.pipeline import Pipeline
-
-    return Pipeline(ProjectConfig(engine=engine_config, speculation=spec, cluster=cluster))
-
-
 def _placement(cluster) -> dict:
-    return {role: {"resources": r.resources, "threads": r.threads, "cores": r.cores}
-            for role, r in (("target", cluster.target), ("drafter", cluster.drafter))}
+    roles = {role: {"resources": r.resources, "threads": r.threads, "cores": r.cores}
+             for role, r in (("target", cluster.target), ("drafter", cluster.drafter))}
+    if cluster.drafter_address:  # the drafter runs elsewhere, as it was started
+        roles["drafter"] = {"address": cluster.drafter_address}
+    return roles
 
 
 def _run_hf(engine, engine_config, cluster, args, prompts: list[dict], bar) -> list[Record]:
@@ -371,7 +366,7 @@ def _hf_assistant(engine_config, assistant: str | None):
     if path == SELF_DRAFTER:
         path = engine_config.target  # a separate copy: transformers keeps assistant state on the model object
     if is_drafter_folder(path):
-        return draft_vocab_assistant(path, dtype)
+        return draft_vocab_assistant(path, dtype, device)
     return load_model(path, dtype=dtype, device=device, field="hf_assistant").model
 
 

@@ -25,7 +25,7 @@ class DraftVocabLlama(LlamaForCausalLM):
         return out
 
 
-def draft_vocab_assistant(folder: str, dtype: torch.dtype) -> DraftVocabLlama:
+def draft_vocab_assistant(folder: str, dtype: torch.dtype, device: torch.device) -> DraftVocabLlama:
     drafter = Drafter.load(folder, dtype)
     if drafter.meta.kind != "token":
         raise InvalidRequestError(
@@ -34,10 +34,10 @@ def draft_vocab_assistant(folder: str, dtype: torch.dtype) -> DraftVocabLlama:
     model = DraftVocabLlama(drafter.lm.config).to(dtype)
     model.load_state_dict(drafter.lm.state_dict())
     model.generation_config = drafter.lm.generation_config
-    model.target_to_draft = drafter.target_to_draft
-    model.draft_to_target = drafter.draft_to_target
+    model.target_to_draft = drafter.target_to_draft.to(device)
+    model.draft_to_target = drafter.draft_to_target.to(device)
     model.target_vocab = drafter.meta.target_vocab_size
     # transformers compares vocab sizes to decide whether both models share a tokenizer; this one reads and
     # writes the target's ids, so it declares the target's size (the embedding keeps its draft-vocabulary rows).
     model.config.vocab_size = drafter.meta.target_vocab_size
-    return model.eval()
+    return model.to(device).eval()

@@ -1,7 +1,8 @@
-"""The two Ray actors of a speculation pipeline: the drafter (serving the speculation channel) and the target
+"""The two roles of a speculation pipeline: the drafter (serving the speculation channel) and the target
 (running the engine's step loop, with the drafter behind a gRPC stream).
 
-The classes are plain Python; cluster/pipeline.py turns them into actors placed on their resources.
+The classes are plain Python: cluster/pipeline.py turns them into Ray actors placed on their resources;
+`mirrorspec serve-drafter` and `--drafter-address` run them as plain processes (cluster/launch.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def pin(role: RoleConfig) -> None:
 
 
 class DrafterActor:
-    def __init__(self, engine: EngineConfig, role: RoleConfig, *, port: int = 0, branch_budget: int = 8) -> None:
+    def __init__(self, engine: EngineConfig, role: RoleConfig, *, host: str = "127.0.0.1", port: int = 0,
+                 branch_budget: int = 8) -> None:
         from mirrorspec.workers.drafter_service import serve
         from mirrorspec.workers.factory import build_drafter
         from mirrorspec.workers.models import load_model_info
@@ -43,7 +45,7 @@ class DrafterActor:
         self.session = DrafterSession(worker, max_spec_nodes=engine.max_spec_nodes, branch_budget=branch_budget)
         feature_size = target.config.hidden_size if worker.uses_features else 0
         self.server, self._address = serve(self.session, vocab_size=target.config.vocab_size,
-                                           feature_size=feature_size, port=port)
+                                           feature_size=feature_size, host=host, port=port)
         logger.info("drafter serving the speculation channel on %s", self._address)
 
     def address(self) -> str:
@@ -86,3 +88,7 @@ class TargetActor:
 
     def round_trip_s(self) -> float | None:
         return None if self.remote is None else self.remote.round_trip_s()
+
+    def shutdown(self) -> None:
+        if self.remote is not None:
+            self.remote.close()

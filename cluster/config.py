@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,9 @@ class ClusterConfig:
     target: RoleConfig = field(default_factory=RoleConfig)
     drafter: RoleConfig = field(default_factory=RoleConfig)
     drafter_port: int = 0  # the speculation server's port on the drafter's node (0: any free port)
+    # A drafter already serving the speculation channel (`mirrorspec serve-drafter`), e.g. on another device's
+    # process: the target runs in this process and dials it; no Ray.
+    drafter_address: str | None = None
     reply_timeout_s: float = 10.0  # the target waits this long for a draft, then decodes without one
     branch_budget: int = 8  # mirror: branches rolled out per step over the whole batch
 
@@ -71,11 +75,19 @@ class ClusterConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise InvalidRequestError(f"cluster.{name}", f"must be > 0, got {value!r}")
+        if self.drafter_address is not None:
+            if not isinstance(self.drafter_address, str) or not re.fullmatch(r"[^\s:]+:\d+", self.drafter_address):
+                raise InvalidRequestError("cluster.drafter_address", f"must be host:port, got {self.drafter_address!r}")
+            if self.ray == "always":
+                raise InvalidRequestError("cluster.drafter_address", "dials a drafter outside Ray; it cannot be "
+                                                                     "combined with cluster.ray: always")
         self.target.validate("cluster.target")
         self.drafter.validate("cluster.drafter")
         return self
 
     def uses_ray(self, method: str) -> bool:
+        if self.drafter_address:
+            return False
         return self.ray == "always" or (self.ray == "auto" and method == "mirror")
 
 

@@ -34,6 +34,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, help="torch intra-op threads")
     g.add_argument("--ray", choices=("auto", "always", "never"),
                    help="run target and drafter as Ray actors (auto: for --method mirror); see cluster in ray_config.yaml")
+    g.add_argument("--drafter-address", help="HOST:PORT of a drafter started with `mirrorspec serve-drafter`: the "
+                                             "target runs in this process and dials it (no Ray)")
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -85,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_args(train)
 
+    serve = sub.add_parser("serve-drafter", help="serve the drafter's speculation channel for targets that dial it "
+                                                 "with --drafter-address (no Ray)")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    serve.add_argument("--port", type=int, help="port (default: cluster.drafter_port; 0 = any free port)")
+    _add_engine_args(serve)
+
     head = sub.add_parser("train-exit-head", help="fit the early-exit head that mirror's early exit uses")
     from mirrorspec.training.exit_head import add_exit_head_args
 
@@ -97,31 +105,19 @@ def resolve_config(args: argparse.Namespace):
     from mirrorspec.cluster.config import find_config, load_config
 
     config = load_config(find_config(args.config))
-    engine_overrides = {
-        "target": args.target,
-        "drafter": args.drafter,
-        "dtype": args.dtype,
-        "device": args.device,
-        "drafter_device": args.drafter_device,
-        "max_batch": args.max_batch,
-        "max_model_len": args.max_model_len,
-        "threads": args.threads,
-    }
-    engine = dataclasses.replace(config.engine, **{k: v for k, v in engine_overrides.items() if v is not None})
+
+    def given(*names: str) -> dict:
+        # Only the flags the user gave (serve-drafter has no speculation flags).
+        return {n: getattr(args, n, None) for n in names if getattr(args, n, None) is not None}
+
+    engine = dataclasses.replace(config.engine, **given("target", "drafter", "dtype", "device", "drafter_device",
+                                                        "max_batch", "max_model_len", "threads"))
     if engine.drafter == "none":
         engine = dataclasses.replace(engine, drafter=None)
-    spec_overrides = {
-        "method": getattr(args, "method", None),
-        "gamma": args.gamma,
-        "tree_depth": args.tree_depth,
-        "tree_topk": args.tree_topk,
-        "tree_nodes": args.tree_nodes,
-        "exit_layer": args.exit_layer,
-        "kappa": args.kappa,
-    }
-    spec = dataclasses.replace(config.speculation, **{k: v for k, v in spec_overrides.items() if v is not None})
-    cluster = config.cluster if args.ray is None else dataclasses.replace(config.cluster, ray=args.ray)
-    return engine.validate(), spec, cluster
+    spec = dataclasses.replace(config.speculation, **given("method", "gamma", "tree_depth", "tree_topk",
+                                                           "tree_nodes", "exit_layer", "kappa"))
+    cluster = dataclasses.replace(config.cluster, **given("ray", "drafter_address"))
+    return engine.validate(), spec, cluster.validate()
 
 
 def sampling_from_args(args: argparse.Namespace, overrides: dict | None = None) -> SamplingParams:
@@ -167,16 +163,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     engine_config, spec, cluster = resolve_config(args)
     sampling = sampling_from_args(args)
     spec.validate(engine_config.max_spec_nodes)
-    if cluster.uses_ray(spec.method):
-        from mirrorspec.cluster.config import ProjectConfig
-        from mirrorspec.cluster.pipeline import Pipeline
+    from mirrorspec.cluster.launch import open_engine
 
-        # Target and drafter as Ray actors on their own resources, joined by the gRPC speculation channel.
-        engine = Pipeline(ProjectConfig(engine=engine_config, speculation=spec, cluster=cluster))
-    else:
-        from mirrorspec.orchestration.engine import Engine
-
-        engine = Engine.from_config(engine_config)
+    engine = open_engine(engine_config, spec, cluster, on_ray=cluster.uses_ray(spec.method))
     try:
         return _generate(engine, args, sampling, spec)
     finally:
@@ -263,9 +252,14 @@ def main(argv: list[str] | None = None) -> int:
             from mirrorspec.training.exit_head import cmd_train_exit_head
 
             return cmd_train_exit_head(args)
+        engine_config, spec, cluster = resolve_config(args)
+        if args.command == "serve-drafter":
+            from mirrorspec.cluster.launch import serve_drafter
+
+            port = cluster.drafter_port if args.port is None else args.port
+            return serve_drafter(engine_config, cluster, host=args.host, port=port)
         from mirrorspec.bench.harness import cmd_bench
 
-        engine_config, spec, cluster = resolve_config(args)
         return cmd_bench(args, engine_config, spec, cluster)
     except InvalidRequestError as exc:
         print(f"mirrorspec: error: {exc}", file=sys.stderr)

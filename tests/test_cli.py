@@ -104,3 +104,35 @@ def test_channel_summary_follows_the_mirror_latency_model():
     assert out["eq10_plus_fresh_drafts_ms"] == pytest.approx(202.0)
     assert out["rollout_hidden_fraction"] == 1.0 and out["late_drafts"] == 1
     assert (out["branch_reuse_rate"], out["exit_coverage"]) == (0.3, 0.4)
+
+
+@pytest.mark.real_model
+def test_served_drafter_without_ray_equals_ar(capsys):
+    """`mirrorspec serve-drafter` in its own process, the target here dialing it with --drafter-address."""
+    import torch
+
+    threads = torch.get_num_threads()  # the target role below takes cluster.target's thread count for this process
+    exe = shutil.which("mirrorspec") or str(__import__("pathlib").Path(sys.executable).parent / "mirrorspec")
+    server = subprocess.Popen([exe, "serve-drafter", "--port", "0", "--threads", "1"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        line = server.stdout.readline()
+        assert line.startswith("serving the speculation channel on 127.0.0.1:"), line
+        address = line.split()[-1]
+        prompt = ["generate", "List three primary colours.", "--chat", "--json", "--max-new-tokens", "24"]
+        assert main([*prompt, "--method", "ar", "--ray", "never"]) == 0
+        ar = json.loads(capsys.readouterr().out)
+        for method in ("mirror", "chain"):
+            assert main([*prompt, "--method", method, "--drafter-address", address]) == 0
+            out = json.loads(capsys.readouterr().out)
+            assert out["token_ids"] == ar["token_ids"]
+            assert out["stats"]["drafted"] > 0  # the drafts came from the served drafter
+    finally:
+        torch.set_num_threads(threads)
+        server.terminate()
+        assert server.wait(timeout=30) == 0
+
+
+def test_drafter_address_is_checked(capsys):
+    assert main(["generate", "hi", "--drafter-address", "nowhere"]) == 2
+    assert "cluster.drafter_address" in capsys.readouterr().err

@@ -140,7 +140,7 @@ def test_token_drafter_runs_as_transformers_assistant(target, tmp_path):
     from mirrorspec.bench.hf_assistant import draft_vocab_assistant
 
     make_drafter("token", target).save(tmp_path)
-    assistant = draft_vocab_assistant(str(tmp_path), torch.float32)
+    assistant = draft_vocab_assistant(str(tmp_path), torch.float32, torch.device("cpu"))
     ids = torch.tensor([prompts(1, seed=3)[0]])
     logits = assistant(input_ids=ids).logits[0, -1]
     drafted = torch.isfinite(logits).nonzero().flatten().tolist()

@@ -1,0 +1,46 @@
+"""Where generation runs: one process, two Ray actors, or this process dialing a drafter served elsewhere.
+
+The third way needs no Ray: `mirrorspec serve-drafter` serves the speculation channel from one process (say on
+CPU cores), and `--drafter-address HOST:PORT` makes the target in another process (say on a GPU) dial it. It is
+the same two roles as the Ray pipeline (cluster/actors.py), started by hand or by another scheduler.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+from mirrorspec.cluster.config import ClusterConfig, ProjectConfig
+from mirrorspec.orchestration.engine import EngineConfig
+from mirrorspec.orchestration.params import SpecParams
+
+
+def open_engine(engine: EngineConfig, spec: SpecParams, cluster: ClusterConfig, *, on_ray: bool):
+    """An object with generate/stream (and, across two roles, channel_stats/round_trip_s/shutdown)."""
+    if on_ray:
+        from mirrorspec.cluster.pipeline import Pipeline
+
+        return Pipeline(ProjectConfig(engine=engine, speculation=spec, cluster=cluster))
+    if cluster.drafter_address:
+        from mirrorspec.cluster.actors import TargetActor
+
+        return TargetActor(engine, cluster.target, cluster.drafter_address, reply_timeout_s=cluster.reply_timeout_s)
+    from mirrorspec.orchestration.engine import Engine
+
+    return Engine.from_config(engine)
+
+
+def serve_drafter(engine: EngineConfig, cluster: ClusterConfig, *, host: str, port: int) -> int:
+    """Serve the speculation channel until SIGINT/SIGTERM; the address goes to stdout for scripts to read."""
+    from mirrorspec.cluster.actors import DrafterActor
+
+    drafter = DrafterActor(engine, cluster.drafter, host=host, port=port, branch_budget=cluster.branch_budget)
+    print(f"serving the speculation channel on {drafter.address()}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    drafter.server.stop(grace=1.0).wait()
+    print("drafter stopped", file=sys.stderr)
+    return 0
