@@ -76,7 +76,13 @@ class RemoteDrafter:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ])
         self._stub = pb_grpc.SpeculationStub(self._channel)
-        info = self._stub.Describe(pb.DescribeRequest(), timeout=connect_timeout_s, wait_for_ready=True)
+        try:
+            info = self._stub.Describe(pb.DescribeRequest(), timeout=connect_timeout_s, wait_for_ready=True)
+        except grpc.RpcError as exc:
+            self._channel.close()
+            raise InvalidRequestError("drafter", f"no drafter answered at {address} within {connect_timeout_s:g} s "
+                                                 f"({exc.code().name}); is `mirrorspec serve-drafter` running "
+                                                 f"there?") from None
         if info.vocab_size != vocab_size:
             raise InvalidRequestError("drafter", f"the drafter at {address} works in a {info.vocab_size}-token "
                                                  f"vocabulary; the target has {vocab_size}")

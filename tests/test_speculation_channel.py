@@ -200,3 +200,13 @@ def test_a_slow_drafter_is_not_waited_for_and_no_backlog_builds(models):
         assert session.answers < steps / 2
     finally:
         server.stop(0)
+
+
+def test_dialing_an_address_where_no_drafter_serves_fails_clearly():
+    import socket
+
+    with socket.socket() as s:  # a free port that nobody listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(InvalidRequestError, match=f"no drafter answered at {address}"):
+        RemoteDrafter(address, vocab_size=VOCAB, connect_timeout_s=0.5)

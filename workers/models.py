@@ -122,8 +122,13 @@ def check_same_tokenizer(target: LoadedModel | ModelInfo, drafter: LoadedModel, 
         same = target.config.vocab_size == drafter.config.vocab_size
         detail = f"vocab size {drafter.config.vocab_size} vs the target's {target.config.vocab_size}"
     else:
-        same = t_tok.get_vocab() == d_tok.get_vocab() and t_tok.all_special_ids == d_tok.all_special_ids
-        detail = f"vocabulary of {len(d_tok)} tokens vs the target's {len(t_tok)} (or different special tokens)"
+        # The ids that decoding depends on; the full special-token lists differ between transformers versions
+        # loading the same tokenizer (a GGUF-converted one lists fewer), which is no reason to refuse a drafter.
+        roles = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
+        same = t_tok.get_vocab() == d_tok.get_vocab() and all(
+            getattr(t_tok, r) == getattr(d_tok, r) for r in roles)
+        detail = (f"vocabulary of {len(d_tok)} tokens vs the target's {len(t_tok)} "
+                  f"(or different {', '.join(r.removesuffix('_id') for r in roles)})")
     if not same:
         raise InvalidRequestError(
             field, f"drafter {str(drafter.path)!r} does not share the target's tokenizer: {detail}"
