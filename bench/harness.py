@@ -252,6 +252,7 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams, cluster
         "drafter": str(engine_config.drafter),
         "threads": cluster.target.threads if two_roles else torch.get_num_threads(),
         "placement": _placement(cluster) if two_roles else "in-process",
+        "tp_size": cluster.tp_size,
         "device": engine_config.device,
         "machine": platform.processor() or platform.machine(),
         "max_new_tokens": args.max_new_tokens,

@@ -18,6 +18,8 @@ from mirrorspec.orchestration.engine import Engine, EngineConfig
 from mirrorspec.orchestration.errors import InvalidRequestError
 from mirrorspec.orchestration.params import SamplingParams, SpecParams
 from mirrorspec.orchestration.remote_drafter import RemoteDrafter
+from mirrorspec.workers.model_worker import greedy_logits
+from mirrorspec.workers.tensor_parallel import GroupSpec, LockstepWorker, follow
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +58,17 @@ class DrafterActor:
 
 
 class TargetActor:
+    """The target's role: the engine's step loop, the target model (rank 0 of a tensor-parallel group when
+    `group` is given) and the dialed drafter."""
+
     def __init__(self, engine: EngineConfig, role: RoleConfig, drafter_address: str | None, *,
-                 reply_timeout_s: float = 10.0) -> None:
+                 reply_timeout_s: float = 10.0, group: GroupSpec | None = None) -> None:
         from mirrorspec.workers.factory import build_target, eos_token_ids, worker_sizes
 
         pin(role)
-        worker, target = build_target(engine)
+        worker, target = build_target(engine, group)
+        if group is not None and group.world_size > 1:
+            worker = LockstepWorker(worker)
         self.remote = None
         if drafter_address:
             self.remote = RemoteDrafter(drafter_address, vocab_size=worker.vocab_size,
@@ -89,6 +96,32 @@ class TargetActor:
     def round_trip_s(self) -> float | None:
         return None if self.remote is None else self.remote.round_trip_s()
 
+    def probe_logits(self, token_ids: list[int], steps: int) -> torch.Tensor:
+        """The target's logits along its own greedy continuation of `token_ids` (see greedy_logits)."""
+        return greedy_logits(self.engine.target, token_ids, steps)
+
+    def pid(self) -> int:
+        return os.getpid()
+
     def shutdown(self) -> None:
         if self.remote is not None:
             self.remote.close()
+        if isinstance(self.engine.target, LockstepWorker):
+            self.engine.target.stop_followers()
+
+
+class TargetRankActor:
+    """Rank 1..N-1 of a tensor-parallel target: its shard, run in lockstep with rank 0's calls."""
+
+    def __init__(self, engine: EngineConfig, role: RoleConfig, group: GroupSpec) -> None:
+        from mirrorspec.workers.factory import build_target
+
+        pin(role)
+        self.worker, _ = build_target(engine, group)
+
+    def follow(self) -> int:
+        """Runs until rank 0 stops the group (or dies: then the driver ends this actor)."""
+        return follow(self.worker)
+
+    def pid(self) -> int:
+        return os.getpid()

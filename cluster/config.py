@@ -56,6 +56,9 @@ class ClusterConfig:
     placement_strategy: str = "PACK"
     target: RoleConfig = field(default_factory=RoleConfig)
     drafter: RoleConfig = field(default_factory=RoleConfig)
+    # Tensor parallelism: the target split over this many ranks (DeepSpeed AutoTP), one Ray actor each, every
+    # rank with `target.resources`; `target.cores` is shared out among them in equal consecutive runs.
+    tp_size: int = 1
     drafter_port: int = 0  # the speculation server's port on the drafter's node (0: any free port)
     # A drafter already serving the speculation channel (`mirrorspec serve-drafter`), e.g. on another device's
     # process: the target runs in this process and dials it; no Ray.
@@ -81,6 +84,14 @@ class ClusterConfig:
             if self.ray == "always":
                 raise InvalidRequestError("cluster.drafter_address", "dials a drafter outside Ray; it cannot be "
                                                                      "combined with cluster.ray: always")
+        if not isinstance(self.tp_size, int) or isinstance(self.tp_size, bool) or self.tp_size < 1:
+            raise InvalidRequestError("cluster.tp_size", f"must be an integer >= 1, got {self.tp_size!r}")
+        if self.tp_size > 1 and (self.ray == "never" or self.drafter_address):
+            raise InvalidRequestError("cluster.tp_size", "tensor-parallel ranks run as Ray actors; not with "
+                                                         "cluster.ray: never or a drafter_address")
+        if self.tp_size > 1 and self.target.cores and len(self.target.cores) % self.tp_size:
+            raise InvalidRequestError("cluster.target.cores", f"{len(self.target.cores)} cores cannot be shared "
+                                                              f"equally by {self.tp_size} ranks")
         self.target.validate("cluster.target")
         self.drafter.validate("cluster.drafter")
         return self
@@ -88,7 +99,15 @@ class ClusterConfig:
     def uses_ray(self, method: str) -> bool:
         if self.drafter_address:
             return False
-        return self.ray == "always" or (self.ray == "auto" and method == "mirror")
+        return self.ray == "always" or self.tp_size > 1 or (self.ray == "auto" and method == "mirror")
+
+    def rank_role(self, rank: int) -> RoleConfig:
+        """What target rank `rank` takes: the target's resources and threads, its share of the target's cores."""
+        cores = self.target.cores
+        if cores and self.tp_size > 1:
+            share = len(cores) // self.tp_size
+            cores = cores[rank * share : (rank + 1) * share]
+        return dataclasses.replace(self.target, cores=cores)
 
 
 @dataclass

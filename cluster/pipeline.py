@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from mirrorspec.cluster.actors import DrafterActor, TargetActor
+from mirrorspec.cluster.actors import DrafterActor, TargetActor, TargetRankActor
 from mirrorspec.cluster.config import ProjectConfig, RoleConfig
 from mirrorspec.cluster.ray_cluster import connect
 from mirrorspec.orchestration.errors import InvalidRequestError
@@ -29,6 +29,10 @@ def actor_options(role: RoleConfig) -> dict:
             "resources": custom}
 
 
+class TargetGroupError(RuntimeError):
+    """A rank of the tensor-parallel target died: the group's requests in flight failed, the group is down."""
+
+
 class Pipeline:
     def __init__(self, config: ProjectConfig) -> None:
         import ray
@@ -36,8 +40,14 @@ class Pipeline:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         cluster, engine = config.cluster, config.engine
+        tp = cluster.tp_size
+        if tp > 1:  # before any actor starts: a rank without heads is a configuration error
+            from mirrorspec.workers.models import load_model_info
+            from mirrorspec.workers.tensor_parallel import check_tp_size
+
+            check_tp_size(tp, load_model_info(engine.target).config)
         connect(cluster)
-        roles = [cluster.target] + ([cluster.drafter] if engine.drafter else [])
+        roles = [cluster.rank_role(r) for r in range(tp)] + ([cluster.drafter] if engine.drafter else [])
         _check_resources(roles, ray.cluster_resources())
         self.group = placement_group([dict(r.resources) for r in roles], strategy=cluster.placement_strategy)
         ready, _ = ray.wait([self.group.ready()], timeout=PLACEMENT_TIMEOUT_S)
@@ -52,57 +62,125 @@ class Pipeline:
             return {"scheduling_strategy": strategy, **actor_options(role)}
 
         self.drafter = None
+        self.followers: list = []  # target ranks 1..tp-1
+        self._follow_refs: list = []
+        self._down: str | None = None  # why the target group is down
         address = None
         try:
             if engine.drafter:
-                self.drafter = ray.remote(DrafterActor).options(**on(1, cluster.drafter)).remote(
+                self.drafter = ray.remote(DrafterActor).options(**on(tp, cluster.drafter)).remote(
                     engine, cluster.drafter, port=cluster.drafter_port, branch_budget=cluster.branch_budget)
                 address = ray.get(self.drafter.address.remote())
+            groups = _group_specs(tp, "nccl" if engine.device.startswith("cuda") else "gloo")
+            self.followers = [ray.remote(TargetRankActor).options(**on(r, cluster.rank_role(r))).remote(
+                engine, cluster.rank_role(r), groups[r]) for r in range(1, tp)]
             # Two concurrent calls: `progress` can be read while `generate` runs.
-            self.target = ray.remote(TargetActor).options(max_concurrency=2, **on(0, cluster.target)).remote(
-                engine, cluster.target, address, reply_timeout_s=cluster.reply_timeout_s)
-            ray.get(self.target.channel_stats.remote())  # surfaces the target's start-up errors here
-        except ray.exceptions.RayActorError as exc:
+            self.target = ray.remote(TargetActor).options(max_concurrency=2, **on(0, cluster.rank_role(0))).remote(
+                engine, cluster.rank_role(0), address, reply_timeout_s=cluster.reply_timeout_s, group=groups[0])
+            # Every rank's start-up (the ranks meet in DeepSpeed's rendezvous): the first failure ends them all.
+            self._watch({self.target.channel_stats.remote(): "target rank 0",
+                         **{f.pid.remote(): f"target rank {r}" for r, f in enumerate(self.followers, 1)}})
+            self._follow_refs = [f.follow.remote() for f in self.followers]
+        except Exception as exc:
             self.shutdown()
-            cause = exc.__cause__ or exc
+            cause = exc.__cause__ if isinstance(exc, ray.exceptions.RayActorError) else None
             if isinstance(cause, InvalidRequestError):
                 raise cause from None
             raise
         self.drafter_address = address
 
+    def _watch(self, refs: dict, *, fetch: bool = True) -> list:
+        """ray.get of each ref (mapped to who computes it), but when a target rank dies the whole group ends at
+        once, with an error that names the rank, instead of the others waiting in a collective for ever."""
+        import ray
+
+        if self._down:
+            raise TargetGroupError(self._down)
+        loops = {ref: f"target rank {r}" for r, ref in enumerate(self._follow_refs, 1)}
+        pending, results = dict(refs), {}
+        while pending:
+            ref = ray.wait([*pending, *loops], num_returns=1)[0][0]
+            who = pending.get(ref) or loops[ref]
+            try:
+                result = ray.get(ref) if fetch or ref in loops else None
+            except ray.exceptions.RayActorError as exc:
+                if not self.followers:
+                    raise
+                self._fail(who, exc)
+            if ref in loops:  # a follower's loop ends only when rank 0 stops it
+                self._fail(who, None)
+            results[ref] = result
+            del pending[ref]
+        return [results[r] for r in refs]
+
+    def _fail(self, who: str, exc: Exception | None) -> None:
+        import ray
+
+        cause = None if exc is None else (exc.__cause__ or exc)
+        for actor in (getattr(self, "target", None), *self.followers):
+            if actor is not None:
+                ray.kill(actor, no_restart=True)
+        self._follow_refs = []
+        if isinstance(cause, InvalidRequestError):  # a start-up error of the configuration: report it as is
+            self._down = f"the tensor-parallel target group did not start: {cause}"
+            raise cause
+        self._down = (f"the tensor-parallel target group is down: {who} of {len(self.followers) + 1} died "
+                      f"({type(cause).__name__ if cause else 'left the group'}); its requests in flight failed")
+        raise TargetGroupError(self._down) from exc
+
     def generate(self, prompts: list, sampling: SamplingParams | list[SamplingParams] | None = None,
                  spec: SpecParams | None = None, *, chat: bool = False) -> list:
         import ray
 
-        return ray.get(self.target.generate.remote(prompts, sampling, spec, chat))
+        return self.get(self.target.generate.remote(prompts, sampling, spec, chat))
 
     def stream(self, prompt, sampling: SamplingParams | None = None, spec: SpecParams | None = None, *,
                chat: bool = False) -> Iterator:
         import ray
 
-        for ref in self.target.stream.options(num_returns="streaming").remote(prompt, sampling, spec, chat):
-            yield ray.get(ref)
+        outputs = self.target.stream.options(num_returns="streaming").remote(prompt, sampling, spec, chat)
+        while True:
+            self._watch({outputs: "target rank 0"}, fetch=False)  # until the next output is ready
+            try:
+                ref = next(outputs)
+            except StopIteration:
+                return
+            yield self.get(ref)
 
     def generate_async(self, prompts: list, sampling=None, spec: SpecParams | None = None, *, chat: bool = False):
-        """Start `generate`; returns a Ray object ref (ray.get it for the outputs)."""
+        """Start `generate`; returns a Ray object ref (`get` it for the outputs)."""
         return self.target.generate.remote(prompts, sampling, spec, chat)
+
+    def get(self, ref):
+        """A result of the target actor, failing fast (TargetGroupError) if a tensor-parallel rank dies."""
+        return self._watch({ref: "target rank 0"})[0]
 
     def progress(self) -> int:
         """Drafts the target has received so far."""
         import ray
 
-        return ray.get(self.target.progress.remote())
+        return self.get(self.target.progress.remote())
 
     def channel_stats(self) -> dict:
         import ray
 
-        return ray.get(self.target.channel_stats.remote())
+        return self.get(self.target.channel_stats.remote())
 
     def round_trip_s(self) -> float | None:
         """The speculation channel's own latency, measured from the target actor."""
         import ray
 
-        return ray.get(self.target.round_trip_s.remote())
+        return self.get(self.target.round_trip_s.remote())
+
+    def probe_logits(self, token_ids: list[int], steps: int = 0):
+        """The target's logits along its greedy continuation (every rank runs it): [steps + 1, vocab]."""
+        return self.get(self.target.probe_logits.remote(token_ids, steps))
+
+    def kill_target_rank(self, rank: int) -> None:
+        """Kill one rank of the target group (what a crashed device does), for tests and drills."""
+        import ray
+
+        ray.kill(self.target if rank == 0 else self.followers[rank - 1], no_restart=True)
 
     def kill_drafter(self) -> None:
         import ray
@@ -113,7 +191,11 @@ class Pipeline:
     def shutdown(self) -> None:
         import ray
 
-        for actor in (getattr(self, "target", None), self.drafter):
+        target = getattr(self, "target", None)
+        if target is not None and not self._down and self._follow_refs:
+            # Let rank 0 stop its followers' loops; then kill everything regardless.
+            ray.wait([target.shutdown.remote()], timeout=10)
+        for actor in (target, *self.followers, self.drafter):
             if actor is not None:
                 ray.kill(actor, no_restart=True)
         ray.util.remove_placement_group(self.group)
@@ -129,3 +211,13 @@ def _check_resources(roles: list[RoleConfig], offered: dict) -> None:
         if offered.get(name, 0) < amount:
             raise InvalidRequestError(f"cluster.resources.{name}", f"the pipeline needs {amount:g} {name} but the "
                                                                    f"Ray cluster has {offered.get(name, 0):g}")
+
+
+def _group_specs(tp: int, backend: str) -> list:
+    """Each target rank's place in the group (None for a single rank: no group at all)."""
+    from mirrorspec.workers.tensor_parallel import GroupSpec, free_port
+
+    if tp == 1:
+        return [None]
+    port = free_port()
+    return [GroupSpec(rank=r, world_size=tp, master_port=port, backend=backend) for r in range(tp)]

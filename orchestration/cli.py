@@ -34,6 +34,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, help="torch intra-op threads")
     g.add_argument("--ray", choices=("auto", "always", "never"),
                    help="run target and drafter as Ray actors (auto: for --method mirror); see cluster in ray_config.yaml")
+    g.add_argument("--tp", dest="tp_size", type=int,
+                   help="split the target over this many tensor-parallel ranks (DeepSpeed AutoTP, Ray actors)")
     g.add_argument("--drafter-address", help="HOST:PORT of a drafter started with `mirrorspec serve-drafter`: the "
                                              "target runs in this process and dials it (no Ray)")
 
@@ -116,7 +118,7 @@ def resolve_config(args: argparse.Namespace):
         engine = dataclasses.replace(engine, drafter=None)
     spec = dataclasses.replace(config.speculation, **given("method", "gamma", "tree_depth", "tree_topk",
                                                            "tree_nodes", "exit_layer", "kappa"))
-    cluster = dataclasses.replace(config.cluster, **given("ray", "drafter_address"))
+    cluster = dataclasses.replace(config.cluster, **given("ray", "drafter_address", "tp_size"))
     return engine.validate(), spec, cluster.validate()
 
 

@@ -23,6 +23,7 @@ from mirrorspec.workers.models import (
     parse_device,
     parse_dtype,
 )
+from mirrorspec.workers.tensor_parallel import GroupSpec, check_tp_size, join_group, shard
 
 logger = logging.getLogger(__name__)
 
@@ -136,9 +137,16 @@ def build_drafter(config: EngineConfig, target: LoadedModel | ModelInfo) -> Mode
     return ModelWorker(drafter, **sizes)
 
 
-def build_target(config: EngineConfig) -> tuple[ModelWorker, LoadedModel]:
+def build_target(config: EngineConfig, group: GroupSpec | None = None) -> tuple[ModelWorker, LoadedModel]:
+    """The target's worker; with `group`, this rank's tensor-parallel shard (the caller's process joins it)."""
+    split = group is not None and group.world_size > 1
+    # AutoTP replaces the nn.Linear layers, so the transposed CPU matmul would only be undone.
     target = load_model(config.target, dtype=parse_dtype(config.dtype), device=parse_device(config.device),
-                        field="target", cpu_linear=config.cpu_linear)
+                        field="target", cpu_linear="off" if split else config.cpu_linear)
+    if split:
+        check_tp_size(group.world_size, target.config)
+        join_group(group)
+        target = shard(target, group.world_size)
     head = resolve_exit_head(config, target.config.num_hidden_layers, target.config.hidden_size)
     return ModelWorker(target, exit_head=head, **worker_sizes(config, target.config)[1]), target
 

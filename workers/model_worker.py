@@ -34,7 +34,7 @@ class ModelWorker:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         layout = KVLayout(
             num_layers=config.num_hidden_layers,
-            num_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+            num_kv_heads=_local_kv_heads(self.model, config, head_dim),
             head_dim=head_dim,
             dtype=self.model.dtype,
             device=self.device,
@@ -169,11 +169,19 @@ class ModelWorker:
                 normed = self.exit_head(rows)
             else:
                 normed = self._decoder.norm(rows)
-            logp = torch.log_softmax((normed @ weight.T).float(), dim=-1)
+            logp = torch.log_softmax(self._exit_scores(normed, vocab, weight).float(), dim=-1)
             top = torch.topk(logp, min(spec.kappa, logp.shape[-1]), dim=-1)
             ids = top.indices if vocab is None else vocab[top.indices]
             results.append((ids.cpu(), top.values.cpu()))
         spec.callback(results)
+
+    def _exit_scores(self, normed: torch.Tensor, vocab: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+        if rows.shape[-1] != normed.shape[-1]:
+            # The LM head is split over tensor-parallel ranks by hidden columns (DeepSpeed AutoTP): only the
+            # module itself (which all-reduces) gives the logits; the vocabulary subset is taken afterwards.
+            full = self._lm_head(normed[None])[0]
+            return full if vocab is None else full[..., vocab]
+        return normed @ rows.T
 
     def _exit_vocab_rows(self, vocab: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(vocabulary on this device, its LM-head rows); gathered once per vocabulary, not every step."""
@@ -188,7 +196,7 @@ class ModelWorker:
         return {"input_ids": plan.input_ids.to(self.device)}
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self._lm_head(hidden).float()
+        logits = self._lm_head(hidden[None])[0].float()  # [None]: a tensor-parallel LM head wants [B, T, H]
         if self._softcap:  # Gemma 2/3 cap their final logits inside the CausalLM forward we bypass
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
@@ -209,6 +217,14 @@ class ModelWorker:
         return additive.masked_fill_(~allowed, torch.finfo(self.model.dtype).min)
 
 
+def _local_kv_heads(model: torch.nn.Module, config, head_dim: int) -> int:
+    """KV heads this process holds: all of them, or this rank's share when tensor parallelism split them."""
+    try:
+        return model.base_model.layers[0].self_attn.k_proj.weight.shape[0] // head_dim
+    except AttributeError:  # an attention layout without k_proj: not split by this engine
+        return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+
+
 def _reordered(spec: EarlyExit, order: list[int]) -> EarlyExit:
     """The same early exit for a batch permuted by `order`; the callback still sees the caller's row order."""
     back = {i: k for k, i in enumerate(order)}
@@ -217,3 +233,17 @@ def _reordered(spec: EarlyExit, order: list[int]) -> EarlyExit:
         spec.callback([results[back[i]] for i in range(len(order))])
 
     return EarlyExit(spec.layer, [spec.positions[i] for i in order], spec.kappa, callback, spec.vocab)
+
+
+@torch.inference_mode()
+def greedy_logits(worker, token_ids: list[int], steps: int, seq_id: int = -1) -> torch.Tensor:
+    """Logits [steps + 1, V] after `token_ids` and after each of `steps` greedy tokens, through the worker's own
+    KV cache (a probe for checking one placement of a model against another; uses one free slot)."""
+    worker.open(seq_id)
+    try:
+        rows = [worker.forward([seq_id], [list(token_ids)])[0][-1]]
+        for _ in range(steps):
+            rows.append(worker.forward([seq_id], [[int(rows[-1].argmax())]])[0][-1])
+        return torch.stack(rows).cpu()
+    finally:
+        worker.release(seq_id)
