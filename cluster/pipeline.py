@@ -103,8 +103,9 @@ class Pipeline:
             who = pending.get(ref) or loops[ref]
             try:
                 result = ray.get(ref) if fetch or ref in loops else None
-            except ray.exceptions.RayActorError as exc:
-                if not self.followers:
+            except ray.exceptions.RayError as exc:
+                # A request's own error leaves the group intact; a dead rank or a failed follower loop does not.
+                if not self.followers or (ref in pending and not isinstance(exc, ray.exceptions.RayActorError)):
                     raise
                 self._fail(who, exc)
             if ref in loops:  # a follower's loop ends only when rank 0 stops it

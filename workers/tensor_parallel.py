@@ -59,8 +59,12 @@ def check_tp_size(tp_size: int, config) -> None:
 
 def join_group(spec: GroupSpec) -> None:
     """Join the group: the environment DeepSpeed reads, then its distributed backend."""
+    local_rank = spec.rank
+    if spec.backend == "nccl":
+        # DeepSpeed binds to cuda:LOCAL_RANK; a Ray GPU actor sees only its own GPU(s), numbered from 0.
+        local_rank = spec.rank % max(1, torch.cuda.device_count())
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(spec.master_port), RANK=str(spec.rank),
-                      WORLD_SIZE=str(spec.world_size), LOCAL_RANK=str(spec.rank),
+                      WORLD_SIZE=str(spec.world_size), LOCAL_RANK=str(local_rank),
                       # Without LOCAL_SIZE DeepSpeed's CPU all-reduce crashes every rank (SIGSEGV).
                       LOCAL_SIZE=str(spec.world_size))
     import deepspeed
