@@ -37,7 +37,6 @@ class Pipeline:
     def __init__(self, config: ProjectConfig) -> None:
         import ray
         from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         cluster, engine = config.cluster, config.engine
         tp = cluster.tp_size
@@ -56,38 +55,57 @@ class Pipeline:
             wanted = " + ".join(str(r.resources) for r in roles)
             raise InvalidRequestError("cluster", f"the Ray cluster cannot place the pipeline ({wanted}, "
                                                  f"{cluster.placement_strategy}); it has {ray.available_resources()}")
-
-        def on(bundle: int, role: RoleConfig) -> dict:
-            strategy = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=bundle)
-            return {"scheduling_strategy": strategy, **actor_options(role)}
-
+        self._engine, self._cluster = engine, cluster
         self.drafter = None
+        self.drafter_address = None
         self.followers: list = []  # target ranks 1..tp-1
         self._follow_refs: list = []
         self._down: str | None = None  # why the target group is down
-        address = None
         try:
             if engine.drafter:
-                self.drafter = ray.remote(DrafterActor).options(**on(tp, cluster.drafter)).remote(
+                self.drafter = ray.remote(DrafterActor).options(**self._on(tp, cluster.drafter)).remote(
                     engine, cluster.drafter, port=cluster.drafter_port, branch_budget=cluster.branch_budget)
-                address = ray.get(self.drafter.address.remote())
-            groups = _group_specs(tp, "nccl" if engine.device.startswith("cuda") else "gloo")
-            self.followers = [ray.remote(TargetRankActor).options(**on(r, cluster.rank_role(r))).remote(
-                engine, cluster.rank_role(r), groups[r]) for r in range(1, tp)]
-            # Two concurrent calls: `progress` can be read while `generate` runs.
-            self.target = ray.remote(TargetActor).options(max_concurrency=2, **on(0, cluster.rank_role(0))).remote(
-                engine, cluster.rank_role(0), address, reply_timeout_s=cluster.reply_timeout_s, group=groups[0])
-            # Every rank's start-up (the ranks meet in DeepSpeed's rendezvous): the first failure ends them all.
-            self._watch({self.target.channel_stats.remote(): "target rank 0",
-                         **{f.pid.remote(): f"target rank {r}" for r, f in enumerate(self.followers, 1)}})
-            self._follow_refs = [f.follow.remote() for f in self.followers]
+                self.drafter_address = ray.get(self.drafter.address.remote())
+            self._start_target()
         except Exception as exc:
             self.shutdown()
             cause = exc.__cause__ if isinstance(exc, ray.exceptions.RayActorError) else None
             if isinstance(cause, InvalidRequestError):
                 raise cause from None
             raise
-        self.drafter_address = address
+
+    def _on(self, bundle: int, role: RoleConfig) -> dict:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        strategy = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=bundle)
+        return {"scheduling_strategy": strategy, **actor_options(role)}
+
+    def _start_target(self) -> None:
+        """The target's actors: rank 0 (the step loop) and, under tensor parallelism, ranks 1..N-1."""
+        import ray
+
+        engine, cluster = self._engine, self._cluster
+        groups = _group_specs(cluster.tp_size, "nccl" if engine.device.startswith("cuda") else "gloo")
+        self.followers = [ray.remote(TargetRankActor).options(**self._on(r, cluster.rank_role(r))).remote(
+            engine, cluster.rank_role(r), groups[r]) for r in range(1, cluster.tp_size)]
+        # Two concurrent calls: `progress` can be read while `generate` runs.
+        self.target = ray.remote(TargetActor).options(max_concurrency=2, **self._on(0, cluster.rank_role(0))).remote(
+            engine, cluster.rank_role(0), self.drafter_address, reply_timeout_s=cluster.reply_timeout_s,
+            group=groups[0])
+        # Every rank's start-up (the ranks meet in DeepSpeed's rendezvous): the first failure ends them all.
+        self._watch({self.target.channel_stats.remote(): "target rank 0",
+                     **{f.pid.remote(): f"target rank {r}" for r, f in enumerate(self.followers, 1)}})
+        self._follow_refs = [f.follow.remote() for f in self.followers]
+
+    def restart_target(self) -> None:
+        """A fresh target group after a rank died (same placement; the drafter stays and serves it anew)."""
+        import ray
+
+        for actor in (self.target, *self.followers):
+            ray.kill(actor, no_restart=True)
+        self._down = None
+        self._follow_refs = []
+        self._start_target()
 
     def _watch(self, refs: dict, *, fetch: bool = True) -> list:
         """ray.get of each ref (mapped to who computes it), but when a target rank dies the whole group ends at
@@ -126,7 +144,7 @@ class Pipeline:
             self._down = f"the tensor-parallel target group did not start: {cause}"
             raise cause
         self._down = (f"the tensor-parallel target group is down: {who} of {len(self.followers) + 1} died "
-                      f"({type(cause).__name__ if cause else 'left the group'}); its requests in flight failed")
+                      f"({type(cause).__name__ if cause else 'left the group'}); its requests in flight failed; restart_target() starts a new group")
         raise TargetGroupError(self._down) from exc
 
     def generate(self, prompts: list, sampling: SamplingParams | list[SamplingParams] | None = None,

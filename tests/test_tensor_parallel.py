@@ -85,8 +85,8 @@ def test_bad_tp_settings_name_the_field(cluster, field):
 
 
 @pytest.mark.real_model
-def test_killing_a_rank_mid_request_fails_the_request_clearly(tp2):
-    """Runs last in this module: it takes the shared group down."""
+def test_killing_a_rank_mid_request_fails_the_request_clearly_and_a_new_group_takes_over(tp2, single):
+    """Runs last in this module: it takes the shared group down, then restarts it."""
     ref = tp2.generate_async(["Write a long story about a lighthouse keeper."], SamplingParams(max_new_tokens=200),
                              SpecParams("mirror", gamma=3), chat=True)
     while tp2.progress() < 3:  # mid-request: the group has decoded a few steps
@@ -100,3 +100,7 @@ def test_killing_a_rank_mid_request_fails_the_request_clearly(tp2):
     assert time.monotonic() - started < 30
     with pytest.raises(TargetGroupError, match="group is down"):  # later requests too, at once
         tp2.generate(["hi"], SamplingParams(max_new_tokens=2))
+    tp2.restart_target()
+    sampling = SamplingParams(max_new_tokens=12)
+    again = tp2.generate(["Name a colour."], sampling, SpecParams("mirror", gamma=3), chat=True)
+    assert again[0].token_ids == single.generate(["Name a colour."], sampling, SpecParams("ar"), chat=True)[0].token_ids
