@@ -81,9 +81,9 @@ def load_model_info(path: str | Path, field: str = "target") -> ModelInfo:
     return ModelInfo(folder, AutoConfig.from_pretrained(folder, local_files_only=True), load_tokenizer(folder))
 
 
-def load_tokenizer(path: Path) -> PreTrainedTokenizerBase | None:
+def load_tokenizer(path: Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase | None:
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:  # a weights-only folder (e.g. a tiny test model) has no tokenizer
         logger.info("no tokenizer in %s (%s); the model takes token ids only", path, exc)
         return None

@@ -1,0 +1,300 @@
+"""Masked-diffusion decoding: which masked positions to commit at each denoising step.
+
+The canvas is the prompt followed by `gen_length` mask tokens, decoded block by block, left to right
+(semi-autoregressive; one block = pure diffusion). Every step runs one forward over the canvas and commits some
+masked positions of the current block to their predicted tokens; committed tokens are never re-masked.
+Commit rules (../shared/research/ALGORITHMS.md §4):
+- `low-confidence` (LLaDA, arXiv 2502.09992, reference `generate()`): a linear schedule commits the same number
+  of tokens per step (`steps` per generation, split evenly over blocks), the most confident first;
+  `random` draws the order instead.
+- `threshold` (Fast-dLLM, arXiv 2505.22618): the most confident token, plus every token whose confidence is at
+  least `threshold`.
+- `factor` (Fast-dLLM's later rule): the largest n whose n-th confidence c_(n) >= 1 - factor / (n + 1).
+- `adaptive_blocks` (AdaBlock, arXiv 2509.26432): at a block's first step, the block ends at the most confident
+  predicted delimiter (newline) within a quarter of the generation, if its confidence is >= delimiter_confidence.
+- `early_commit` (Prophet, arXiv 2508.19982): when the mean top-1 - top-2 logit gap over the block's masked
+  positions reaches 7.5 / 5.0 / 2.5 (first / second / last third of the steps), commit the whole block at once.
+  (Prophet watches an answer region; open-ended generation has none, so this engine watches the block.)
+- `stop_at_eos`: once EOS is committed, everything after it is done (Learn2PD's end-of-text truncation).
+
+Each row keeps its own block, step count and random generator, and every decision reads only that row's
+logits: a sequence's output does not depend on the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from mirrorspec.orchestration.errors import InvalidRequestError
+
+STRATEGIES = ("low-confidence", "random", "threshold", "factor")
+FIXED_SCHEDULE = ("low-confidence", "random")  # a fixed number of commits per step
+PROPHET_GAPS = ((1 / 3, 7.5), (2 / 3, 5.0), (1.0, 2.5))  # (progress below, required logit gap)
+
+
+@dataclass(frozen=True)
+class DiffusionParams:
+    strategy: str = "threshold"
+    gen_length: int = 64  # masked positions after the prompt (the most this request generates)
+    block_length: int = 32
+    steps: int | None = None  # low-confidence / random: denoising steps in all (default: one token per step)
+    threshold: float = 0.9
+    factor: float = 1.0
+    temperature: float = 0.0  # > 0: Gumbel-max sampling of each position's token (float64, as LLaDA)
+    adaptive_blocks: bool = False
+    delimiter_confidence: float = 0.3
+    early_commit: bool = False
+    stop_at_eos: bool = True
+    seed: int = 0
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps if self.steps is not None else self.gen_length
+
+    def validate(self) -> "DiffusionParams":
+        if self.strategy not in STRATEGIES:
+            raise InvalidRequestError("strategy", f"unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
+        for name in ("gen_length", "block_length"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise InvalidRequestError(name, f"must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.gen_length % self.block_length:
+            raise InvalidRequestError("block_length", f"{self.block_length} does not divide the generation length "
+                                                      f"{self.gen_length}")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise InvalidRequestError("steps", f"must be an integer >= 1, got {self.steps!r}")
+        if self.strategy in FIXED_SCHEDULE:
+            if self.total_steps % self.num_blocks:
+                raise InvalidRequestError("steps", f"{self.total_steps} steps cannot be shared equally by "
+                                                   f"{self.num_blocks} blocks")
+            if self.total_steps > self.gen_length:
+                raise InvalidRequestError("steps", f"{self.total_steps} steps for {self.gen_length} tokens: at most "
+                                                   f"one step per token")
+            if self.adaptive_blocks:
+                raise InvalidRequestError("adaptive_blocks", "needs a confidence rule (threshold or factor): a "
+                                                             "fixed schedule has no step count for a block of "
+                                                             "unknown length")
+        if not 0 < self.threshold <= 1:
+            raise InvalidRequestError("threshold", f"must be in (0, 1], got {self.threshold!r}")
+        if self.factor <= 0:
+            raise InvalidRequestError("factor", f"must be > 0, got {self.factor!r}")
+        if self.temperature < 0:
+            raise InvalidRequestError("temperature", f"must be >= 0, got {self.temperature!r}")
+        if not 0 < self.delimiter_confidence <= 1:
+            raise InvalidRequestError("delimiter_confidence", f"must be in (0, 1], got {self.delimiter_confidence!r}")
+        return self
+
+
+@dataclass
+class DiffusionOutput:
+    token_ids: list[int]
+    finish_reason: str  # eos | length
+    forwards: int  # model forwards this sequence took part in
+    blocks: list[int] = field(default_factory=list)  # committed block lengths, in order
+    seconds: float = 0.0
+
+    @property
+    def forwards_per_token(self) -> float:
+        return self.forwards / max(1, len(self.token_ids))
+
+
+@dataclass
+class _Row:
+    """One sequence's canvas and where its decoding stands."""
+
+    canvas: torch.Tensor  # [prompt + gen_length]
+    start: int  # first generated position
+    params: DiffusionParams
+    generator: torch.Generator
+    block_start: int = 0
+    block_end: int = 0
+    step: int = 0  # steps taken in this block
+    schedule: list[int] = field(default_factory=list)  # fixed commits per step (low-confidence / random)
+    eos_at: int | None = None
+    forwards: int = 0
+    blocks: list[int] = field(default_factory=list)
+    new_block: bool = True
+
+
+class DiffusionDecoder:
+    def __init__(self, model, *, eos_ids: tuple[int, ...] = (), delimiter_ids: tuple[int, ...] = ()) -> None:
+        self.model = model  # workers.diffusion_model.DiffusionLM (or anything with mask_id and logits(ids, valid))
+        self.eos_ids = tuple(eos_ids)
+        self.delimiter_ids = tuple(delimiter_ids)
+
+    # ---------------------------------------------------------------------------------------- API
+    def generate(self, prompts: list[list[int]], params: DiffusionParams) -> list[DiffusionOutput]:
+        outputs: dict[int, DiffusionOutput] = {}
+        for index, output in self._run(prompts, params):
+            outputs[index] = output
+        return [outputs[i] for i in range(len(prompts))]
+
+    def stream(self, prompt: list[int], params: DiffusionParams) -> Iterator[list[int]]:
+        """The tokens of each committed block as soon as the block is complete (EOS ends the stream)."""
+        for _, block in self._run([prompt], params, blocks=True):
+            ends = [k for k, token in enumerate(block) if token in self.eos_ids] if params.stop_at_eos else []
+            yield block[: ends[0] + 1] if ends else block
+            if ends:
+                return
+
+    # ----------------------------------------------------------------------------------- decoding
+    def _run(self, prompts: list[list[int]], params: DiffusionParams, blocks: bool = False):
+        params.validate()
+        if not prompts or any(not p for p in prompts):
+            raise InvalidRequestError("prompt", "is empty")
+        rows = [self._new_row(p, params) for p in prompts]
+        active = list(range(len(rows)))
+        started = time.perf_counter()
+        while active:
+            logits = self._forward([rows[i] for i in active])
+            still = []
+            for k, i in enumerate(active):
+                row = rows[i]
+                row.forwards += 1
+                finished_block = self._step(row, logits[k, -row.canvas.shape[0]:])
+                if finished_block is not None and blocks:
+                    yield i, finished_block
+                if self._done(row):
+                    if not blocks:
+                        yield i, self._output(row, time.perf_counter() - started)
+                else:
+                    still.append(i)
+            active = still
+
+    def _new_row(self, prompt: list[int], params: DiffusionParams) -> _Row:
+        canvas = torch.cat([torch.tensor(prompt, dtype=torch.long),
+                            torch.full((params.gen_length,), self.model.mask_id, dtype=torch.long)])
+        # Seeded by the request alone, not by its place in the batch: the batch cannot change what it samples.
+        generator = torch.Generator().manual_seed(params.seed)
+        row = _Row(canvas, len(prompt), params, generator)
+        row.block_start = row.block_end = row.start
+        return row
+
+    def _forward(self, rows: list[_Row]) -> torch.Tensor:
+        """One forward for the batch, left-padded; rows see only their own positions."""
+        width = max(r.canvas.shape[0] for r in rows)
+        ids = torch.full((len(rows), width), self.model.mask_id, dtype=torch.long)
+        valid = torch.zeros((len(rows), width), dtype=torch.bool)
+        for k, r in enumerate(rows):
+            ids[k, width - r.canvas.shape[0]:] = r.canvas
+            valid[k, width - r.canvas.shape[0]:] = True
+        return self.model.logits(ids, valid).cpu()
+
+    def _step(self, row: _Row, logits: torch.Tensor) -> list[int] | None:
+        """Commit this step's positions; returns the block's tokens when the step completed a block."""
+        p = row.params
+        if row.new_block:
+            self._open_block(row, logits)
+        masked = row.canvas == self.model.mask_id
+        in_block = torch.zeros_like(masked)
+        in_block[row.block_start:row.block_end] = True
+        candidates = masked & in_block
+        tokens = _predict(logits, p.temperature, row.generator)
+        probs = torch.softmax(logits, dim=-1)
+        confidence = probs.gather(-1, tokens[:, None])[:, 0]
+        if p.strategy == "random":
+            confidence = torch.rand(confidence.shape, generator=row.generator, dtype=torch.float64).float()
+        confidence = torch.where(candidates, confidence, torch.tensor(float("-inf")))
+        chosen = self._choose(row, logits, confidence, candidates)
+        row.canvas[chosen] = tokens[chosen]
+        row.step += 1
+        self._truncate_at_eos(row)
+        if bool((row.canvas[row.block_start:row.block_end] == self.model.mask_id).any()):
+            return None
+        block = row.canvas[row.block_start:row.block_end].tolist()
+        row.blocks.append(len(block))
+        row.block_start, row.new_block = row.block_end, True
+        return block
+
+    def _open_block(self, row: _Row, logits: torch.Tensor) -> None:
+        p = row.params
+        end = row.start + p.gen_length
+        length = min(p.block_length, end - row.block_start)
+        if p.adaptive_blocks and self.delimiter_ids:
+            length = self._adaptive_length(row, logits, length, end)
+        row.block_end = row.block_start + length
+        row.step, row.new_block = 0, False
+        if p.strategy in FIXED_SCHEDULE:
+            per_block = p.total_steps // p.num_blocks
+            masked = int((row.canvas[row.block_start:row.block_end] == self.model.mask_id).sum())
+            base, extra = divmod(masked, per_block)  # LLaDA's linear schedule: the remainder goes first
+            row.schedule = [base + (1 if s < extra else 0) for s in range(per_block)]
+
+    def _adaptive_length(self, row: _Row, logits: torch.Tensor, default: int, end: int) -> int:
+        """AdaBlock: end the block at the most confident predicted delimiter in the look-ahead window."""
+        p = row.params
+        window_end = min(end, row.block_start + max(1, int(0.25 * p.gen_length)))
+        probs = torch.softmax(logits[row.block_start:window_end], dim=-1)
+        top_p, top = probs.max(-1)
+        is_delimiter = torch.isin(top, torch.tensor(self.delimiter_ids))
+        if not bool(is_delimiter.any()):
+            return default
+        best = int(torch.where(is_delimiter, top_p, torch.tensor(-1.0)).argmax())
+        return best + 1 if float(top_p[best]) >= p.delimiter_confidence else default
+
+    def _choose(self, row: _Row, logits: torch.Tensor, confidence: torch.Tensor,
+                candidates: torch.Tensor) -> torch.Tensor:
+        p = row.params
+        available = int(candidates.sum())
+        chosen = torch.zeros_like(candidates)
+        if available == 0:
+            return chosen
+        if p.early_commit and _prophet_ready(row, logits, candidates):
+            return candidates
+        if p.strategy in FIXED_SCHEDULE:
+            count = row.schedule[min(row.step, len(row.schedule) - 1)]
+        else:
+            ordered = confidence.sort(descending=True).values[:available]
+            if p.strategy == "threshold":
+                count = max(1, int((ordered >= p.threshold).sum()))
+            else:  # factor: the largest n with c_(n) >= 1 - f / (n + 1)
+                n = torch.arange(1, available + 1)
+                fits = (ordered >= 1 - p.factor / (n + 1)).nonzero()
+                count = max(1, int(fits.max()) + 1 if len(fits) else 1)
+        count = min(count, available)
+        chosen[torch.topk(confidence, count).indices] = True
+        return chosen
+
+    def _truncate_at_eos(self, row: _Row) -> None:
+        if not row.params.stop_at_eos or not self.eos_ids:
+            return
+        generated = row.canvas[row.start:]
+        hits = torch.isin(generated, torch.tensor(self.eos_ids)).nonzero()
+        if len(hits):
+            first = row.start + int(hits[0])
+            row.eos_at = first
+            row.canvas[first + 1:] = row.canvas[first]  # nothing after the end is decoded
+
+    def _done(self, row: _Row) -> bool:
+        return not bool((row.canvas[row.start:] == self.model.mask_id).any())
+
+    def _output(self, row: _Row, seconds: float) -> DiffusionOutput:
+        end = row.eos_at + 1 if row.eos_at is not None else row.canvas.shape[0]
+        return DiffusionOutput(row.canvas[row.start:end].tolist(), "eos" if row.eos_at is not None else "length",
+                               row.forwards, row.blocks, seconds)
+
+
+def _predict(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """Each position's token: argmax, or Gumbel-max sampling in float64 (exp(l) / (-log u)^T, as LLaDA)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    noise = torch.rand(logits.shape, generator=generator, dtype=torch.float64)
+    return (logits.double().exp() / (-torch.log(noise)) ** temperature).argmax(-1)
+
+
+def _prophet_ready(row: _Row, logits: torch.Tensor, candidates: torch.Tensor) -> bool:
+    top2 = logits[candidates].topk(2, dim=-1).values
+    gap = float((top2[:, 0] - top2[:, 1]).mean())
+    p = row.params
+    per_block = p.total_steps // p.num_blocks if p.strategy in FIXED_SCHEDULE else p.block_length
+    progress = row.step / max(1, per_block)
+    needed = next(g for bound, g in PROPHET_GAPS if progress < bound or bound == 1.0)
+    return gap >= needed
+

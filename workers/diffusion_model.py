@@ -1,0 +1,104 @@
+"""Masked-diffusion language models: the "predict every masked position" forward.
+
+A masked-diffusion LM (LLaDA, Dream, this project's own dLLMs) sees the whole sequence with bidirectional
+attention, masked positions included, and predicts a token for every position at once. Two kinds load here:
+- this project's dLLMs: a transformers causal-LM architecture (Llama, ...) run with a full (non-causal) attention
+  mask, described by `mirrorspec_dllm.json` (mask token, shifted logits);
+- LLaDA and Dream checkpoints in a local folder, with their own remote code, only when the caller allows it
+  (`--trust-remote-code`): their forwards are bidirectional by themselves.
+Dream-style models predict token i+1 at position i (they were adapted from AR models), so their logits are shifted
+right by one (Dream's `generation_utils.py`); LLaDA-style ones predict position i at position i.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+
+from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.workers.models import load_tokenizer, parse_dtype, resolve_model_dir
+
+META_FILE = "mirrorspec_dllm.json"
+# Remote-code dLLMs this runner knows: model_type -> (mask token id when the config has none, shifted logits).
+REMOTE_KINDS = {"llada": (126336, False), "Dream": (151666, True)}
+
+
+@dataclass(frozen=True)
+class DllmMeta:
+    mask_token_id: int
+    shifted: bool = False  # position i predicts token i+1 (Dream); else token i (LLaDA)
+
+
+class DiffusionLM:
+    def __init__(self, model: PreTrainedModel, meta: DllmMeta, *, own: bool, tokenizer=None, path=None) -> None:
+        self.model = model.eval()
+        self.meta = meta
+        self.own = own  # a causal-LM architecture made bidirectional by the mask this runner passes
+        self.tokenizer = tokenizer
+        self.path = path
+        self.vocab_size = model.get_output_embeddings().weight.shape[0] if own else model.config.vocab_size
+        self.device = next(model.parameters()).device
+
+    @property
+    def mask_id(self) -> int:
+        return self.meta.mask_token_id
+
+    @torch.inference_mode()
+    def logits(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Logits [B, L, V] (float32) predicting the token AT each position. `valid` [B, L] marks real
+        positions (False: left padding, never attended to and not counted in positions)."""
+        ids, valid = ids.to(self.device), valid.to(self.device)
+        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        if self.own:
+            # Every query sees every real key: bidirectional. A padding query sees itself, so no row is empty.
+            eye = torch.eye(ids.shape[1], dtype=torch.bool, device=self.device)
+            see = valid[:, None, :] | eye[None]
+            out = self.model(input_ids=ids, attention_mask=see[:, None], position_ids=positions).logits
+        else:
+            out = self.model(ids, attention_mask=valid.long()).logits
+        out = out.float()
+        if self.meta.shifted:
+            out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
+        return out
+
+
+def is_dllm_folder(folder: str | Path) -> bool:
+    return (Path(folder) / META_FILE).is_file()
+
+
+def save_dllm(model: PreTrainedModel, meta: DllmMeta, folder: str | Path, tokenizer=None) -> None:
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    (folder / META_FILE).write_text(json.dumps(asdict(meta), indent=2))
+
+
+def load_dllm(path: str, *, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
+              field: str = "target") -> DiffusionLM:
+    """A masked-diffusion LM from a local folder; anything else is refused, naming `field`."""
+    folder = resolve_model_dir(path, field)
+    torch_dtype = parse_dtype(dtype)
+    if is_dllm_folder(folder):
+        meta = DllmMeta(**json.loads((folder / META_FILE).read_text()))
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, local_files_only=True,
+                                                     attn_implementation="sdpa")
+        return DiffusionLM(model.to(device), meta, own=True, tokenizer=load_tokenizer(folder), path=folder)
+    # Read as plain JSON: transformers cannot parse a remote-code config before the code is trusted.
+    config = json.loads((folder / "config.json").read_text())
+    model_type = config.get("model_type")
+    kind = REMOTE_KINDS.get(model_type)
+    if kind is None:
+        raise InvalidRequestError(field, f"{str(folder)!r} is not a masked-diffusion model (no {META_FILE}, and "
+                                         f"model_type {model_type!r} is none of {', '.join(REMOTE_KINDS)})")
+    if not trust_remote_code:
+        raise InvalidRequestError("trust_remote_code", f"{str(folder)!r} is a {model_type} model that runs its own "
+                                                       f"code from the folder; pass --trust-remote-code")
+    mask_id = config.get("mask_token_id") or kind[0]
+    model = AutoModel.from_pretrained(folder, dtype=torch_dtype, local_files_only=True, trust_remote_code=True)
+    tokenizer = load_tokenizer(folder, trust_remote_code=True)
+    return DiffusionLM(model.to(device), DllmMeta(mask_id, kind[1]), own=False, tokenizer=tokenizer, path=folder)
