@@ -1,0 +1,135 @@
+"""Masked-diffusion decoding on tiny random dLLMs: batch invariance, EOS truncation, streaming, bad parameters."""
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from mirrorspec.orchestration.diffusion import DiffusionDecoder, DiffusionParams
+from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.workers.diffusion_model import DiffusionLM, DllmMeta, load_dllm, save_dllm
+
+VOCAB = 64
+MASK = VOCAB - 1
+PROMPTS = [[1, 2, 7, 9, 11], [4, 8, 15, 16, 23, 42, 10, 30, 31], [6], [12, 13]]
+
+
+def tiny_dllm(seed: int = 0, sharpness: float = 6.0, shifted: bool = False) -> DiffusionLM:
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpness)  # peaked distributions, as a trained model's are
+    return DiffusionLM(model, DllmMeta(mask_token_id=MASK, shifted=shifted), own=True)
+
+
+SETTINGS = {
+    "low-confidence": DiffusionParams("low-confidence", gen_length=16, block_length=8, steps=8),
+    "random": DiffusionParams("random", gen_length=16, block_length=4, steps=16),
+    "threshold": DiffusionParams("threshold", gen_length=16, block_length=8, threshold=0.5),
+    "factor": DiffusionParams("factor", gen_length=16, block_length=16, factor=2.0),
+    "adaptive+early+sampled": DiffusionParams("threshold", gen_length=24, block_length=8, threshold=0.6,
+                                              adaptive_blocks=True, early_commit=True, temperature=0.8, seed=5),
+}
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+@pytest.mark.parametrize("shifted", [False, True])
+def test_a_sequence_decodes_the_same_alone_and_in_any_batch(name, shifted):
+    decoder = DiffusionDecoder(tiny_dllm(shifted=shifted), eos_ids=(3,), delimiter_ids=(5, 9))
+    params = SETTINGS[name]
+    alone = [decoder.generate([p], params)[0] for p in PROMPTS]
+    together = decoder.generate(PROMPTS, params)
+    reordered = decoder.generate(PROMPTS[::-1], params)[::-1]
+    for a, t, r in zip(alone, together, reordered):
+        assert a.token_ids == t.token_ids == r.token_ids
+        assert a.forwards == t.forwards == r.forwards  # the same schedule too, not only the same tokens
+    for out in alone:
+        assert 1 <= len(out.token_ids) <= params.gen_length and MASK not in out.token_ids
+
+
+def test_fixed_schedule_takes_exactly_its_steps_and_threshold_takes_fewer():
+    decoder = DiffusionDecoder(tiny_dllm(sharpness=20.0))
+    for steps in (32, 16):
+        fixed = decoder.generate(PROMPTS, DiffusionParams("low-confidence", gen_length=32, block_length=8,
+                                                          steps=steps, stop_at_eos=False))
+        assert all(o.forwards == steps and len(o.token_ids) == 32 for o in fixed)
+    # A threshold the random model's confidences often pass: several tokens per forward.
+    fast = decoder.generate(PROMPTS, DiffusionParams("threshold", gen_length=32, block_length=8, threshold=0.2,
+                                                     stop_at_eos=False))
+    assert all(len(o.token_ids) == 32 for o in fast)
+    assert all(o.forwards < 32 for o in fast)
+
+
+def test_eos_ends_the_sequence_and_saves_forwards():
+    model = tiny_dllm(seed=3)
+    params = DiffusionParams("low-confidence", gen_length=32, block_length=8, steps=32)
+    plain = DiffusionDecoder(model).generate(PROMPTS, params)
+    # A token the model really produces, in the middle of an answer, serves as EOS.
+    eos = plain[0].token_ids[len(plain[0].token_ids) // 2]
+    cut = DiffusionDecoder(model, eos_ids=(eos,)).generate(PROMPTS, params)
+    for before, after in zip(plain, cut):
+        if after.finish_reason == "eos":
+            assert after.token_ids[-1] == eos and eos not in after.token_ids[:-1]
+            assert after.forwards <= before.forwards
+        else:
+            assert eos not in after.token_ids and len(after.token_ids) == 32
+    assert cut[0].finish_reason == "eos" and len(cut[0].token_ids) < 32
+
+
+def test_streaming_yields_the_committed_blocks_in_order():
+    decoder = DiffusionDecoder(tiny_dllm(seed=1), eos_ids=(3,))
+    params = DiffusionParams("threshold", gen_length=24, block_length=8, threshold=0.5)
+    blocks = list(decoder.stream(PROMPTS[1], params))
+    whole = decoder.generate([PROMPTS[1]], params)[0]
+    assert [t for b in blocks for t in b] == whole.token_ids
+    assert all(len(b) == 8 for b in blocks[:-1])
+
+
+@pytest.mark.parametrize("params, field", [
+    (dict(gen_length=30, block_length=8), "block_length"),
+    (dict(strategy="low-confidence", steps=0), "steps"),
+    (dict(strategy="low-confidence", gen_length=32, block_length=8, steps=6), "steps"),  # 6 steps over 4 blocks
+    (dict(strategy="low-confidence", gen_length=8, block_length=8, steps=9), "steps"),
+    (dict(threshold=0.0), "threshold"),
+    (dict(threshold=1.5), "threshold"),
+    (dict(strategy="beam"), "strategy"),
+    (dict(strategy="low-confidence", adaptive_blocks=True), "adaptive_blocks"),
+    (dict(temperature=-1.0), "temperature"),
+])
+def test_bad_parameters_name_the_field(params, field):
+    with pytest.raises(InvalidRequestError, match=f"^{field}:"):
+        DiffusionDecoder(tiny_dllm()).generate(PROMPTS[:1], DiffusionParams(**params))
+
+
+def test_an_empty_prompt_is_refused():
+    with pytest.raises(InvalidRequestError, match="^prompt:"):
+        DiffusionDecoder(tiny_dllm()).generate([[]], DiffusionParams())
+
+
+def test_only_diffusion_models_load(tmp_path):
+    model = tiny_dllm()
+    save_dllm(model.model, model.meta, tmp_path / "dllm")
+    loaded = load_dllm(str(tmp_path / "dllm"))
+    ids, valid = torch.tensor([[1, 2, MASK]]), torch.ones(1, 3, dtype=torch.bool)
+    assert torch.allclose(loaded.logits(ids, valid), model.logits(ids, valid), atol=1e-5)
+    # An ordinary causal LM folder is not a diffusion model.
+    model.model.save_pretrained(tmp_path / "causal")
+    with pytest.raises(InvalidRequestError, match="^target: .* is not a masked-diffusion model"):
+        load_dllm(str(tmp_path / "causal"))
+    # A LLaDA folder runs its own code: refused unless trusted.
+    (tmp_path / "llada").mkdir()
+    (tmp_path / "llada" / "config.json").write_text(json.dumps({"model_type": "llada"}))
+    with pytest.raises(InvalidRequestError, match="^trust_remote_code: .*--trust-remote-code"):
+        load_dllm(str(tmp_path / "llada"))
+
+
+def test_attention_is_bidirectional():
+    """A masked position's prediction depends on the tokens after it (it would not under causal attention)."""
+    model = tiny_dllm()
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    a = model.logits(torch.tensor([[1, MASK, 5, 6]]), valid)[0, 1]
+    b = model.logits(torch.tensor([[1, MASK, 7, 8]]), valid)[0, 1]
+    assert not torch.allclose(a, b)
