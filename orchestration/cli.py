@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate for one prompt or a JSONL file of prompts")
     gen.add_argument("prompt", nargs="?", help="the prompt (or use --input)")
-    gen.add_argument("--method", help=f"{' | '.join(METHODS)}")
+    gen.add_argument("--method", help=f"{' | '.join(METHODS)} | diffusion")
     gen.add_argument("--stream", action="store_true", help="print tokens as they are accepted")
     gen.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, stats")
     gen.add_argument("--input", help="JSONL file: one {\"prompt\": ...} per line (optional per-line sampling keys)")
@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_args(gen)
     _add_spec_args(gen)
     _add_sampling_args(gen)
+    from mirrorspec.orchestration.diffusion_cli import add_diffusion_args
+
+    add_diffusion_args(gen)
 
     bench = sub.add_parser("bench", help="compare methods on the bench prompt set")
     from mirrorspec.bench.harness import add_bench_args
@@ -164,6 +167,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise InvalidRequestError("output", "--input needs --output FILE")
     engine_config, spec, cluster = resolve_config(args)
     sampling = sampling_from_args(args)
+    if spec.method == "diffusion":
+        from mirrorspec.orchestration.diffusion_cli import cmd_generate_diffusion
+
+        return cmd_generate_diffusion(args, engine_config)
     spec.validate(engine_config.max_spec_nodes)
     from mirrorspec.cluster.launch import open_engine
 

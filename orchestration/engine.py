@@ -122,27 +122,7 @@ class Engine:
 
     # --------------------------------------------------------------------------------- requests
     def encode(self, prompt: str | list[int], chat: bool = False) -> list[int]:
-        if isinstance(prompt, str):
-            if not prompt.strip():
-                raise InvalidRequestError("prompt", "is empty")
-            if self.tokenizer is None:
-                raise InvalidRequestError("prompt", "this model has no tokenizer; pass token ids")
-            if chat:
-                if not getattr(self.tokenizer, "chat_template", None):
-                    raise InvalidRequestError("chat", "the target's tokenizer has no chat template")
-                return list(self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True,
-                    return_dict=False,
-                ))
-            return self.tokenizer.encode(prompt)
-        ids = list(prompt)
-        if not ids:
-            raise InvalidRequestError("prompt", "is empty")
-        vocab = self.target.vocab_size
-        bad = next((t for t in ids if not isinstance(t, int) or not 0 <= t < vocab), None)
-        if bad is not None:
-            raise InvalidRequestError("prompt", f"token id {bad!r} is outside the vocabulary [0, {vocab})")
-        return ids
+        return encode_prompt(self.tokenizer, self.target.vocab_size, prompt, chat)
 
     def add_request(
         self,
@@ -285,3 +265,27 @@ def _error_output(request_id: str, exc: InvalidRequestError) -> RequestOutput:
         stats=RequestStats(),
         error=str(exc),
     )
+
+
+def encode_prompt(tokenizer, vocab_size: int, prompt: str | list[int], chat: bool = False) -> list[int]:
+    """A prompt's token ids: text through the tokenizer (and its chat template with `chat`), or checked ids."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise InvalidRequestError("prompt", "is empty")
+        if tokenizer is None:
+            raise InvalidRequestError("prompt", "this model has no tokenizer; pass token ids")
+        if chat:
+            if not getattr(tokenizer, "chat_template", None):
+                raise InvalidRequestError("chat", "the target's tokenizer has no chat template")
+            return list(tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True,
+                return_dict=False,
+            ))
+        return tokenizer.encode(prompt)
+    ids = list(prompt)
+    if not ids:
+        raise InvalidRequestError("prompt", "is empty")
+    bad = next((t for t in ids if not isinstance(t, int) or not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise InvalidRequestError("prompt", f"token id {bad!r} is outside the vocabulary [0, {vocab_size})")
+    return ids

@@ -133,3 +133,45 @@ def test_attention_is_bidirectional():
     a = model.logits(torch.tensor([[1, MASK, 5, 6]]), valid)[0, 1]
     b = model.logits(torch.tensor([[1, MASK, 7, 8]]), valid)[0, 1]
     assert not torch.allclose(a, b)
+
+
+@pytest.fixture(scope="module")
+def dllm_folder(tmp_path_factory):
+    """A tiny random dLLM over SmolLM2's tokenizer, saved as a model folder."""
+    from mirrorspec.workers.models import ensure_default_model, load_tokenizer
+
+    tokenizer = load_tokenizer(ensure_default_model())
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    folder = tmp_path_factory.mktemp("dllm") / "tiny"
+    save_dllm(transformers.LlamaForCausalLM(config), DllmMeta(mask_token_id=len(tokenizer) - 1), folder, tokenizer)
+    return str(folder)
+
+
+@pytest.mark.real_model
+def test_cli_generates_with_a_diffusion_model(dllm_folder, capsys):
+    from mirrorspec.orchestration.cli import main
+
+    assert main(["generate", "Count to five.", "--chat", "--method", "diffusion", "--target", dllm_folder,
+                 "--strategy", "low-confidence", "--max-new-tokens", "16", "--block-length", "8", "--steps", "8",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "diffusion" and 1 <= len(out["token_ids"]) <= 16
+    assert out["stats"]["forwards"] <= 8  # 8 steps, fewer if EOS ended it
+    assert main(["generate", "Count to five.", "--method", "diffusion", "--target", dllm_folder,
+                 "--max-new-tokens", "16", "--block-length", "8", "--stream"]) == 0
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("extra, field", [
+    ([], "target"),  # the default target is an AR model
+    (["--block-length", "5"], "block_length"),
+    (["--threshold", "0"], "threshold"),
+])
+def test_cli_diffusion_errors_name_the_field(dllm_folder, extra, field, capsys):
+    from mirrorspec.orchestration.cli import main
+
+    target = [] if field == "target" else ["--target", dllm_folder]
+    assert main(["generate", "hi", "--method", "diffusion", "--max-new-tokens", "16", *target, *extra]) == 2
+    assert f"error: {field}:" in capsys.readouterr().err

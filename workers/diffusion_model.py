@@ -44,6 +44,10 @@ class DiffusionLM:
         self.device = next(model.parameters()).device
 
     @property
+    def config(self):
+        return self.model.config
+
+    @property
     def mask_id(self) -> int:
         return self.meta.mask_token_id
 

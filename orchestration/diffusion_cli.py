@@ -1,0 +1,74 @@
+"""`mirrorspec generate --method diffusion`: decode with a masked-diffusion LM (see orchestration/diffusion.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mirrorspec.orchestration.diffusion import STRATEGIES, DiffusionDecoder, DiffusionParams
+from mirrorspec.orchestration.engine import EngineConfig, encode_prompt
+from mirrorspec.orchestration.errors import InvalidRequestError
+
+DIFFUSION = "diffusion"
+
+
+def add_diffusion_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("diffusion decoding (--method diffusion; --target: a masked-diffusion model folder)")
+    defaults = DiffusionParams()
+    g.add_argument("--strategy", default=defaults.strategy, help=" | ".join(STRATEGIES))
+    g.add_argument("--block-length", type=int, help=f"tokens per semi-autoregressive block (must divide "
+                                                    f"--max-new-tokens; default: {defaults.block_length} or fewer)")
+    g.add_argument("--steps", type=int, help="low-confidence / random: denoising steps in all (default: one "
+                                             "token per step)")
+    g.add_argument("--threshold", type=float, default=defaults.threshold, help="threshold: commit every token "
+                                                                               "at least this confident")
+    g.add_argument("--factor", type=float, default=defaults.factor, help="factor: Fast-dLLM's factor rule")
+    g.add_argument("--adaptive-blocks", action="store_true", help="AdaBlock: end blocks at confident newlines")
+    g.add_argument("--early-commit", action="store_true", help="Prophet: commit a block at once when the "
+                                                               "top-2 logit gap is wide")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a LLaDA / Dream folder to run its own modelling code")
+
+
+def params_from_args(args: argparse.Namespace) -> DiffusionParams:
+    block = args.block_length or min(DiffusionParams.block_length, args.max_new_tokens)
+    return DiffusionParams(strategy=args.strategy, gen_length=args.max_new_tokens, block_length=block,
+                           steps=args.steps, threshold=args.threshold, factor=args.factor,
+                           temperature=args.temperature, adaptive_blocks=args.adaptive_blocks,
+                           early_commit=args.early_commit, seed=args.seed or 0).validate()
+
+
+def cmd_generate_diffusion(args: argparse.Namespace, engine: EngineConfig) -> int:
+    from mirrorspec.workers.diffusion_model import load_dllm
+    from mirrorspec.workers.factory import eos_token_ids
+
+    if args.prompt is None:
+        raise InvalidRequestError("prompt", "--method diffusion takes one prompt (no --input yet)")
+    params = params_from_args(args)
+    model = load_dllm(engine.target, dtype=engine.dtype, device=engine.device,
+                      trust_remote_code=args.trust_remote_code)
+    ids = encode_prompt(model.tokenizer, model.vocab_size, args.prompt, args.chat)
+    newline = model.tokenizer.encode("\n", add_special_tokens=False) if model.tokenizer is not None else []
+    decoder = DiffusionDecoder(model, eos_ids=tuple(eos_token_ids(model)), delimiter_ids=tuple(newline))
+    if args.stream and not args.json:
+        for block in decoder.stream(ids, params):
+            sys.stdout.write(_text(model, block))
+            sys.stdout.flush()
+        print()
+        return 0
+    out = decoder.generate([ids], params)[0]
+    if not args.json:
+        print(_text(model, out.token_ids))
+        return 0
+    print(json.dumps({"method": DIFFUSION, "text": _text(model, out.token_ids), "token_ids": out.token_ids,
+                      "finish_reason": out.finish_reason,
+                      "stats": {"forwards": out.forwards, "forwards_per_token": round(out.forwards_per_token, 3),
+                                "blocks": out.blocks, "seconds": round(out.seconds, 3)}}, ensure_ascii=False))
+    return 0
+
+
+def _text(model, token_ids: list[int]) -> str:
+    if model.tokenizer is None:
+        return " ".join(map(str, token_ids))
+    return model.tokenizer.decode(token_ids, skip_special_tokens=True)
