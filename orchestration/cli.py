@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_args(train)
 
+    dllm = sub.add_parser("train-dllm", help="train a small masked-diffusion LM on the synthetic tasks")
+    from mirrorspec.training.dllm import add_train_dllm_args
+
+    add_train_dllm_args(dllm)
+
     serve = sub.add_parser("serve-drafter", help="serve the drafter's speculation channel for targets that dial it "
                                                  "with --drafter-address (no Ray)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
@@ -257,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
             from mirrorspec.training.pipeline import cmd_train_drafter
 
             return cmd_train_drafter(args)
+        if args.command == "train-dllm":
+            from mirrorspec.training.dllm import cmd_train_dllm
+
+            return cmd_train_dllm(args)
         if args.command == "train-exit-head":
             from mirrorspec.training.exit_head import cmd_train_exit_head
 

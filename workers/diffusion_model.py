@@ -31,6 +31,19 @@ REMOTE_KINDS = {"llada": (126336, False), "Dream": (151666, True)}
 class DllmMeta:
     mask_token_id: int
     shifted: bool = False  # position i predicts token i+1 (Dream); else token i (LLaDA)
+    # A reduced vocabulary: row k of the model is tokenizer id vocab[k] (row len(vocab): any other id, never
+    # predicted). None: the model's rows are the tokenizer's ids.
+    vocab: list[int] | None = None
+    target_vocab_size: int | None = None  # the tokenizer's size, when `vocab` is reduced
+
+
+def bidirectional_logits(model: PreTrainedModel, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """A causal-LM architecture run bidirectionally: every query sees every real key (a padding query sees only
+    itself, so that no row is empty); positions count real tokens only. Differentiable (training uses it)."""
+    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    eye = torch.eye(ids.shape[1], dtype=torch.bool, device=ids.device)
+    see = valid[:, None, :] | eye[None]
+    return model(input_ids=ids, attention_mask=see[:, None], position_ids=positions).logits
 
 
 class DiffusionLM:
@@ -40,8 +53,14 @@ class DiffusionLM:
         self.own = own  # a causal-LM architecture made bidirectional by the mask this runner passes
         self.tokenizer = tokenizer
         self.path = path
-        self.vocab_size = model.get_output_embeddings().weight.shape[0] if own else model.config.vocab_size
+        self.vocab_size = meta.target_vocab_size or (model.get_output_embeddings().weight.shape[0] if own
+                                                     else model.config.vocab_size)
         self.device = next(model.parameters()).device
+        self._rows = None  # tokenizer id -> model row, for a reduced vocabulary
+        if meta.vocab:
+            self._vocab = torch.tensor(meta.vocab, device=self.device)
+            self._rows = torch.full((self.vocab_size,), len(meta.vocab), dtype=torch.long, device=self.device)
+            self._rows[self._vocab] = torch.arange(len(meta.vocab), device=self.device)
 
     @property
     def config(self):
@@ -56,15 +75,14 @@ class DiffusionLM:
         """Logits [B, L, V] (float32) predicting the token AT each position. `valid` [B, L] marks real
         positions (False: left padding, never attended to and not counted in positions)."""
         ids, valid = ids.to(self.device), valid.to(self.device)
-        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
-        if self.own:
-            # Every query sees every real key: bidirectional. A padding query sees itself, so no row is empty.
-            eye = torch.eye(ids.shape[1], dtype=torch.bool, device=self.device)
-            see = valid[:, None, :] | eye[None]
-            out = self.model(input_ids=ids, attention_mask=see[:, None], position_ids=positions).logits
+        if self._rows is not None:
+            local = bidirectional_logits(self.model, self._rows[ids], valid).float()
+            out = local.new_full((*ids.shape, self.vocab_size), float("-inf"))
+            out[..., self._vocab] = local[..., : len(self.meta.vocab)]
+        elif self.own:
+            out = bidirectional_logits(self.model, ids, valid).float()
         else:
-            out = self.model(ids, attention_mask=valid.long()).logits
-        out = out.float()
+            out = self.model(ids, attention_mask=valid.long()).logits.float()
         if self.meta.shifted:
             out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
         return out
