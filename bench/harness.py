@@ -271,14 +271,18 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams, cluster
         for key, block in [("overall", summary["overall"]), *summary["categories"].items()]:
             ref_block = base["overall"] if key == "overall" else base["categories"][key]
             block["speedup_vs_ar"] = round(block["tokens_per_s"] / ref_block["tokens_per_s"], 3)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.name or time.strftime("bench-%Y%m%d-%H%M%S")
-    (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
-    plot(results, out_dir / f"{stem}.png")
+    write_results(results, args.out, args.name or time.strftime("bench-%Y%m%d-%H%M%S"), plot)
     _print_table(results)
-    print(f"wrote {out_dir / stem}.json and .png", file=sys.stderr)
     return 0
+
+
+def write_results(results: dict, out: str, stem: str, plot_fn) -> None:
+    """<out>/<stem>.json and its plot <stem>.png."""
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    plot_fn(results, out_dir / f"{stem}.png")
+    print(f"wrote {out_dir / stem}.json and .png", file=sys.stderr)
 
 
 def _placement(cluster) -> dict:

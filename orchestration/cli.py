@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_args(train)
 
+    bench_dllm = sub.add_parser("bench-diffusion", help="speed-quality table of diffusion strategies on the "
+                                                        "synthetic tasks")
+    from mirrorspec.bench.diffusion import add_bench_diffusion_args
+
+    add_bench_diffusion_args(bench_dllm)
+
     dllm = sub.add_parser("train-dllm", help="train a small masked-diffusion LM on the synthetic tasks")
     from mirrorspec.training.dllm import add_train_dllm_args
 
@@ -262,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             from mirrorspec.training.pipeline import cmd_train_drafter
 
             return cmd_train_drafter(args)
+        if args.command == "bench-diffusion":
+            from mirrorspec.bench.diffusion import cmd_bench_diffusion
+
+            return cmd_bench_diffusion(args)
         if args.command == "train-dllm":
             from mirrorspec.training.dllm import cmd_train_dllm
 

@@ -125,7 +125,7 @@ class _Row:
 
 class DiffusionDecoder:
     def __init__(self, model, *, eos_ids: tuple[int, ...] = (), delimiter_ids: tuple[int, ...] = ()) -> None:
-        self.model = model  # workers.diffusion_model.DiffusionLM (or anything with mask_id and logits(ids, valid))
+        self.model = model  # workers.diffusion_model.DiffusionLM
         self.eos_ids = tuple(eos_ids)
         self.delimiter_ids = tuple(delimiter_ids)
 
@@ -153,12 +153,12 @@ class DiffusionDecoder:
         active = list(range(len(rows)))
         started = time.perf_counter()
         while active:
-            logits = self._forward([rows[i] for i in active])
+            logits, columns = self._forward([rows[i] for i in active])
             still = []
             for k, i in enumerate(active):
                 row = rows[i]
                 row.forwards += 1
-                finished_block = self._step(row, logits[k, -row.canvas.shape[0]:])
+                finished_block = self._step(row, logits[k, -row.canvas.shape[0]:], columns)
                 if finished_block is not None and blocks:
                     yield i, finished_block
                 if self._done(row):
@@ -177,7 +177,7 @@ class DiffusionDecoder:
         row.block_start = row.block_end = row.start
         return row
 
-    def _forward(self, rows: list[_Row]) -> torch.Tensor:
+    def _forward(self, rows: list[_Row]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One forward for the batch, left-padded; rows see only their own positions."""
         width = max(r.canvas.shape[0] for r in rows)
         ids = torch.full((len(rows), width), self.model.mask_id, dtype=torch.long)
@@ -185,20 +185,22 @@ class DiffusionDecoder:
         for k, r in enumerate(rows):
             ids[k, width - r.canvas.shape[0]:] = r.canvas
             valid[k, width - r.canvas.shape[0]:] = True
-        return self.model.logits(ids, valid).cpu()
+        logits, columns = self.model.logits(ids, valid)
+        return logits.cpu(), None if columns is None else columns.cpu()
 
-    def _step(self, row: _Row, logits: torch.Tensor) -> list[int] | None:
-        """Commit this step's positions; returns the block's tokens when the step completed a block."""
+    def _step(self, row: _Row, logits: torch.Tensor, columns: torch.Tensor | None) -> list[int] | None:
+        """Commit this step's positions; returns the block's tokens when the step completed a block.
+        `logits` [L, C]: column c is token id columns[c] (or c itself)."""
         p = row.params
         if row.new_block:
-            self._open_block(row, logits)
+            self._open_block(row, logits, columns)
         masked = row.canvas == self.model.mask_id
         in_block = torch.zeros_like(masked)
         in_block[row.block_start:row.block_end] = True
         candidates = masked & in_block
-        tokens = _predict(logits, p.temperature, row.generator)
-        probs = torch.softmax(logits, dim=-1)
-        confidence = probs.gather(-1, tokens[:, None])[:, 0]
+        picked = _predict(logits, p.temperature, row.generator)
+        confidence = torch.softmax(logits, dim=-1).gather(-1, picked[:, None])[:, 0]
+        tokens = picked if columns is None else columns[picked]
         if p.strategy == "random":
             confidence = torch.rand(confidence.shape, generator=row.generator, dtype=torch.float64).float()
         confidence = torch.where(candidates, confidence, torch.tensor(float("-inf")))
@@ -213,12 +215,12 @@ class DiffusionDecoder:
         row.block_start, row.new_block = row.block_end, True
         return block
 
-    def _open_block(self, row: _Row, logits: torch.Tensor) -> None:
+    def _open_block(self, row: _Row, logits: torch.Tensor, columns: torch.Tensor | None) -> None:
         p = row.params
         end = row.start + p.gen_length
         length = min(p.block_length, end - row.block_start)
         if p.adaptive_blocks and self.delimiter_ids:
-            length = self._adaptive_length(row, logits, length, end)
+            length = self._adaptive_length(row, logits, columns, length, end)
         row.block_end = row.block_start + length
         row.step, row.new_block = 0, False
         if p.strategy in FIXED_SCHEDULE:
@@ -227,12 +229,15 @@ class DiffusionDecoder:
             base, extra = divmod(masked, per_block)  # LLaDA's linear schedule: the remainder goes first
             row.schedule = [base + (1 if s < extra else 0) for s in range(per_block)]
 
-    def _adaptive_length(self, row: _Row, logits: torch.Tensor, default: int, end: int) -> int:
+    def _adaptive_length(self, row: _Row, logits: torch.Tensor, columns: torch.Tensor | None, default: int,
+                         end: int) -> int:
         """AdaBlock: end the block at the most confident predicted delimiter in the look-ahead window."""
         p = row.params
         window_end = min(end, row.block_start + max(1, int(0.25 * p.gen_length)))
         probs = torch.softmax(logits[row.block_start:window_end], dim=-1)
         top_p, top = probs.max(-1)
+        if columns is not None:
+            top = columns[top]
         is_delimiter = torch.isin(top, torch.tensor(self.delimiter_ids))
         if not bool(is_delimiter.any()):
             return default

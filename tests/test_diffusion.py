@@ -114,7 +114,7 @@ def test_only_diffusion_models_load(tmp_path):
     save_dllm(model.model, model.meta, tmp_path / "dllm")
     loaded = load_dllm(str(tmp_path / "dllm"))
     ids, valid = torch.tensor([[1, 2, MASK]]), torch.ones(1, 3, dtype=torch.bool)
-    assert torch.allclose(loaded.logits(ids, valid), model.logits(ids, valid), atol=1e-5)
+    assert torch.allclose(loaded.logits(ids, valid)[0], model.logits(ids, valid)[0], atol=1e-5)
     # An ordinary causal LM folder is not a diffusion model.
     model.model.save_pretrained(tmp_path / "causal")
     with pytest.raises(InvalidRequestError, match="^target: .* is not a masked-diffusion model"):
@@ -130,8 +130,8 @@ def test_attention_is_bidirectional():
     """A masked position's prediction depends on the tokens after it (it would not under causal attention)."""
     model = tiny_dllm()
     valid = torch.ones(1, 4, dtype=torch.bool)
-    a = model.logits(torch.tensor([[1, MASK, 5, 6]]), valid)[0, 1]
-    b = model.logits(torch.tensor([[1, MASK, 7, 8]]), valid)[0, 1]
+    a = model.logits(torch.tensor([[1, MASK, 5, 6]]), valid)[0][0, 1]
+    b = model.logits(torch.tensor([[1, MASK, 7, 8]]), valid)[0][0, 1]
     assert not torch.allclose(a, b)
 
 
@@ -175,3 +175,35 @@ def test_cli_diffusion_errors_name_the_field(dllm_folder, extra, field, capsys):
     target = [] if field == "target" else ["--target", dllm_folder]
     assert main(["generate", "hi", "--method", "diffusion", "--max-new-tokens", "16", *target, *extra]) == 2
     assert f"error: {field}:" in capsys.readouterr().err
+
+
+@pytest.mark.real_model
+def test_train_dllm_then_bench_it(tmp_path):
+    """A few training steps end to end (the shipped model's command is in its training_report.json), then the
+    speed-quality bench over two settings."""
+    from mirrorspec.orchestration.cli import main
+
+    folder = tmp_path / "dllm"
+    assert main(["train-dllm", "--out", str(folder), "--steps", "3", "--batch", "8", "--eval-every", "3",
+                 "--threads", "1"]) == 0
+    report = json.loads((folder / "training_report.json").read_text())
+    assert report["history"][-1]["step"] == 3 and 0 <= report["history"][-1]["accuracy"]["overall"] <= 1
+    model = load_dllm(str(folder))
+    assert model.meta.vocab and model.vocab_size == len(model.tokenizer)
+    assert main(["bench-diffusion", "--target", str(folder), "--examples", "8", "--out", str(tmp_path),
+                 "--name", "b", "--settings", "low-confidence,threshold:threshold=0.5"]) == 0
+    results = json.loads((tmp_path / "b.json").read_text())
+    reference, fast = results["settings"]["low-confidence"], results["settings"]["threshold:threshold=0.5"]
+    assert reference["forward_reduction_vs_reference"] == 1.0
+    assert fast["forwards_per_token"] <= reference["forwards_per_token"]
+
+
+def test_bench_settings_are_checked():
+    from mirrorspec.bench.diffusion import parse_setting
+
+    base = DiffusionParams(gen_length=16, block_length=16)
+    assert parse_setting("threshold:threshold=0.7+early_commit=1", base).early_commit is True
+    with pytest.raises(InvalidRequestError, match="^settings:"):
+        parse_setting("threshold:treshold=0.7", base)
+    with pytest.raises(InvalidRequestError, match="^threshold:"):
+        parse_setting("threshold:threshold=2", base)

@@ -90,7 +90,8 @@ def cmd_train_dllm(args: argparse.Namespace) -> int:
     held_out = examples(HELD_OUT, HELD_OUT_SEED)
     history = train(model, codec, meta, held_out, args)
     save_dllm(model.eval(), meta, args.out, tokenizer)
-    report = {"command": "mirrorspec train-dllm " + " ".join(sys.argv[2:]), "arch": ARCH, "vocab": len(vocab),
+    report = {"command": "mirrorspec train-dllm " + " ".join(sys.argv[2:]), "gen_length": args.gen_length,
+              "arch": ARCH, "vocab": len(vocab),
               "parameters": sum(p.numel() for p in model.parameters()), "history": history,
               "held_out": f"{HELD_OUT} examples, seed {HELD_OUT_SEED}, never trained on"}
     (Path(args.out) / "training_report.json").write_text(json.dumps(report, indent=1))
@@ -121,12 +122,13 @@ def train(model, codec: TaskCodec, meta: DllmMeta, held_out: list[Example], args
         optimizer.step()
         out_of_time = args.minutes and time.monotonic() - started > args.minutes * 60
         if step % args.eval_every == 0 or step == args.steps or out_of_time:
-            accuracy = evaluate(DiffusionLM(model.eval(), meta, own=True), codec, held_out[:200],
-                                DiffusionParams("low-confidence", gen_length=codec.gen_length,
-                                                block_length=codec.gen_length))
-            history.append({"step": step, "loss": round(loss.item(), 4), "minutes": round((time.monotonic() - started) / 60, 1),
-                            "accuracy": accuracy})
-            logger.warning("step %d loss %.4f accuracy %s", step, loss.item(), accuracy)
+            scores = evaluate(DiffusionLM(model.eval(), meta, own=True), codec, held_out[:200],
+                              DiffusionParams("low-confidence", gen_length=codec.gen_length,
+                                              block_length=codec.gen_length))
+            history.append({"step": step, "loss": round(loss.item(), 4),
+                            "minutes": round((time.monotonic() - started) / 60, 1), "accuracy": scores["accuracy"],
+                            "forwards_per_token": scores["forwards_per_token"]})
+            logger.warning("step %d loss %.4f accuracy %s", step, loss.item(), scores["accuracy"])
         if out_of_time:
             break
     return history
@@ -151,16 +153,22 @@ def _batch(codec: TaskCodec, rows: dict[int, int], rng: random.Random, size: int
     return ids, valid, answer
 
 
-def evaluate(model: DiffusionLM, codec: TaskCodec, held_out: list[Example], params: DiffusionParams) -> dict:
-    """Exact-match accuracy per task and overall, and forwards per answer token, under one decoding setting."""
+def evaluate(model: DiffusionLM, codec: TaskCodec, held_out: list[Example], params: DiffusionParams,
+             batch_size: int | None = None) -> dict:
+    """Exact-match accuracy per task and overall, and forwards per answer token, under one decoding setting
+    (decoded `batch_size` examples at a time: all at once by default; outputs do not depend on it)."""
     decoder = DiffusionDecoder(model, eos_ids=(codec.eos,))
-    outs = decoder.generate([codec.prompt(ex) for ex in held_out], params)
-    right: dict[str, list[bool]] = {}
+    prompts = [codec.prompt(ex) for ex in held_out]
+    size = batch_size or len(prompts)
+    outs = [o for i in range(0, len(prompts), size) for o in decoder.generate(prompts[i : i + size], params)]
+    counts: dict[str, list[int]] = {}
     for ex, out in zip(held_out, outs):
         expected = codec.answer(ex)
         expected = expected[: expected.index(codec.eos) + 1]
-        right.setdefault(ex.task, []).append(out.token_ids == expected)
-    result = {task: round(sum(v) / len(v), 4) for task, v in sorted(right.items())}
-    result["overall"] = round(sum(sum(v) for v in right.values()) / len(held_out), 4)
-    result["forwards_per_token"] = round(sum(o.forwards for o in outs) / sum(len(o.token_ids) for o in outs), 3)
-    return result
+        count = counts.setdefault(ex.task, [0, 0])
+        count[0] += out.token_ids == expected
+        count[1] += 1
+    accuracy = {task: round(good / total, 4) for task, (good, total) in sorted(counts.items())}
+    accuracy["overall"] = round(sum(g for g, _ in counts.values()) / len(held_out), 4)
+    forwards, tokens = sum(o.forwards for o in outs), sum(len(o.token_ids) for o in outs)
+    return {"accuracy": accuracy, "forwards_per_token": round(forwards / tokens, 3), "tokens": tokens}

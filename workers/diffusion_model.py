@@ -71,21 +71,23 @@ class DiffusionLM:
         return self.meta.mask_token_id
 
     @torch.inference_mode()
-    def logits(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Logits [B, L, V] (float32) predicting the token AT each position. `valid` [B, L] marks real
-        positions (False: left padding, never attended to and not counted in positions)."""
+    def logits(self, ids: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits [B, L, C] float32 predicting the token AT each position, the token id of each column C or
+        None when the columns are the token ids). `valid` [B, L] marks real positions (False: left padding,
+        never attended to and not counted in positions). A reduced-vocabulary model returns its own columns
+        (the tokenizer's other ids are impossible), not a tokenizer-wide tensor of -inf."""
         ids, valid = ids.to(self.device), valid.to(self.device)
+        columns = None
         if self._rows is not None:
-            local = bidirectional_logits(self.model, self._rows[ids], valid).float()
-            out = local.new_full((*ids.shape, self.vocab_size), float("-inf"))
-            out[..., self._vocab] = local[..., : len(self.meta.vocab)]
+            out = bidirectional_logits(self.model, self._rows[ids], valid)[..., : len(self.meta.vocab)].float()
+            columns = self._vocab
         elif self.own:
             out = bidirectional_logits(self.model, ids, valid).float()
         else:
             out = self.model(ids, attention_mask=valid.long()).logits.float()
         if self.meta.shifted:
             out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
-        return out
+        return out, columns
 
 
 def is_dllm_folder(folder: str | Path) -> bool:

@@ -1,0 +1,114 @@
+"""`mirrorspec bench-diffusion`: the speed-quality table of diffusion decoding strategies on the synthetic tasks.
+
+Per setting: forwards per answer token, answer tokens/s and exact-match accuracy per task, on held-out examples
+the dLLM never trained on; the reference is LLaDA's one token per step. One run, one process, the same examples
+for every setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from mirrorspec.orchestration.diffusion import DiffusionParams
+from mirrorspec.orchestration.errors import InvalidRequestError
+
+DEFAULT_SETTINGS = ("low-confidence,low-confidence:steps=8,threshold:threshold=0.9,threshold:threshold=0.7,"
+                    "threshold:threshold=0.5,factor:factor=1,threshold:threshold=0.9+early_commit=1")
+
+
+def add_bench_diffusion_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="drafters/smollm2-tasks-dllm", help="a masked-diffusion model folder")
+    p.add_argument("--settings", default=DEFAULT_SETTINGS,
+                   help="comma list of strategy[:key=value+key=value] (keys of DiffusionParams); the first "
+                        "is the reference")
+    p.add_argument("--examples", type=int, default=200, help="held-out examples (spread over the tasks)")
+    p.add_argument("--gen-length", type=int, default=16, help="answer canvas (train-dllm's --gen-length)")
+    p.add_argument("--block-length", type=int, help="default: the whole canvas (the tasks' answers are short)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--out", default="bench/results")
+    p.add_argument("--name", help="results file stem (default: diffusion-<timestamp>)")
+
+
+def parse_setting(label: str, base: DiffusionParams) -> DiffusionParams:
+    strategy, _, rest = label.partition(":")
+    fields = {f.name: f.type for f in dataclasses.fields(DiffusionParams)}
+    overrides: dict = {}
+    for item in filter(None, rest.split("+")):
+        key, _, value = item.partition("=")
+        if key not in fields or key in ("strategy", "gen_length"):
+            raise InvalidRequestError("settings", f"unknown key {key!r} in {label!r}")
+        overrides[key] = _typed(key, value)
+    return dataclasses.replace(base, strategy=strategy, **overrides).validate()
+
+
+def _typed(key: str, value: str):
+    current = getattr(DiffusionParams(), key)
+    if isinstance(current, bool):
+        return value.lower() in ("1", "true", "yes")
+    if key == "steps" or isinstance(current, int):
+        return int(value)
+    return float(value)
+
+
+def cmd_bench_diffusion(args: argparse.Namespace) -> int:
+    from mirrorspec.bench.harness import write_results
+    from mirrorspec.training.dllm import HELD_OUT_SEED, TaskCodec, evaluate
+    from mirrorspec.training.synthetic_tasks import examples
+    from mirrorspec.workers.diffusion_model import load_dllm
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_dllm(args.target)
+    gen_length = args.gen_length
+    codec = TaskCodec(model.tokenizer, gen_length)
+    held_out = examples(args.examples, HELD_OUT_SEED)
+    base = DiffusionParams(gen_length=gen_length, block_length=args.block_length or gen_length)
+    labels = [s.strip() for s in args.settings.split(",") if s.strip()]
+    settings = {label: parse_setting(label, base) for label in labels}
+    results = {"target": args.target, "examples": len(held_out), "batch_size": args.batch_size,
+               "threads": torch.get_num_threads(), "gen_length": gen_length, "settings": {}}
+    for label, params in settings.items():
+        started = time.perf_counter()
+        scores = evaluate(model, codec, held_out, params, batch_size=args.batch_size)
+        seconds = time.perf_counter() - started
+        results["settings"][label] = {"params": dataclasses.asdict(params), **scores,
+                                      "tokens_per_s": round(scores["tokens"] / seconds, 2),
+                                      "seconds": round(seconds, 2)}
+    reference = results["settings"][labels[0]]
+    for summary in results["settings"].values():
+        summary["forward_reduction_vs_reference"] = round(reference["forwards_per_token"] / summary["forwards_per_token"], 2)
+        summary["accuracy_change_points"] = round(100 * (summary["accuracy"]["overall"] - reference["accuracy"]["overall"]), 1)
+    write_results(results, args.out, args.name or time.strftime("diffusion-%Y%m%d-%H%M%S"), plot)
+    _print_table(results)
+    return 0
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, s in results["settings"].items():
+        ax.scatter(s["forwards_per_token"], 100 * s["accuracy"]["overall"])
+        ax.annotate(label, (s["forwards_per_token"], 100 * s["accuracy"]["overall"]), fontsize=7)
+    ax.set_xlabel("forwards per answer token (lower is faster)")
+    ax.set_ylabel("exact-match accuracy, %")
+    ax.set_title(f"diffusion strategies on the synthetic tasks ({results['examples']} held-out examples)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _print_table(results: dict) -> None:
+    print(f"{'setting':44} {'fwd/tok':>8} {'tok/s':>8} {'acc':>6} {'d acc':>6}")
+    for label, s in results["settings"].items():
+        print(f"{label:44} {s['forwards_per_token']:8.3f} {s['tokens_per_s']:8.1f} "
+              f"{100 * s['accuracy']['overall']:6.1f} {s['accuracy_change_points']:6.1f}")
