@@ -207,3 +207,10 @@ def test_bench_settings_are_checked():
         parse_setting("threshold:treshold=0.7", base)
     with pytest.raises(InvalidRequestError, match="^threshold:"):
         parse_setting("threshold:threshold=2", base)
+
+
+def test_the_mask_token_is_never_predicted():
+    """Committing the mask token would leave a position masked for ever (a decoding loop without end)."""
+    model = tiny_dllm()
+    logits, _ = model.logits(torch.tensor([[1, MASK, MASK, MASK]]), torch.ones(1, 4, dtype=torch.bool))
+    assert torch.isneginf(logits[..., MASK]).all()

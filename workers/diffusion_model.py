@@ -57,10 +57,12 @@ class DiffusionLM:
                                                      else model.config.vocab_size)
         self.device = next(model.parameters()).device
         self._rows = None  # tokenizer id -> model row, for a reduced vocabulary
+        self._mask_column = meta.mask_token_id
         if meta.vocab:
             self._vocab = torch.tensor(meta.vocab, device=self.device)
             self._rows = torch.full((self.vocab_size,), len(meta.vocab), dtype=torch.long, device=self.device)
             self._rows[self._vocab] = torch.arange(len(meta.vocab), device=self.device)
+            self._mask_column = meta.vocab.index(meta.mask_token_id)
 
     @property
     def config(self):
@@ -87,6 +89,8 @@ class DiffusionLM:
             out = self.model(ids, attention_mask=valid.long()).logits.float()
         if self.meta.shifted:
             out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
+        # The mask token is never a prediction: committing it would leave the position masked for ever.
+        out[..., self._mask_column] = float("-inf")
         return out, columns
 
 
