@@ -23,7 +23,7 @@ from mirrorspec.workers.models import (
     parse_device,
     parse_dtype,
 )
-from mirrorspec.workers.tensor_parallel import GroupSpec, check_tp_size, join_group, shard
+from mirrorspec.workers.tensor_parallel import GroupSpec, join_group, shard
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +143,7 @@ def build_target(config: EngineConfig, group: GroupSpec | None = None) -> tuple[
     # AutoTP replaces the nn.Linear layers, so the transposed CPU matmul would only be undone.
     target = load_model(config.target, dtype=parse_dtype(config.dtype), device=parse_device(config.device),
                         field="target", cpu_linear="off" if split else config.cpu_linear)
-    if split:
-        check_tp_size(group.world_size, target.config)
+    if split:  # tp_size was checked against the KV heads before any rank started (cluster/pipeline.py)
         join_group(group)
         target = shard(target, group.world_size)
     head = resolve_exit_head(config, target.config.num_hidden_layers, target.config.hidden_size)

@@ -121,9 +121,6 @@ class LockstepWorker:
     def commit(self, paths: dict[int, list[int]]) -> None:
         self._everywhere("commit", paths)
 
-    def rollback(self, seq_id: int, num_tokens: int) -> None:
-        self._everywhere("rollback", seq_id, num_tokens)
-
     def clear_speculation(self, seq_id: int) -> None:
         self._everywhere("clear_speculation", seq_id)
 
