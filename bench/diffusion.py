@@ -37,11 +37,11 @@ def add_bench_diffusion_args(p: argparse.ArgumentParser) -> None:
 
 def parse_setting(label: str, base: DiffusionParams) -> DiffusionParams:
     strategy, _, rest = label.partition(":")
-    fields = {f.name: f.type for f in dataclasses.fields(DiffusionParams)}
+    settable = {f.name for f in dataclasses.fields(DiffusionParams)} - {"strategy", "gen_length"}
     overrides: dict = {}
     for item in filter(None, rest.split("+")):
         key, _, value = item.partition("=")
-        if key not in fields or key in ("strategy", "gen_length"):
+        if key not in settable:
             raise InvalidRequestError("settings", f"unknown key {key!r} in {label!r}")
         overrides[key] = _typed(key, value)
     return dataclasses.replace(base, strategy=strategy, **overrides).validate()

@@ -198,14 +198,21 @@ class DiffusionDecoder:
         in_block = torch.zeros_like(masked)
         in_block[row.block_start:row.block_end] = True
         candidates = masked & in_block
-        picked = _predict(logits, p.temperature, row.generator)
-        confidence = torch.softmax(logits, dim=-1).gather(-1, picked[:, None])[:, 0]
-        tokens = picked if columns is None else columns[picked]
+        # Only the block's masked positions can be committed: predict those (a full-vocabulary softmax and
+        # Gumbel noise over the whole canvas would be wasted on the rest).
+        where = candidates.nonzero()[:, 0]
+        scores = logits[where]
+        picked = _predict(scores, p.temperature, row.generator)
         if p.strategy == "random":
-            confidence = torch.rand(confidence.shape, generator=row.generator, dtype=torch.float64).float()
-        confidence = torch.where(candidates, confidence, torch.tensor(float("-inf")))
+            chance = torch.rand(picked.shape, generator=row.generator, dtype=torch.float64).float()
+        else:
+            chance = torch.softmax(scores, dim=-1).gather(-1, picked[:, None])[:, 0]
+        # Confidence over the whole canvas (-inf where nothing can be committed), so that ties break as in LLaDA.
+        confidence = torch.full(candidates.shape, float("-inf"))
+        confidence[where] = chance
         chosen = self._choose(row, logits, confidence, candidates)
-        row.canvas[chosen] = tokens[chosen]
+        tokens = picked if columns is None else columns[picked]
+        row.canvas[where[chosen[where]]] = tokens[chosen[where]]
         row.step += 1
         self._truncate_at_eos(row)
         if bool((row.canvas[row.block_start:row.block_end] == self.model.mask_id).any()):
@@ -262,7 +269,7 @@ class DiffusionDecoder:
             else:  # factor: the largest n with c_(n) >= 1 - f / (n + 1)
                 n = torch.arange(1, available + 1)
                 fits = (ordered >= 1 - p.factor / (n + 1)).nonzero()
-                count = max(1, int(fits.max()) + 1 if len(fits) else 1)
+                count = int(fits.max()) + 1 if len(fits) else 1
         count = min(count, available)
         chosen[torch.topk(confidence, count).indices] = True
         return chosen
