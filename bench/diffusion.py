@@ -51,6 +51,8 @@ def _typed(key: str, value: str):
     current = getattr(DiffusionParams(), key)
     if isinstance(current, bool):
         return value.lower() in ("1", "true", "yes")
+    if isinstance(current, str):
+        return value
     if key == "steps" or isinstance(current, int):
         return int(value)
     return float(value)
@@ -84,9 +86,31 @@ def cmd_bench_diffusion(args: argparse.Namespace) -> int:
     for summary in results["settings"].values():
         summary["forward_reduction_vs_reference"] = round(reference["forwards_per_token"] / summary["forwards_per_token"], 2)
         summary["accuracy_change_points"] = round(100 * (summary["accuracy"]["overall"] - reference["accuracy"]["overall"]), 1)
+    _cache_agreement(results["settings"])
+    for summary in results["settings"].values():
+        del summary["outputs"]
     write_results(results, args.out, args.name or time.strftime("diffusion-%Y%m%d-%H%M%S"), plot)
     _print_table(results)
     return 0
+
+
+def _cache_agreement(settings: dict) -> None:
+    """For each cached setting whose uncached twin (the same parameters, cache none) ran too: the share of
+    answers decoded identically, and of answer tokens equal at the same position."""
+    uncached = {_without_cache(s["params"]): s for s in settings.values() if s["params"]["cache"] == "none"}
+    for s in settings.values():
+        twin = uncached.get(_without_cache(s["params"]))
+        if s["params"]["cache"] == "none" or twin is None:
+            continue
+        pairs = list(zip(s["outputs"], twin["outputs"]))
+        same_tokens = sum(sum(x == y for x, y in zip(a, b)) for a, b in pairs)
+        s["agreement_with_uncached"] = {
+            "answers": round(sum(a == b for a, b in pairs) / len(pairs), 4),
+            "tokens": round(same_tokens / max(1, sum(max(len(a), len(b)) for a, b in pairs)), 4)}
+
+
+def _without_cache(params: dict) -> str:
+    return repr(sorted((k, v) for k, v in params.items() if k != "cache"))
 
 
 def plot(results: dict, path: Path) -> None:
@@ -108,7 +132,9 @@ def plot(results: dict, path: Path) -> None:
 
 
 def _print_table(results: dict) -> None:
-    print(f"{'setting':44} {'fwd/tok':>8} {'tok/s':>8} {'acc':>6} {'d acc':>6}")
+    print(f"{'setting':52} {'fwd/tok':>8} {'tok/s':>8} {'acc':>6} {'d acc':>6} {'agree':>6}")
     for label, s in results["settings"].items():
-        print(f"{label:44} {s['forwards_per_token']:8.3f} {s['tokens_per_s']:8.1f} "
-              f"{100 * s['accuracy']['overall']:6.1f} {s['accuracy_change_points']:6.1f}")
+        agree = s.get("agreement_with_uncached", {}).get("answers")
+        print(f"{label:52} {s['forwards_per_token']:8.3f} {s['tokens_per_s']:8.1f} "
+              f"{100 * s['accuracy']['overall']:6.1f} {s['accuracy_change_points']:6.1f} "
+              f"{'' if agree is None else f'{100 * agree:.1f}':>6}")

@@ -16,6 +16,12 @@ Commit rules (../shared/research/ALGORITHMS.md §4):
   positions reaches 7.5 / 5.0 / 2.5 (first / second / last third of the steps), commit the whole block at once.
   (Prophet watches an answer region; open-ended generation has none, so this engine watches the block.)
 - `stop_at_eos`: once EOS is committed, everything after it is done (Learn2PD's end-of-text truncation).
+Approximate KV caches (Fast-dLLM, Alg. 1), `cache`:
+- `prefix`: a block's first step runs the whole canvas and keeps the K/V of the positions before the block; its
+  later steps run only the block and the masked suffix, attending to those kept K/V.
+- `dual`: the first step also keeps the suffix's K/V (still masks); later steps run only the block.
+The kept K/V are not updated inside a block, so cached decoding is an approximation: outputs may differ from
+uncached ones (the bench reports how often they agree).
 
 Each row keeps its own block, step count and random generator, and every decision reads only that row's
 logits: a sequence's output does not depend on the rest of the batch.
@@ -30,9 +36,11 @@ from dataclasses import dataclass, field
 import torch
 
 from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.workers.diffusion_model import ContextKV
 
 STRATEGIES = ("low-confidence", "random", "threshold", "factor")
 FIXED_SCHEDULE = ("low-confidence", "random")  # a fixed number of commits per step
+CACHES = ("none", "prefix", "dual")
 PROPHET_GAPS = ((1 / 3, 7.5), (2 / 3, 5.0), (1.0, 2.5))  # (progress below, required logit gap)
 
 
@@ -49,6 +57,7 @@ class DiffusionParams:
     delimiter_confidence: float = 0.3
     early_commit: bool = False
     stop_at_eos: bool = True
+    cache: str = "none"  # none | prefix | dual (Fast-dLLM's approximate KV caches)
     seed: int = 0
 
     @property
@@ -62,6 +71,8 @@ class DiffusionParams:
     def validate(self) -> "DiffusionParams":
         if self.strategy not in STRATEGIES:
             raise InvalidRequestError("strategy", f"unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
+        if self.cache not in CACHES:
+            raise InvalidRequestError("cache", f"unknown cache {self.cache!r}; use one of {', '.join(CACHES)}")
         for name in ("gen_length", "block_length"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise InvalidRequestError(name, f"must be an integer >= 1, got {getattr(self, name)!r}")
@@ -121,6 +132,11 @@ class _Row:
     forwards: int = 0
     blocks: list[int] = field(default_factory=list)
     new_block: bool = True
+    # Inside a block with a cache: the K/V kept at the block's first step ([layers, 1, H, C, D]) and the
+    # positions [query_start, query_end) that the block's later steps recompute.
+    context: ContextKV | None = None
+    query_start: int = 0
+    query_end: int = 0
 
 
 class DiffusionDecoder:
@@ -149,16 +165,31 @@ class DiffusionDecoder:
         params.validate()
         if not prompts or any(not p for p in prompts):
             raise InvalidRequestError("prompt", "is empty")
+        if params.cache != "none" and not self.model.supports_cache:
+            raise InvalidRequestError("cache", f"{self.model.path} runs its own remote code; approximate KV caches "
+                                               f"need one of this project's dLLMs (use cache none)")
         rows = [self._new_row(p, params) for p in prompts]
         active = list(range(len(rows)))
         started = time.perf_counter()
         while active:
-            logits, columns = self._forward([rows[i] for i in active])
+            # Rows at a block's first step (or without a cache) run the whole canvas; the others only their block.
+            full = [i for i in active if rows[i].context is None]
+            cached = [i for i in active if rows[i].context is not None]
+            results = {}
+            if full:
+                results.update(zip(full, self._forward([rows[i] for i in full])))
+            if cached:
+                results.update(zip(cached, self._forward_cached([rows[i] for i in cached])))
             still = []
-            for k, i in enumerate(active):
+            for i in active:
                 row = rows[i]
                 row.forwards += 1
-                finished_block = self._step(row, logits[k, -row.canvas.shape[0]:], columns)
+                logits, columns, offset, kv = results[i]
+                finished_block = self._step(row, logits, columns, offset)
+                if kv is not None:
+                    self._keep_context(row, kv)
+                if row.new_block:
+                    row.context = None
                 if finished_block is not None and blocks:
                     yield i, finished_block
                 if self._done(row):
@@ -177,22 +208,83 @@ class DiffusionDecoder:
         row.block_start = row.block_end = row.start
         return row
 
-    def _forward(self, rows: list[_Row]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One forward for the batch, left-padded; rows see only their own positions."""
+    def _forward(self, rows: list[_Row]) -> list[tuple]:
+        """One forward over the rows' whole canvases, left-padded; rows see only their own positions. Per row:
+        (logits [L, C], columns, offset 0, the canvas's K/V when the row keeps a cache, else None)."""
         width = max(r.canvas.shape[0] for r in rows)
         ids = torch.full((len(rows), width), self.model.mask_id, dtype=torch.long)
         valid = torch.zeros((len(rows), width), dtype=torch.bool)
         for k, r in enumerate(rows):
             ids[k, width - r.canvas.shape[0]:] = r.canvas
             valid[k, width - r.canvas.shape[0]:] = True
-        logits, columns = self.model.logits(ids, valid)
-        return logits.cpu(), None if columns is None else columns.cpu()
+        if rows[0].params.cache == "none":
+            logits, columns = self.model.logits(ids, valid)
+            kv = None
+        else:
+            positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+            see = valid[:, None, :] | torch.eye(width, dtype=torch.bool)[None]
+            logits, columns, kv = self.model.logits_in_context(ids, positions, see)
+        logits, columns = logits.cpu(), None if columns is None else columns.cpu()
+        out = []
+        for k, r in enumerate(rows):
+            length = r.canvas.shape[0]
+            row_kv = None if kv is None else (kv.keys[:, k:k + 1, :, width - length:],
+                                              kv.values[:, k:k + 1, :, width - length:])
+            out.append((logits[k, width - length:], columns, 0, row_kv))
+        return out
 
-    def _step(self, row: _Row, logits: torch.Tensor, columns: torch.Tensor | None) -> list[int] | None:
+    def _forward_cached(self, rows: list[_Row]) -> list[tuple]:
+        """One forward over each row's block (and, with the prefix cache, its masked suffix), attending to the
+        K/V kept at the block's start. Queries and contexts are left-padded to the longest in the batch."""
+        spans = [r.query_end - r.query_start for r in rows]
+        width, context_width = max(spans), max(r.context.keys.shape[3] for r in rows)
+        first = rows[0].context
+        layers, _, heads, _, dim = first.keys.shape
+        keys = first.keys.new_zeros((layers, len(rows), heads, context_width, dim))
+        values = torch.zeros_like(keys)
+        context_valid = torch.zeros((len(rows), context_width), dtype=torch.bool, device=keys.device)
+        ids = torch.full((len(rows), width), self.model.mask_id, dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        valid = torch.zeros((len(rows), width), dtype=torch.bool)
+        for k, (r, span) in enumerate(zip(rows, spans)):
+            c = r.context.keys.shape[3]
+            keys[:, k, :, context_width - c:] = r.context.keys[:, 0]
+            values[:, k, :, context_width - c:] = r.context.values[:, 0]
+            context_valid[k, context_width - c:] = True
+            ids[k, width - span:] = r.canvas[r.query_start:r.query_end]
+            positions[k, width - span:] = torch.arange(r.query_start, r.query_end)
+            valid[k, width - span:] = True
+        see = valid[:, None, :] | torch.eye(width, dtype=torch.bool)[None]
+        logits, columns, _ = self.model.logits_in_context(ids, positions, see,
+                                                          ContextKV(keys, values, context_valid))
+        logits, columns = logits.cpu(), None if columns is None else columns.cpu()
+        return [(logits[k, width - span:], columns, r.query_start, None) for k, (r, span) in enumerate(zip(rows, spans))]
+
+    def _keep_context(self, row: _Row, kv: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """After a block's first step: keep the K/V that the block's later steps reuse (Fast-dLLM)."""
+        if row.new_block:  # the block completed in its first step: nothing to reuse
+            return
+        # A shifted model predicts a block's first token at the position before it: recompute that one too.
+        start = row.block_start - (1 if self.model.meta.shifted else 0)
+        length = row.canvas.shape[0]
+        keep = torch.zeros(length, dtype=torch.bool)
+        keep[:start] = True
+        if row.params.cache == "dual":
+            keep[row.block_end:] = True
+            row.query_end = row.block_end
+        else:
+            row.query_end = length
+        row.query_start = start
+        where = keep.nonzero()[:, 0].to(kv[0].device)
+        keys, values = kv[0].index_select(3, where), kv[1].index_select(3, where)
+        row.context = ContextKV(keys, values, torch.ones((1, len(where)), dtype=torch.bool))
+
+    def _step(self, row: _Row, logits: torch.Tensor, columns: torch.Tensor | None,
+              offset: int = 0) -> list[int] | None:
         """Commit this step's positions; returns the block's tokens when the step completed a block.
-        `logits` [L, C]: column c is token id columns[c] (or c itself)."""
+        `logits` [L, C]: row k is canvas position offset + k; column c is token id columns[c] (or c itself)."""
         p = row.params
-        if row.new_block:
+        if row.new_block:  # only ever after a whole-canvas forward (offset 0)
             self._open_block(row, logits, columns)
         masked = row.canvas == self.model.mask_id
         in_block = torch.zeros_like(masked)
@@ -201,7 +293,7 @@ class DiffusionDecoder:
         # Only the block's masked positions can be committed: predict those (a full-vocabulary softmax and
         # Gumbel noise over the whole canvas would be wasted on the rest).
         where = candidates.nonzero()[:, 0]
-        scores = logits[where]
+        scores = logits[where - offset]
         picked = _predict(scores, p.temperature, row.generator)
         if p.strategy == "random":
             chance = torch.rand(picked.shape, generator=row.generator, dtype=torch.float64).float()
@@ -210,7 +302,7 @@ class DiffusionDecoder:
         # Confidence over the whole canvas (-inf where nothing can be committed), so that ties break as in LLaDA.
         confidence = torch.full(candidates.shape, float("-inf"))
         confidence[where] = chance
-        chosen = self._choose(row, logits, confidence, candidates)
+        chosen = self._choose(row, scores, confidence, candidates)
         tokens = picked if columns is None else columns[picked]
         row.canvas[where[chosen[where]]] = tokens[chosen[where]]
         row.step += 1
@@ -251,14 +343,15 @@ class DiffusionDecoder:
         best = int(torch.where(is_delimiter, top_p, torch.tensor(-1.0)).argmax())
         return best + 1 if float(top_p[best]) >= p.delimiter_confidence else default
 
-    def _choose(self, row: _Row, logits: torch.Tensor, confidence: torch.Tensor,
+    def _choose(self, row: _Row, scores: torch.Tensor, confidence: torch.Tensor,
                 candidates: torch.Tensor) -> torch.Tensor:
+        """`scores` [n, C]: the logits of the n candidate positions, in canvas order."""
         p = row.params
         available = int(candidates.sum())
         chosen = torch.zeros_like(candidates)
         if available == 0:
             return chosen
-        if p.early_commit and _prophet_ready(row, logits, candidates):
+        if p.early_commit and _prophet_ready(row, scores):
             return candidates
         if p.strategy in FIXED_SCHEDULE:
             count = row.schedule[min(row.step, len(row.schedule) - 1)]
@@ -301,8 +394,8 @@ def _predict(logits: torch.Tensor, temperature: float, generator: torch.Generato
     return (logits.double().exp() / (-torch.log(noise)) ** temperature).argmax(-1)
 
 
-def _prophet_ready(row: _Row, logits: torch.Tensor, candidates: torch.Tensor) -> bool:
-    top2 = logits[candidates].topk(2, dim=-1).values
+def _prophet_ready(row: _Row, scores: torch.Tensor) -> bool:
+    top2 = scores.topk(2, dim=-1).values
     gap = float((top2[:, 0] - top2[:, 1]).mean())
     p = row.params
     per_block = p.total_steps // p.num_blocks if p.strategy in FIXED_SCHEDULE else p.block_length

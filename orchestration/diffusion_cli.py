@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from mirrorspec.orchestration.diffusion import STRATEGIES, DiffusionDecoder, DiffusionParams
+from mirrorspec.orchestration.diffusion import CACHES, STRATEGIES, DiffusionDecoder, DiffusionParams
 from mirrorspec.orchestration.engine import EngineConfig, encode_prompt
 from mirrorspec.orchestration.errors import InvalidRequestError
 
@@ -27,6 +27,9 @@ def add_diffusion_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adaptive-blocks", action="store_true", help="AdaBlock: end blocks at confident newlines")
     g.add_argument("--early-commit", action="store_true", help="Prophet: commit a block at once when the "
                                                                "top-2 logit gap is wide")
+    g.add_argument("--cache", default=defaults.cache, help=f"{' | '.join(CACHES)}: Fast-dLLM's approximate KV "
+                                                           f"caches (reuse the K/V of the prefix, or of prefix "
+                                                           f"and suffix, within a block)")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="allow a LLaDA / Dream folder to run its own modelling code")
 
@@ -36,7 +39,8 @@ def params_from_args(args: argparse.Namespace) -> DiffusionParams:
     return DiffusionParams(strategy=args.strategy, gen_length=args.max_new_tokens, block_length=block,
                            steps=args.steps, threshold=args.threshold, factor=args.factor,
                            temperature=args.temperature, adaptive_blocks=args.adaptive_blocks,
-                           early_commit=args.early_commit, seed=args.seed or 0).validate()
+                           early_commit=args.early_commit, cache=args.cache,
+                           seed=args.seed or 0).validate()
 
 
 def cmd_generate_diffusion(args: argparse.Namespace, engine: EngineConfig) -> int:

@@ -1,5 +1,6 @@
 """Masked-diffusion decoding on tiny random dLLMs: batch invariance, EOS truncation, streaming, bad parameters."""
 
+import dataclasses
 import json
 
 import pytest
@@ -8,7 +9,7 @@ import transformers
 
 from mirrorspec.orchestration.diffusion import DiffusionDecoder, DiffusionParams
 from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.workers.diffusion_model import DiffusionLM, DllmMeta, load_dllm, save_dllm
+from mirrorspec.workers.diffusion_model import ContextKV, DiffusionLM, DllmMeta, load_dllm, save_dllm
 
 VOCAB = 64
 MASK = VOCAB - 1
@@ -37,9 +38,10 @@ SETTINGS = {
 
 @pytest.mark.parametrize("name", SETTINGS)
 @pytest.mark.parametrize("shifted", [False, True])
-def test_a_sequence_decodes_the_same_alone_and_in_any_batch(name, shifted):
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_a_sequence_decodes_the_same_alone_and_in_any_batch(name, shifted, cache):
     decoder = DiffusionDecoder(tiny_dllm(shifted=shifted), eos_ids=(3,), delimiter_ids=(5, 9))
-    params = SETTINGS[name]
+    params = dataclasses.replace(SETTINGS[name], cache=cache)
     alone = [decoder.generate([p], params)[0] for p in PROMPTS]
     together = decoder.generate(PROMPTS, params)
     reordered = decoder.generate(PROMPTS[::-1], params)[::-1]
@@ -98,6 +100,7 @@ def test_streaming_yields_the_committed_blocks_in_order():
     (dict(strategy="beam"), "strategy"),
     (dict(strategy="low-confidence", adaptive_blocks=True), "adaptive_blocks"),
     (dict(temperature=-1.0), "temperature"),
+    (dict(cache="paged"), "cache"),
 ])
 def test_bad_parameters_name_the_field(params, field):
     with pytest.raises(InvalidRequestError, match=f"^{field}:"):
@@ -124,6 +127,41 @@ def test_only_diffusion_models_load(tmp_path):
     (tmp_path / "llada" / "config.json").write_text(json.dumps({"model_type": "llada"}))
     with pytest.raises(InvalidRequestError, match="^trust_remote_code: .*--trust-remote-code"):
         load_dllm(str(tmp_path / "llada"))
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_the_cached_forward_is_the_full_forward_split_in_two(shifted):
+    """A forward over a canvas's second half, attending to K/V the full forward computed for the first half, gives
+    the full forward's logits: the cache path itself is exact; only reusing stale K/V approximates."""
+    model = tiny_dllm(shifted=shifted)
+    ids = torch.tensor([[1, 2, 7, 9, 11, MASK, MASK, 4, MASK, MASK]])
+    full, _ = model.logits(ids, torch.ones_like(ids, dtype=torch.bool))
+    positions = torch.arange(10)[None]
+    _, _, kv = model.logits_in_context(ids, positions, torch.ones(1, 10, 10, dtype=torch.bool))
+    context = ContextKV(kv.keys[..., :5, :], kv.values[..., :5, :], torch.ones(1, 5, dtype=torch.bool))
+    half, _, _ = model.logits_in_context(ids[:, 5:], positions[:, 5:], torch.ones(1, 5, 5, dtype=torch.bool), context)
+    finite = torch.isfinite(full[:, 5 + shifted:])  # the mask column is -inf in both
+    assert torch.allclose(half[:, shifted:][finite], full[:, 5 + shifted:][finite], atol=1e-5)
+
+
+def test_a_cached_block_recomputes_only_its_own_positions():
+    """Each block's first step runs the whole canvas (5 prompt + 16 masks); later steps run the block and the
+    masked suffix (prefix cache) or the block alone (dual cache)."""
+    model = tiny_dllm(seed=2)
+    params = DiffusionParams("low-confidence", gen_length=16, block_length=8, steps=4, stop_at_eos=False)
+    widths = []
+    forward = model.logits_in_context
+    model.logits_in_context = lambda ids, *a, **k: widths.append(ids.shape[1]) or forward(ids, *a, **k)
+    for cache, expected in (("prefix", [21, 16, 21, 8]), ("dual", [21, 8, 21, 8])):
+        widths.clear()
+        out = DiffusionDecoder(model).generate([PROMPTS[0]], dataclasses.replace(params, cache=cache))[0]
+        assert widths == expected and out.forwards == 4 and len(out.token_ids) == 16
+
+
+def test_a_cache_needs_a_model_this_runner_can_feed_context():
+    remote_like = DiffusionLM(tiny_dllm().model, DllmMeta(mask_token_id=MASK), own=False)
+    with pytest.raises(InvalidRequestError, match="^cache:"):
+        DiffusionDecoder(remote_like).generate(PROMPTS[:1], DiffusionParams(cache="prefix"))
 
 
 def test_attention_is_bidirectional():

@@ -171,4 +171,5 @@ def evaluate(model: DiffusionLM, codec: TaskCodec, held_out: list[Example], para
     accuracy = {task: round(good / total, 4) for task, (good, total) in sorted(counts.items())}
     accuracy["overall"] = round(sum(g for g, _ in counts.values()) / len(held_out), 4)
     forwards, tokens = sum(o.forwards for o in outs), sum(len(o.token_ids) for o in outs)
-    return {"accuracy": accuracy, "forwards_per_token": round(forwards / tokens, 3), "tokens": tokens}
+    return {"accuracy": accuracy, "forwards_per_token": round(forwards / tokens, 3), "tokens": tokens,
+            "outputs": [o.token_ids for o in outs]}

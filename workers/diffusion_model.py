@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers.cache_utils import Cache
 
 from mirrorspec.orchestration.errors import InvalidRequestError
 from mirrorspec.workers.models import load_tokenizer, parse_dtype, resolve_model_dir
@@ -35,6 +36,39 @@ class DllmMeta:
     # predicted). None: the model's rows are the tokenizer's ids.
     vocab: list[int] | None = None
     target_vocab_size: int | None = None  # the tokenizer's size, when `vocab` is reduced
+
+
+@dataclass
+class ContextKV:
+    """Keys and values of context positions from an earlier forward, every layer stacked: [layers, B, H, C, D],
+    and which columns are real ([B, C]; False: padding)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    valid: torch.Tensor
+
+
+class _ContextCache(Cache):
+    """What transformers sees as the cache of one forward: each layer attends to the given context K/V (if any)
+    followed by the forward's own K/V, which are kept (to cut a later context from) but never written into the
+    context: Fast-dLLM's approximate cache reuses K/V computed at a block's start without updating them."""
+
+    def __init__(self, context: ContextKV | None) -> None:
+        super().__init__(layers=[])
+        self.context = context
+        self.new_keys: list[torch.Tensor] = []
+        self.new_values: list[torch.Tensor] = []
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        self.new_keys.append(key_states)
+        self.new_values.append(value_states)
+        if self.context is None:
+            return key_states, value_states
+        return (torch.cat([self.context.keys[layer_idx], key_states], dim=2),
+                torch.cat([self.context.values[layer_idx], value_states], dim=2))
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0 if self.context is None else self.context.keys.shape[3]
 
 
 def bidirectional_logits(model: PreTrainedModel, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -72,6 +106,12 @@ class DiffusionLM:
     def mask_id(self) -> int:
         return self.meta.mask_token_id
 
+    @property
+    def supports_cache(self) -> bool:
+        """Fast-dLLM's caches need a forward that takes context K/V: this runner's own dLLMs (transformers
+        architectures); LLaDA / Dream remote code has its own cache interface, which this runner does not drive."""
+        return self.own
+
     @torch.inference_mode()
     def logits(self, ids: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits [B, L, C] float32 predicting the token AT each position, the token id of each column C or
@@ -79,14 +119,41 @@ class DiffusionLM:
         never attended to and not counted in positions). A reduced-vocabulary model returns its own columns
         (the tokenizer's other ids are impossible), not a tokenizer-wide tensor of -inf."""
         ids, valid = ids.to(self.device), valid.to(self.device)
+        if self.own:
+            out = bidirectional_logits(self.model, self._model_ids(ids), valid)
+        else:
+            out = self.model(ids, attention_mask=valid.long()).logits
+        return self._finish(out)
+
+    @torch.inference_mode()
+    def logits_in_context(self, ids: torch.Tensor, positions: torch.Tensor, see: torch.Tensor,
+                          context: ContextKV | None = None) -> tuple[torch.Tensor, torch.Tensor | None, ContextKV]:
+        """A forward over some positions only: `ids`, `positions` [B, Q]; `see` [B, Q, Q] which of these
+        queries each query attends to; every query also attends to every real column of `context`. Returns
+        (logits as `logits` does, columns, the K/V of the Q new positions)."""
+        if not self.supports_cache:
+            raise InvalidRequestError("cache", f"{self.path} runs its own remote code; approximate KV caches need "
+                                               f"one of this project's dLLMs")
+        ids, positions, see = ids.to(self.device), positions.to(self.device), see.to(self.device)
+        mask = see
+        if context is not None:
+            seen = context.valid.to(self.device)[:, None, :].expand(-1, ids.shape[1], -1)
+            mask = torch.cat([seen, see], dim=2)
+        cache = _ContextCache(context)
+        out = self.model(input_ids=self._model_ids(ids), attention_mask=mask[:, None], position_ids=positions,
+                         cache=cache, use_cache=True).logits
+        new = ContextKV(torch.stack(cache.new_keys), torch.stack(cache.new_values),
+                        torch.ones(ids.shape, dtype=torch.bool, device=self.device))
+        return (*self._finish(out), new)
+
+    def _model_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids if self._rows is None else self._rows[ids]
+
+    def _finish(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         columns = None
         if self._rows is not None:
-            out = bidirectional_logits(self.model, self._rows[ids], valid)[..., : len(self.meta.vocab)].float()
-            columns = self._vocab
-        elif self.own:
-            out = bidirectional_logits(self.model, ids, valid).float()
-        else:
-            out = self.model(ids, attention_mask=valid.long()).logits.float()
+            out, columns = out[..., : len(self.meta.vocab)], self._vocab
+        out = out.float()
         if self.meta.shifted:
             out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
         # The mask token is never a prediction: committing it would leave the position masked for ever.
