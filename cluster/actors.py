@@ -13,7 +13,7 @@ import os
 import torch
 
 from mirrorspec.cluster.config import RoleConfig
-from mirrorspec.orchestration.drafter_session import DrafterSession
+from mirrorspec.orchestration.drafter_session import as_draft_service
 from mirrorspec.orchestration.engine import Engine, EngineConfig
 from mirrorspec.orchestration.errors import InvalidRequestError
 from mirrorspec.orchestration.params import SamplingParams, SpecParams
@@ -44,7 +44,7 @@ class DrafterActor:
         worker = build_drafter(engine, target)
         if worker is None:
             raise InvalidRequestError("drafter", "the pipeline has no drafter to serve")
-        self.session = DrafterSession(worker, max_spec_nodes=engine.max_spec_nodes, branch_budget=branch_budget)
+        self.session = as_draft_service(worker, max_spec_nodes=engine.max_spec_nodes, branch_budget=branch_budget)
         feature_size = target.config.hidden_size if worker.uses_features else 0
         self.server, self._address = serve(self.session, vocab_size=target.config.vocab_size,
                                            feature_size=feature_size, host=host, port=port)

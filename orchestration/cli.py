@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_diffusion_args(bench_dllm)
 
-    dllm = sub.add_parser("train-dllm", help="train a small masked-diffusion LM on the synthetic tasks")
+    dllm = sub.add_parser("train-dllm", help="train a small masked-diffusion LM on the synthetic tasks, or (--from-drafter) adapt a token drafter into a block-diffusion drafter")
     from mirrorspec.training.dllm import add_train_dllm_args
 
     add_train_dllm_args(dllm)

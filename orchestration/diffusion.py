@@ -141,6 +141,9 @@ class _Row:
 
 class DiffusionDecoder:
     def __init__(self, model, *, eos_ids: tuple[int, ...] = (), delimiter_ids: tuple[int, ...] = ()) -> None:
+        if model.meta.draft_window:
+            raise InvalidRequestError("target", f"{model.path} is a block-diffusion drafter (it reads committed "
+                                                f"tokens causally); use it as --drafter with --method diffusion-draft")
         self.model = model  # workers.diffusion_model.DiffusionLM
         self.eos_ids = tuple(eos_ids)
         self.delimiter_ids = tuple(delimiter_ids)

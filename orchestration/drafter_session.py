@@ -75,6 +75,14 @@ class _State:
         return self.features
 
 
+def as_draft_service(drafter, *, max_spec_nodes: int, branch_budget: int = 8):
+    """A drafter model `Worker` inside a DrafterSession; a drafter that is its own DraftService (the block-diffusion
+    drafter) as it is."""
+    if hasattr(drafter, "forward_hidden"):
+        return DrafterSession(drafter, max_spec_nodes=max_spec_nodes, branch_budget=branch_budget)
+    return drafter
+
+
 class DrafterSession:
     """Drafts for the sequences of one target, over one drafter `Worker` (and its KV cache)."""
 

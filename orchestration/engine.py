@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import torch
 
 from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.drafter_session import DrafterSession
+from mirrorspec.orchestration.drafter_session import as_draft_service
 from mirrorspec.orchestration.interfaces import DraftService, Worker
-from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.orchestration.params import AR_DRAFTED, SamplingParams, SpecParams
 from mirrorspec.orchestration.scheduler import Scheduler, Sequence, TextTracker
 from mirrorspec.orchestration.stats import RequestStats
 
@@ -89,8 +89,8 @@ class Engine:
     ) -> None:
         self.target = target
         self.drafter = drafter
-        if drafter is not None and hasattr(drafter, "forward_hidden"):  # an in-process drafter model
-            drafter = DrafterSession(drafter, max_spec_nodes=max_spec_nodes, branch_budget=branch_budget)
+        if drafter is not None:
+            drafter = as_draft_service(drafter, max_spec_nodes=max_spec_nodes, branch_budget=branch_budget)
         self.tokenizer = tokenizer
         self.eos_ids = set(eos_ids)
         self.max_model_len = max_model_len
@@ -138,6 +138,13 @@ class Engine:
         spec = (spec or SpecParams(method="ar")).validate(self.max_spec_nodes)
         if spec.method != "ar" and self.drafter is None:
             raise InvalidRequestError("drafter", f"method {spec.method!r} needs a drafter model; none is loaded")
+        by_diffusion = getattr(self.drafter, "drafts_by_diffusion", False)
+        if spec.method == "diffusion-draft" and not by_diffusion:
+            raise InvalidRequestError("method", "diffusion-draft needs a block-diffusion drafter (a folder from "
+                                                "train-dllm --from-drafter); the loaded drafter is autoregressive")
+        if spec.method in AR_DRAFTED and by_diffusion:
+            raise InvalidRequestError("method", f"{spec.method} needs an autoregressive drafter; the loaded drafter "
+                                                f"is a block-diffusion drafter: use diffusion-draft")
         if spec.method == "mirror" and spec.exit_layer is not None and spec.exit_layer >= self.target.num_layers:
             raise InvalidRequestError("exit_layer", f"must be below the target's {self.target.num_layers} layers, "
                                                     f"got {spec.exit_layer}")

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from mirrorspec.orchestration.errors import InvalidRequestError
 
-METHODS = ("ar", "chain", "tree", "mirror")
+METHODS = ("ar", "chain", "tree", "mirror", "diffusion-draft")
+AR_DRAFTED = ("chain", "tree", "mirror")  # methods whose drafter is an autoregressive model
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class SpecParams:
     `mirror` verifies gamma-token windows like `chain`, and the target's early exit after `exit_layer` layers
     (default: half of them) sends its top-`kappa` candidates per position to the drafter, which rolls out the
     next window for the likely outcomes while the target finishes (Mirror-SD).
+    `diffusion-draft` has the shape of `tree`, drafted in one forward of a block-diffusion drafter (depth at most
+    the drafter's window; a deeper tree is cut to it).
     """
 
     method: str = "chain"
@@ -74,7 +77,7 @@ class SpecParams:
             raise InvalidRequestError(name, f"a draft of this size exceeds the engine's max_spec_nodes={max_spec_nodes}")
         if self.exit_layer is not None and (not isinstance(self.exit_layer, int) or self.exit_layer < 1):
             raise InvalidRequestError("exit_layer", f"must be an integer >= 1, got {self.exit_layer!r}")
-        if self.method == "tree" and self.tree_nodes < self.tree_depth:
+        if self.method in ("tree", "diffusion-draft") and self.tree_nodes < self.tree_depth:
             raise InvalidRequestError("tree_nodes", f"must be >= tree_depth ({self.tree_depth}), got {self.tree_nodes}")
         return self
 

@@ -88,6 +88,7 @@ class RemoteDrafter:
                                                  f"vocabulary; the target has {vocab_size}")
         self.vocab_size = vocab_size
         self.uses_features = info.uses_features
+        self.drafts_by_diffusion = info.drafts_by_diffusion
         self.feature_size = info.feature_size
         self.vocabulary = list(info.vocabulary) or None
         self._stream: _Stream | None = None

@@ -24,6 +24,7 @@ import transformers
 
 from mirrorspec.orchestration.diffusion import DiffusionDecoder, DiffusionParams
 from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.training.dllm_drafter import add_adapt_args, cmd_adapt_drafter
 from mirrorspec.training.synthetic_tasks import TASKS, Example, examples, make_example
 from mirrorspec.workers.diffusion_model import DiffusionLM, DllmMeta, bidirectional_logits, save_dllm
 from mirrorspec.workers.models import load_tokenizer, resolve_model_dir
@@ -34,19 +35,25 @@ ARCH = dict(num_hidden_layers=4, hidden_size=192, num_attention_heads=4, num_key
             intermediate_size=512)
 MASK_TOKEN = "<empty_output>"  # a SmolLM2 special token no prompt uses
 HELD_OUT_SEED, HELD_OUT = 12345, 400
+TASK_DEFAULTS = {"steps": 4000, "batch": 128, "lr": 2e-3}
+ADAPT_DEFAULTS = {"steps": 600, "batch": 8, "lr": 5e-4}
 
 
 def add_train_dllm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output model folder")
     p.add_argument("--tokenizer", default="default", help="model folder whose tokenizer the dLLM speaks")
     p.add_argument("--gen-length", type=int, default=16, help="answer canvas (answer + EOS padding)")
-    p.add_argument("--steps", type=int, default=4000)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--steps", type=int, help=f"default: {TASK_DEFAULTS['steps']} (tasks), "
+                                             f"{ADAPT_DEFAULTS['steps']} (--from-drafter)")
+    p.add_argument("--batch", type=int, help=f"default: {TASK_DEFAULTS['batch']} examples (tasks), "
+                                             f"{ADAPT_DEFAULTS['batch']} answers (--from-drafter)")
+    p.add_argument("--lr", type=float, help=f"default: {TASK_DEFAULTS['lr']} (tasks), {ADAPT_DEFAULTS['lr']} "
+                                            f"(--from-drafter)")
     p.add_argument("--minutes", type=float, default=0, help="stop after this long (0: run all steps)")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--threads", type=int)
     p.add_argument("--seed", type=int, default=0)
+    add_adapt_args(p)
 
 
 class TaskCodec:
@@ -77,6 +84,11 @@ class TaskCodec:
 
 
 def cmd_train_dllm(args: argparse.Namespace) -> int:
+    for key, value in (ADAPT_DEFAULTS if args.from_drafter else TASK_DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.from_drafter:
+        return cmd_adapt_drafter(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -77,18 +77,19 @@ def make_batch(examples: list[Sequence], max_len: int, with_features: bool) -> B
     return Batch(ids, lengths, [e.prompt_len for e in examples], feats, t_ids, t_logp)
 
 
-def soft_targets(drafter: Drafter, teacher_ids: torch.Tensor, teacher_logp: torch.Tensor):
-    """Teacher top-k -> (draft indices [N, K], weights [N, K]) renormalised over draft-vocabulary tokens."""
-    draft = drafter.target_to_draft[teacher_ids]
-    keep = draft != drafter.meta.oov_index
+def soft_targets(to_row: torch.Tensor, other_row: int, teacher_ids: torch.Tensor, teacher_logp: torch.Tensor):
+    """Teacher top-k -> (model rows [N, K], weights [N, K]) renormalised over the tokens the model has a row for
+    (`to_row`: target id -> row; `other_row`: the row of every other id, never a label)."""
+    rows = to_row[teacher_ids]
+    keep = rows != other_row
     probs = teacher_logp.exp() * keep
     weights = probs / probs.sum(-1, keepdim=True).clamp_min(1e-9)
-    return draft.clamp_max(drafter.meta.oov_index - 1), weights
+    return rows.clamp_max(other_row - 1), weights
 
 
 def _token_loss(drafter: Drafter, hidden: torch.Tensor, t_ids: torch.Tensor, t_logp: torch.Tensor):
     logp = torch.log_softmax(drafter.draft_logits(hidden).float(), dim=-1)
-    idx, w = soft_targets(drafter, t_ids, t_logp)
+    idx, w = soft_targets(drafter.target_to_draft, drafter.meta.oov_index, t_ids, t_logp)
     loss = -(w * logp.gather(-1, idx)).sum(-1).mean()
     top1 = drafter.target_to_draft[t_ids[:, 0]]
     agree = (logp.argmax(-1) == top1).float().sum()

@@ -36,6 +36,9 @@ class DllmMeta:
     # predicted). None: the model's rows are the tokenizer's ids.
     vocab: list[int] | None = None
     target_vocab_size: int | None = None  # the tokenizer's size, when `vocab` is reduced
+    # > 0: a block-diffusion drafter (orchestration/diffusion_draft.py): committed tokens attend causally, and a
+    # window of this many masks after them attends to them and to itself. 0: a dLLM with full attention.
+    draft_window: int = 0
 
 
 @dataclass
@@ -90,12 +93,12 @@ class DiffusionLM:
         self.vocab_size = meta.target_vocab_size or (model.get_output_embeddings().weight.shape[0] if own
                                                      else model.config.vocab_size)
         self.device = next(model.parameters()).device
-        self._rows = None  # tokenizer id -> model row, for a reduced vocabulary
+        self.token_rows = None  # tokenizer id -> model row, for a reduced vocabulary
         self._mask_column = meta.mask_token_id
         if meta.vocab:
             self._vocab = torch.tensor(meta.vocab, device=self.device)
-            self._rows = torch.full((self.vocab_size,), len(meta.vocab), dtype=torch.long, device=self.device)
-            self._rows[self._vocab] = torch.arange(len(meta.vocab), device=self.device)
+            self.token_rows = torch.full((self.vocab_size,), len(meta.vocab), dtype=torch.long, device=self.device)
+            self.token_rows[self._vocab] = torch.arange(len(meta.vocab), device=self.device)
             self._mask_column = meta.vocab.index(meta.mask_token_id)
 
     @property
@@ -120,7 +123,7 @@ class DiffusionLM:
         (the tokenizer's other ids are impossible), not a tokenizer-wide tensor of -inf."""
         ids, valid = ids.to(self.device), valid.to(self.device)
         if self.own:
-            out = bidirectional_logits(self.model, self._model_ids(ids), valid)
+            out = bidirectional_logits(self.model, self.model_rows(ids), valid)
         else:
             out = self.model(ids, attention_mask=valid.long()).logits
         return self._finish(out)
@@ -140,18 +143,19 @@ class DiffusionLM:
             seen = context.valid.to(self.device)[:, None, :].expand(-1, ids.shape[1], -1)
             mask = torch.cat([seen, see], dim=2)
         cache = _ContextCache(context)
-        out = self.model(input_ids=self._model_ids(ids), attention_mask=mask[:, None], position_ids=positions,
+        out = self.model(input_ids=self.model_rows(ids), attention_mask=mask[:, None], position_ids=positions,
                          cache=cache, use_cache=True).logits
         new = ContextKV(torch.stack(cache.new_keys), torch.stack(cache.new_values),
                         torch.ones(ids.shape, dtype=torch.bool, device=self.device))
         return (*self._finish(out), new)
 
-    def _model_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        return ids if self._rows is None else self._rows[ids]
+    def model_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Tokenizer ids -> the model's input rows (the same ids unless the vocabulary is reduced)."""
+        return ids if self.token_rows is None else self.token_rows[ids]
 
     def _finish(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         columns = None
-        if self._rows is not None:
+        if self.token_rows is not None:
             out, columns = out[..., : len(self.meta.vocab)], self._vocab
         out = out.float()
         if self.meta.shifted:

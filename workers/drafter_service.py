@@ -36,7 +36,8 @@ class DrafterService(pb_grpc.SpeculationServicer):
 
     def Describe(self, request: pb.DescribeRequest, context) -> pb.DrafterInfo:
         return pb.DrafterInfo(uses_features=self.session.uses_features, feature_size=self.feature_size,
-                              vocabulary=self.session.vocabulary or [], vocab_size=self.vocab_size)
+                              vocabulary=self.session.vocabulary or [], vocab_size=self.vocab_size,
+                              drafts_by_diffusion=getattr(self.session, "drafts_by_diffusion", False))
 
     def Ping(self, request: pb.PingMessage, context) -> pb.PingMessage:
         return pb.PingMessage()

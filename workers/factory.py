@@ -10,6 +10,9 @@ from pathlib import Path
 from mirrorspec.orchestration.engine import SELF_DRAFTER, EngineConfig
 from mirrorspec.orchestration.errors import InvalidRequestError
 from mirrorspec.workers import cpu_linear as fast_cpu_linear
+from mirrorspec.orchestration.diffusion_draft import DiffusionDraftService
+from mirrorspec.orchestration.interfaces import DraftService
+from mirrorspec.workers.diffusion_model import is_dllm_folder, load_dllm
 from mirrorspec.workers.drafter_model import Drafter, DrafterWorker, is_drafter_folder
 from mirrorspec.workers.exit_head import ExitHead, is_exit_head_folder
 from mirrorspec.workers.model_worker import ModelWorker
@@ -36,7 +39,7 @@ DEFAULT_EXIT_HEAD_DIR = Path(__file__).resolve().parents[1] / "drafters" / "smol
 @dataclass
 class BuiltWorkers:
     target: ModelWorker
-    drafter: ModelWorker | None
+    drafter: ModelWorker | DraftService | None
     tokenizer: object
     eos_ids: list[int]
     max_model_len: int
@@ -99,6 +102,17 @@ def _trained_drafter(config: EngineConfig, target: LoadedModel | ModelInfo, dtyp
     return DrafterWorker(drafter, **sizes)
 
 
+def _diffusion_drafter(config: EngineConfig, target: LoadedModel | ModelInfo) -> DiffusionDraftService:
+    """A block-diffusion drafter made by `mirrorspec train-dllm --from-drafter`."""
+    model = load_dllm(config.drafter, dtype=config.dtype, device=config.drafter_device or config.device,
+                      field="drafter")
+    check_same_tokenizer(target, LoadedModel(path=model.path, model=model.model, tokenizer=model.tokenizer))
+    if model.vocab_size != target.config.vocab_size:
+        raise InvalidRequestError("drafter", f"drafter {config.drafter!r} was made for a {model.vocab_size}-token "
+                                             f"vocabulary; the target has {target.config.vocab_size}")
+    return DiffusionDraftService(model)
+
+
 def worker_sizes(config: EngineConfig, target_config) -> tuple[int, dict]:
     """(max_model_len, KV-cache sizes) of the workers of one engine: the same for target and drafter."""
     positions = getattr(target_config, "max_position_embeddings", None) or config.max_model_len
@@ -107,9 +121,9 @@ def worker_sizes(config: EngineConfig, target_config) -> tuple[int, dict]:
                                max_spec_nodes=config.max_spec_nodes)
 
 
-def build_drafter(config: EngineConfig, target: LoadedModel | ModelInfo) -> ModelWorker | None:
-    """The drafter worker `config` names (None for none), checked against the target (weights not needed,
-    except for `self`, which shares them)."""
+def build_drafter(config: EngineConfig, target: LoadedModel | ModelInfo) -> ModelWorker | DraftService | None:
+    """The drafter `config` names (None for none), checked against the target (weights not needed, except for
+    `self`, which shares them): a model worker, or for a block-diffusion drafter its draft service."""
     config = dataclasses.replace(config, drafter=resolve_drafter(config))
     if not config.drafter:
         return None
@@ -125,6 +139,8 @@ def build_drafter(config: EngineConfig, target: LoadedModel | ModelInfo) -> Mode
         return ModelWorker(target, **sizes)
     if is_drafter_folder(config.drafter):
         return _trained_drafter(config, target, dtype, sizes)
+    if is_dllm_folder(config.drafter):
+        return _diffusion_drafter(config, target)
     drafter_device = parse_device(config.drafter_device or config.device, "drafter_device")
     drafter = load_model(config.drafter, dtype=dtype, device=drafter_device, field="drafter",
                          cpu_linear=config.cpu_linear)
