@@ -5,7 +5,8 @@ one warm-up generation per method, wall time around each generation. Per method 
 (sum of tokens / sum of seconds), tau (tokens per target forward, bonus included), acceptance rate, speedup over
 `ar`, and whether the output equals `ar`'s token for token (Spec-Bench's lossless check). `hf-assisted` is
 transformers' own assisted generation (`generate(..., assistant_model=...)`) with the same pair; its tau counts
-target forwards with a hook. A method can carry draft-shape options, e.g. `chain:gamma=3` or
+target forwards with a hook. `diffusion-draft` runs with its own drafter (--diffusion-drafter) on the same
+target, in-process. A method can carry draft-shape options, e.g. `chain:gamma=3` or
 `tree:tree_depth=4+tree_topk=2`. The drafter's and the target's forward cost per token are timed on one thread.
 Writes JSON and a PNG plot.
 """
@@ -35,6 +36,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="ar,chain,tree,hf-assisted",
                    help=f"comma list of {', '.join(BENCH_METHODS)}, each optionally ':key=value+key=value'")
     p.add_argument("--hf-assistant", help="assistant model folder for hf-assisted (default: the engine's drafter)")
+    p.add_argument("--diffusion-drafter", default="default",
+                   help="the block-diffusion drafter of diffusion-draft (default: the shipped one); the other "
+                        "methods keep --drafter"),
     p.add_argument("--prompts", help="JSONL with id, category, prompt (default: the project's Spec-Bench-style set)")
     p.add_argument("--per-category", type=int, default=0, help="use only the first N prompts of each category")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -209,7 +213,8 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams, cluster
 
     from mirrorspec.cluster.launch import open_engine
     from mirrorspec.orchestration.errors import InvalidRequestError
-    from mirrorspec.workers.factory import resolve_drafter
+    from mirrorspec.orchestration.engine import Engine
+    from mirrorspec.workers.factory import build_drafter, resolve_drafter
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     parsed = {label: parse_method(label, spec) for label in methods}
@@ -227,6 +232,17 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams, cluster
     # chain/tree/mirror across both roles, so that all share one placement.
     engine = open_engine(engine_config, spec, cluster, on_ray=on_ray)
     two_roles = on_ray or bool(cluster.drafter_address)
+    diffusion_engine = None
+    if any(name == "diffusion-draft" for name, _ in parsed.values()):
+        if two_roles:
+            raise InvalidRequestError("methods", "diffusion-draft is benched in-process: use --ray never")
+        drafter = resolve_drafter(dataclasses.replace(engine_config, drafter=args.diffusion_drafter), "diffusion-draft")
+        # The same target worker, another drafter: methods run one after the other, so they share its KV cache.
+        diffusion_engine = Engine(engine.target, build_drafter(dataclasses.replace(engine_config, drafter=drafter),
+                                                               engine.target.loaded),
+                                  tokenizer=engine.tokenizer, eos_ids=engine.eos_ids,
+                                  max_model_len=engine.max_model_len, max_batch=engine_config.max_batch,
+                                  max_spec_nodes=engine.max_spec_nodes, seed=engine_config.seed)
     # After the engine has loaded (and so checked) the target: the drafter's folder, for hf-assisted and the results.
     engine_config = dataclasses.replace(engine_config, drafter=resolve_drafter(engine_config))
     records: dict[str, list[Record]] = {}
@@ -239,8 +255,8 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams, cluster
                 if name == HF_ASSISTED:
                     records[label] = _run_hf(engine, engine_config, cluster if two_roles else None, args, prompts, bar)
                     continue
-                records[label] = run_engine_method(engine, method_spec, prompts, args.max_new_tokens,
-                                                   args.batch_size, bar)
+                records[label] = run_engine_method(diffusion_engine if name == "diffusion-draft" else engine,
+                                                   method_spec, prompts, args.max_new_tokens, args.batch_size, bar)
                 if two_roles:
                     channel[label] = channel_summary(engine.channel_stats(), round_trip, records[label])
     finally:
@@ -250,6 +266,7 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams, cluster
     results = {
         "target": str(engine_config.target),
         "drafter": str(engine_config.drafter),
+        "diffusion_drafter": drafter if diffusion_engine is not None else None,
         "threads": cluster.target.threads if two_roles else torch.get_num_threads(),
         "placement": _placement(cluster) if two_roles else "in-process",
         "tp_size": cluster.tp_size,

@@ -183,6 +183,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         return cmd_generate_diffusion(args, engine_config)
     spec.validate(engine_config.max_spec_nodes)
+    if spec.method == "diffusion-draft":
+        from mirrorspec.workers.factory import resolve_drafter
+
+        engine_config = dataclasses.replace(engine_config, drafter=resolve_drafter(engine_config, spec.method))
     from mirrorspec.cluster.launch import open_engine
 
     engine = open_engine(engine_config, spec, cluster, on_ray=cluster.uses_ray(spec.method))

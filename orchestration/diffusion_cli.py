@@ -9,6 +9,8 @@ import sys
 from mirrorspec.orchestration.diffusion import CACHES, STRATEGIES, DiffusionDecoder, DiffusionParams
 from mirrorspec.orchestration.engine import EngineConfig, encode_prompt
 from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.workers.diffusion_gemma import is_diffusion_gemma
+from mirrorspec.workers.models import resolve_model_dir
 
 DIFFUSION = "diffusion"
 
@@ -34,8 +36,8 @@ def add_diffusion_args(p: argparse.ArgumentParser) -> None:
                    help="allow a LLaDA / Dream folder to run its own modelling code")
 
 
-def params_from_args(args: argparse.Namespace) -> DiffusionParams:
-    block = args.block_length or min(DiffusionParams.block_length, args.max_new_tokens)
+def params_from_args(args: argparse.Namespace, default_block: int | None = None) -> DiffusionParams:
+    block = args.block_length or default_block or min(DiffusionParams.block_length, args.max_new_tokens)
     return DiffusionParams(strategy=args.strategy, gen_length=args.max_new_tokens, block_length=block,
                            steps=args.steps, threshold=args.threshold, factor=args.factor,
                            temperature=args.temperature, adaptive_blocks=args.adaptive_blocks,
@@ -49,6 +51,9 @@ def cmd_generate_diffusion(args: argparse.Namespace, engine: EngineConfig) -> in
 
     if args.prompt is None:
         raise InvalidRequestError("prompt", "--method diffusion takes one prompt (no --input yet)")
+    folder = resolve_model_dir(engine.target, "target")
+    if is_diffusion_gemma(folder):
+        return _generate_diffusion_gemma(args, engine, folder)
     params = params_from_args(args)
     model = load_dllm(engine.target, dtype=engine.dtype, device=engine.device,
                       trust_remote_code=args.trust_remote_code)
@@ -61,7 +66,26 @@ def cmd_generate_diffusion(args: argparse.Namespace, engine: EngineConfig) -> in
             sys.stdout.flush()
         print()
         return 0
-    out = decoder.generate([ids], params)[0]
+    return _print(args, model, decoder.generate([ids], params)[0])
+
+
+def _generate_diffusion_gemma(args: argparse.Namespace, engine: EngineConfig, folder) -> int:
+    from mirrorspec.workers.diffusion_gemma import DiffusionGemmaLM
+    from mirrorspec.workers.models import parse_dtype
+
+    model = DiffusionGemmaLM(folder, dtype=parse_dtype(engine.dtype), device=engine.device)
+    params = params_from_args(args, default_block=model.canvas_length)
+    ids = encode_prompt(model.tokenizer, model.vocab_size, args.prompt, args.chat)
+    streaming = args.stream and not args.json
+    on_block = (lambda block: (sys.stdout.write(_text(model, block)), sys.stdout.flush())) if streaming else None
+    out = model.generate(ids, params, on_block=on_block)
+    if streaming:
+        print()
+        return 0
+    return _print(args, model, out)
+
+
+def _print(args: argparse.Namespace, model, out) -> int:
     if not args.json:
         print(_text(model, out.token_ids))
         return 0

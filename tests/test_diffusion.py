@@ -252,3 +252,45 @@ def test_the_mask_token_is_never_predicted():
     model = tiny_dllm()
     logits, _ = model.logits(torch.tensor([[1, MASK, MASK, MASK]]), torch.ones(1, 4, dtype=torch.bool))
     assert torch.isneginf(logits[..., MASK]).all()
+
+
+@pytest.fixture(scope="module")
+def diffusion_gemma_folder(tmp_path_factory):
+    """A tiny random DiffusionGemma (transformers' block-diffusion model: encoder + canvas decoder)."""
+    text = transformers.DiffusionGemmaTextConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, sliding_window=16, layer_types=["sliding_attention", "full_attention"],
+        num_experts=2, top_k_experts=1, moe_intermediate_size=32, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    config = transformers.DiffusionGemmaConfig(text_config=text.to_dict(), vision_config=None, canvas_length=8)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("diffusion-gemma")
+    transformers.DiffusionGemmaForBlockDiffusion(config).save_pretrained(folder)
+    return folder
+
+
+def test_diffusion_gemma_decodes_canvas_by_canvas_with_its_own_sampler(diffusion_gemma_folder):
+    from mirrorspec.workers.diffusion_gemma import DiffusionGemmaLM, is_diffusion_gemma
+
+    assert is_diffusion_gemma(diffusion_gemma_folder)
+    model = DiffusionGemmaLM(diffusion_gemma_folder)
+    params = DiffusionParams(gen_length=16, block_length=8, steps=3, stop_at_eos=False)
+    blocks = []
+    out = model.generate([2, 5, 6, 7], params, on_block=blocks.append)
+    assert len(out.token_ids) == 16 and out.blocks == [8, 8] and 2 <= out.forwards <= 6
+    assert [t for b in blocks for t in b] == out.token_ids  # committed canvases streamed in order
+    again = model.generate([2, 5, 6, 7], params)
+    assert again.token_ids == out.token_ids  # seeded by the request
+
+
+@pytest.mark.parametrize("params, field", [
+    (dict(strategy="low-confidence"), "strategy"),
+    (dict(cache="prefix"), "cache"),
+    (dict(early_commit=True), "early_commit"),
+    (dict(gen_length=16, block_length=4), "block_length"),
+])
+def test_diffusion_gemma_refuses_mask_only_options(diffusion_gemma_folder, params, field):
+    from mirrorspec.workers.diffusion_gemma import DiffusionGemmaLM
+
+    with pytest.raises(InvalidRequestError, match=f"^{field}:"):
+        DiffusionGemmaLM(diffusion_gemma_folder).generate([2, 5], DiffusionParams(**{"gen_length": 16,
+                                                                                   "block_length": 8, **params}))

@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 # Made by `mirrorspec train-drafter` for SmolLM2-135M-Instruct (the exact command is in its training_report.json).
 DEFAULT_DRAFTER_DIR = Path(__file__).resolve().parents[1] / "drafters" / "smollm2-135m-feature"
+# Made by `mirrorspec train-dllm --from-drafter` (command in its training_report.json): diffusion-draft's default.
+DEFAULT_DIFFUSION_DRAFTER_DIR = Path(__file__).resolve().parents[1] / "drafters" / "smollm2-135m-ddraft"
 # Made by `mirrorspec train-exit-head` (command in its exit_head.json).
 DEFAULT_EXIT_HEAD_DIR = Path(__file__).resolve().parents[1] / "drafters" / "smollm2-135m-exit-head"
 
@@ -75,16 +77,18 @@ def resolve_exit_head(config: EngineConfig, num_layers: int, hidden_size: int) -
     return head
 
 
-def resolve_drafter(config: EngineConfig) -> str | None:
-    """`default` -> the drafter shipped in this repository for the embedded default target."""
+def resolve_drafter(config: EngineConfig, method: str | None = None) -> str | None:
+    """`default` -> the drafter shipped in this repository for the embedded default target (for diffusion-draft,
+    the shipped block-diffusion drafter)."""
     if config.drafter != DEFAULT:
         return config.drafter
     if config.target != DEFAULT:
         raise InvalidRequestError("drafter", "'default' names the shipped drafter of the default target; "
                                              "give a drafter folder (or 'self') for this target")
-    if not DEFAULT_DRAFTER_DIR.is_dir():
-        raise InvalidRequestError("drafter", f"the shipped default drafter is missing ({DEFAULT_DRAFTER_DIR})")
-    return str(DEFAULT_DRAFTER_DIR)
+    folder = DEFAULT_DIFFUSION_DRAFTER_DIR if method == "diffusion-draft" else DEFAULT_DRAFTER_DIR
+    if not folder.is_dir():
+        raise InvalidRequestError("drafter", f"the shipped default drafter is missing ({folder})")
+    return str(folder)
 
 
 def _trained_drafter(config: EngineConfig, target: LoadedModel | ModelInfo, dtype, sizes: dict) -> DrafterWorker:
