@@ -16,7 +16,6 @@ from mirrorspec.workers.diffusion_model import DiffusionLM, DllmMeta
 VOCAB = 96
 MASK = VOCAB - 1
 SPECS = [SpecParams(method="diffusion-draft", tree_depth=4, tree_topk=3, tree_nodes=10),
-         SpecParams(method="diffusion-draft", tree_depth=3, tree_topk=1, tree_nodes=3),
          SpecParams(method="diffusion-draft", tree_depth=9, tree_topk=2, tree_nodes=12)]  # deeper than the window
 
 

@@ -9,7 +9,7 @@ from mirrorspec.orchestration.engine import Engine, EngineConfig
 from mirrorspec.orchestration.errors import InvalidRequestError
 from mirrorspec.orchestration.params import SamplingParams, SpecParams
 from mirrorspec.workers.default_model import ensure_default_model
-from mirrorspec.workers.factory import DEFAULT_DRAFTER_DIR
+from mirrorspec.workers.factory import DEFAULT_DIFFUSION_DRAFTER_DIR, DEFAULT_DRAFTER_DIR
 
 TOKEN_DRAFTER_DIR = DEFAULT_DRAFTER_DIR.parent / "smollm2-135m-token"
 
@@ -75,6 +75,15 @@ def test_token_drafter_is_token_identical_to_ar(bench_prompts, ar_outputs, metho
     """The shipped token-level drafter (drafters/smollm2-135m-token), which needs no hidden states."""
     engine = Engine.from_config(EngineConfig(drafter=str(TOKEN_DRAFTER_DIR), max_batch=4))
     outs = engine.generate(bench_prompts, SamplingParams(max_new_tokens=NEW_TOKENS), SPECS[method], chat=True)
+    assert [o.token_ids for o in outs] == ar_outputs
+    assert sum(o.stats.accepted for o in outs) > 0.1 * sum(o.stats.target_forwards for o in outs)
+
+
+def test_diffusion_drafter_is_token_identical_to_ar(bench_prompts, ar_outputs):
+    """The shipped block-diffusion drafter (drafters/smollm2-135m-ddraft): one forward drafts the whole tree."""
+    engine = Engine.from_config(EngineConfig(drafter=str(DEFAULT_DIFFUSION_DRAFTER_DIR), max_batch=4))
+    spec = SpecParams(method="diffusion-draft", tree_depth=4, tree_topk=3, tree_nodes=10)
+    outs = engine.generate(bench_prompts, SamplingParams(max_new_tokens=NEW_TOKENS), spec, chat=True)
     assert [o.token_ids for o in outs] == ar_outputs
     assert sum(o.stats.accepted for o in outs) > 0.1 * sum(o.stats.target_forwards for o in outs)
 
