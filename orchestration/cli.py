@@ -53,6 +53,7 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling and stopping")
     g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--min-new-tokens", type=int, default=0, help="EOS cannot end the answer before this many tokens")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0, help="0 = off")
@@ -143,6 +144,7 @@ def sampling_from_args(args: argparse.Namespace, overrides: dict | None = None) 
         top_k=args.top_k,
         seed=args.seed,
         max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
         stop=tuple(args.stop),
     )
     for key, value in (overrides or {}).items():

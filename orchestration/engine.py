@@ -179,10 +179,15 @@ class Engine:
         self.scheduler.add(seq)
         return request_id
 
-    def abort(self, request_id: str) -> None:
+    def abort(self, request_id: str, reason: str = "abort") -> RequestOutput | None:
+        """Stop a request now and free its slot; returns its last output (what it generated, finish `reason`),
+        or None if it is not in flight."""
         seq = self.scheduler.abort(request_id)
-        if seq is not None:
-            self._sequences.pop(request_id, None)
+        if seq is None:
+            return None
+        self._sequences.pop(request_id, None)
+        seq.finish_reason = reason
+        return self._output(seq)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()

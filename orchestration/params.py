@@ -20,6 +20,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     max_new_tokens: int = 128
+    min_new_tokens: int = 0  # EOS cannot be chosen before this many new tokens (stop strings still apply)
     stop: tuple[str, ...] = field(default_factory=tuple)
     ignore_eos: bool = False
 
@@ -36,6 +37,9 @@ class SamplingParams:
             raise InvalidRequestError("top_p", f"must be in (0, 1], got {self.top_p!r}")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens <= 0:
             raise InvalidRequestError("max_new_tokens", f"must be an integer >= 1, got {self.max_new_tokens!r}")
+        if not isinstance(self.min_new_tokens, int) or not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise InvalidRequestError("min_new_tokens", f"must be an integer in [0, max_new_tokens="
+                                                        f"{self.max_new_tokens}], got {self.min_new_tokens!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
             raise InvalidRequestError("seed", f"must be an integer >= 0, got {self.seed!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):

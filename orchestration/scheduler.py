@@ -350,8 +350,16 @@ class Scheduler:
             seq.stats.exit_covered += verdict.next_token in seq.exit_top[len(verdict.path)]
         seq.window_reused, seq.exit_top = False, None
 
-    @staticmethod
-    def _verify(seq: Sequence, tree: DraftTree, logits: torch.Tensor) -> Verdict:
+    def _verify(self, seq: Sequence, tree: DraftTree, logits: torch.Tensor) -> Verdict:
+        generated = len(seq.output_ids)
+        if seq.sampling.min_new_tokens > generated and self.text.eos_ids:
+            # Hold EOS back at every output row whose token would come before min_new_tokens (row 0: the next
+            # token; the row of node i: the token after it). Drafts are verified against this same law.
+            positions = torch.tensor([generated] + [generated + tree.depth(i) for i in range(len(tree))])
+            rows = (positions < seq.sampling.min_new_tokens).nonzero()[:, 0].to(logits.device)
+            eos = torch.tensor(sorted(self.text.eos_ids), device=logits.device)
+            logits = logits.clone()
+            logits[rows[:, None], eos[None]] = float("-inf")
         if seq.sampling.greedy:
             return verify_greedy(tree, logits.argmax(dim=-1).tolist())
         return verify_sampling(tree, probabilities(logits, seq.sampling), seq.generator)

@@ -86,6 +86,23 @@ def test_eos_stops_exactly_even_inside_an_accepted_draft(target):
         assert out.token_ids == cut and out.finish_reason == "eos"
 
 
+def test_min_new_tokens_holds_eos_back_and_every_method_agrees(target):
+    """Before min_new_tokens the target's EOS is impossible (for drafts too): the answer runs past the first EOS
+    `ar` would emit; greedy, every method gives the same tokens (sampled, each keeps EOS back as well)."""
+    ps = prompts(6, seed=9)
+    (ref,) = tiny_engine(target, None).generate([ps[0]], SamplingParams(max_new_tokens=30, ignore_eos=True))
+    eos = ref.token_ids[3]
+    first = ref.token_ids.index(eos)
+    for temperature in (0.0, 0.9):
+        sampling = SamplingParams(max_new_tokens=30, min_new_tokens=first + 5, temperature=temperature, seed=3)
+        (held,) = tiny_engine(target, None, eos_ids=[eos]).generate([ps[0]], sampling)
+        assert len(held.token_ids) >= first + 5 and eos not in held.token_ids[: first + 5]
+        for spec in SPECS[:3]:
+            (out,) = tiny_engine(target, target, eos_ids=[eos]).generate([ps[0]], sampling, spec)
+            assert eos not in out.token_ids[: first + 5] and len(out.token_ids) >= first + 5
+            assert out.token_ids == held.token_ids or temperature > 0
+
+
 def test_streaming_delivers_every_token_once_in_order(target):
     engine = tiny_engine(target, target)
     chunks = list(engine.stream(prompts(1)[0], SamplingParams(max_new_tokens=25, ignore_eos=True),

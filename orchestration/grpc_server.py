@@ -1,0 +1,225 @@
+"""The public gRPC server: GenerationService plus grpc.health.v1 and server reflection, behind optional TLS and a
+bearer token.
+
+- Auth: with a token configured, every RPC but the health check (load balancers and probes call it without
+  credentials) must carry `authorization: Bearer <token>`, else UNAUTHENTICATED. Compared in constant time.
+- Malformed messages: a request whose bytes are not a valid message (a string field that is not UTF-8, most
+  often) is answered INVALID_ARGUMENT naming the field, instead of gRPC's generic INTERNAL.
+- Limits: the largest message, and the most RPCs in flight at once (streams included); past that gRPC itself
+  answers RESOURCE_EXHAUSTED.
+- Health: SERVING while `is_up()` holds (the models and the drafter answer), NOT_SERVING otherwise and while
+  draining; checked every `health_period_s`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mirrorspec.protos import generation_pb2 as pb
+from mirrorspec.protos import generation_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+SERVICE = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
+HEALTH_METHODS = "/grpc.health.v1.Health/"
+
+
+@dataclass(frozen=True)
+class ServerSecurity:
+    token: str | None = None  # bearer token every RPC must carry (None: no auth)
+    tls_cert: bytes | None = None  # PEM; with tls_key, the port speaks TLS only
+    tls_key: bytes | None = None
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_concurrent_rpcs: int = 256
+    threads: int = 64
+
+
+class _Malformed:
+    """Stands for a request that could not be parsed; the handler answers INVALID_ARGUMENT with `reason`."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class _Gate(grpc.ServerInterceptor):
+    """Bearer-token check and malformed-message handling for every RPC."""
+
+    def __init__(self, token: str | None) -> None:
+        self.expected = None if token is None else f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None:
+            return None
+        if self.expected is not None and not details.method.startswith(HEALTH_METHODS):
+            sent = dict(details.invocation_metadata or ()).get("authorization", "")
+            if not hmac.compare_digest(str(sent).encode(), self.expected):
+                return _replace(handler, _deny, handler.request_deserializer)
+        if handler.request_deserializer is None or handler.request_streaming:
+            return handler
+        return _replace(handler, _checked(_behaviour(handler)), _tolerant(handler.request_deserializer, details.method))
+
+
+def _behaviour(handler):
+    return handler.unary_stream or handler.unary_unary
+
+
+def _replace(handler, behaviour, deserializer):
+    make = grpc.unary_stream_rpc_method_handler if handler.response_streaming else grpc.unary_unary_rpc_method_handler
+    return make(behaviour, request_deserializer=deserializer, response_serializer=handler.response_serializer)
+
+
+def _deny(request, context):
+    context.abort(grpc.StatusCode.UNAUTHENTICATED, "authorization: a valid bearer token is required")
+
+
+def _checked(behaviour):
+    def run(request, context):
+        if isinstance(request, _Malformed):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+        return behaviour(request, context)
+
+    return run
+
+
+def _tolerant(deserialize: Callable[[bytes], object], method: str):
+    service, _, name = method.rpartition("/")
+    descriptor = _request_descriptor(service.lstrip("/"), name)
+
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except DecodeError:
+            field = None if descriptor is None else invalid_utf8_field(data, descriptor)
+            if field is not None:
+                return _Malformed(f"{field}: not valid UTF-8")
+            return _Malformed("request: not a valid message")
+
+    return parse
+
+
+def _request_descriptor(service: str, method: str):
+    if service != SERVICE:
+        return None
+    return pb.DESCRIPTOR.services_by_name["GenerationService"].methods_by_name[method].input_type
+
+
+def invalid_utf8_field(data: bytes, descriptor, prefix: str = "") -> str | None:
+    """The path of the first string field in the encoded message `data` that is not valid UTF-8 (None if none),
+    read straight from the wire format, since the message itself does not parse."""
+    pos, seen = 0, {}
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            chunk, pos = data[pos:pos + length], pos + length
+            field = descriptor.fields_by_number.get(number)
+            if field is None:
+                continue
+            name = prefix + field.name
+            if field.is_repeated:
+                index = seen.get(number, 0)
+                seen[number] = index + 1
+                name += f"[{index}]"
+            if field.type == field.TYPE_STRING:
+                try:
+                    chunk.decode("utf-8")
+                except UnicodeDecodeError:
+                    return name
+            elif field.type == field.TYPE_MESSAGE:
+                found = invalid_utf8_field(chunk, field.message_type, name + ".")
+                if found is not None:
+                    return found
+        else:
+            return None  # groups: not in these messages
+    return None
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while pos < len(data):
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+        shift += 7
+    return value, pos
+
+
+class GenerationServer:
+    """The running server: its address, its health, and a graceful stop."""
+
+    def __init__(self, servicer: pb_grpc.GenerationServiceServicer, *, host: str, port: int,
+                 security: ServerSecurity, limits: ServerLimits, is_up: Callable[[], bool],
+                 health_period_s: float = 0.5) -> None:
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=limits.threads), interceptors=[_Gate(security.token)],
+            maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+            options=[("grpc.max_receive_message_length", limits.max_message_bytes),
+                     ("grpc.max_send_message_length", limits.max_message_bytes)])
+        pb_grpc.add_GenerationServiceServicer_to_server(servicer, self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        if security.tls_cert is not None:
+            credentials = grpc.ssl_server_credentials([(security.tls_key, security.tls_cert)])
+            bound = self.server.add_secure_port(f"{host}:{port}", credentials)
+        else:
+            bound = self.server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise OSError(f"cannot listen on {host}:{port}")
+        self.address = f"{host}:{bound}"
+        self.is_up = is_up
+        self._draining = threading.Event()
+        self._stopped = threading.Event()
+        self._set_health(False)
+        self.server.start()
+        self._watch = threading.Thread(target=self._watch_health, args=(health_period_s,), daemon=True,
+                                       name="health")
+        self._watch.start()
+
+    def _set_health(self, up: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE):
+            self.health.set(name, status)
+
+    def _watch_health(self, period_s: float) -> None:
+        last = None
+        while not self._stopped.wait(0 if last is None else period_s):
+            try:
+                up = not self._draining.is_set() and bool(self.is_up())
+            except Exception:  # a failing probe is a down backend, not a dead watcher
+                up = False
+            if up != last:
+                self._set_health(up)
+                logger.info("health: %s", "SERVING" if up else "NOT_SERVING")
+                last = up
+
+    def drain(self) -> None:
+        """Report NOT_SERVING (load balancers stop sending) before the backend stops taking requests."""
+        self._draining.set()
+        self._set_health(False)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        self._stopped.set()
+        self.server.stop(grace_s).wait()

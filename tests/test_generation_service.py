@@ -1,0 +1,288 @@
+"""The public GenerationService over a real gRPC server on 127.0.0.1, with a tiny random model that speaks the
+SmolLM2 tokenizer: unary, streaming, cancellation, deadlines, time limits, auth, TLS, health, reflection, limits
+and bad requests (each answered INVALID_ARGUMENT naming the field, while the server keeps serving)."""
+
+import datetime
+import threading
+import time
+
+import grpc
+import pytest
+import torch
+import transformers
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from helpers import worker
+from mirrorspec.orchestration.engine import Engine
+from mirrorspec.orchestration.engine_loop import EngineLoop
+from mirrorspec.orchestration.generation_service import GenerationService, Limits, ServedModel
+from mirrorspec.orchestration.grpc_server import GenerationServer, ServerLimits, ServerSecurity
+from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.protos import generation_pb2 as pb
+from mirrorspec.protos import generation_pb2_grpc as pb_grpc
+from mirrorspec.workers.models import LoadedModel, load_tokenizer, resolve_model_dir
+
+TOKEN = "s3cret-token"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+
+
+def tiny_pair(tokenizer):
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=512)
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = transformers.LlamaForCausalLM(config).eval()
+        with torch.no_grad():
+            model.lm_head.weight.mul_(8.0)
+        models.append(LoadedModel(path=None, model=model.requires_grad_(False), tokenizer=tokenizer))
+    return models
+
+
+class Served:
+    """One engine loop and one server; `stop()` tears both down."""
+
+    def __init__(self, tokenizer, *, security=ServerSecurity(), limits=Limits(max_prompt_tokens=64,
+                 max_new_tokens=64), max_in_flight=4, server_limits=ServerLimits()):
+        target, drafter = tiny_pair(tokenizer)
+        self.engine = Engine(worker(target, 4, 400), worker(drafter, 4, 400), tokenizer=tokenizer,
+                             eos_ids=[tokenizer.eos_token_id], max_model_len=300, max_batch=2)
+        self.loop = EngineLoop(self.engine, max_in_flight=max_in_flight)
+        self.up = threading.Event()
+        self.up.set()
+        model = ServedModel("tiny", tokenizer, len(tokenizer), 300, "tiny-drafter", ("ar", "chain", "tree"))
+        service = GenerationService(self.loop, model, sampling=SamplingParams(max_new_tokens=16),
+                                    spec=SpecParams(method="chain", gamma=3), limits=limits)
+        self.server = GenerationServer(service, host="127.0.0.1", port=0, security=security, limits=server_limits,
+                                       is_up=self.up.is_set, health_period_s=0.05)
+
+    def stop(self):
+        self.server.stop(0)
+        self.loop.stop(drain=False)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(resolve_model_dir("default", "target"))
+
+
+@pytest.fixture(scope="module")
+def served(tokenizer):
+    s = Served(tokenizer, security=ServerSecurity(token=TOKEN))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def stub(served):
+    channel = grpc.insecure_channel(served.server.address)
+    yield pb_grpc.GenerationServiceStub(channel)
+    channel.close()
+
+
+def params(**kw):
+    stopping = pb.StoppingCriteria(max_new_tokens=kw.pop("max_new_tokens", 12), **kw.pop("stopping", {}))
+    return pb.Parameters(stopping=stopping, **kw)
+
+
+def test_unary_batch_is_the_engine_output_for_every_method(stub, served):
+    texts = ["Hello there", "Why is the sky blue?", "1 2 3"]
+    reference = served.engine.generate(texts, SamplingParams(max_new_tokens=12), SpecParams(method="ar"))
+    for method in (pb.AR, pb.CHAIN, pb.TREE, pb.METHOD_DEFAULT):
+        reply = stub.Generate(pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text=t) for t in texts],
+                                                          params=params(method=method)), metadata=AUTH)
+        assert [list(r.token_ids) for r in reply.responses] == [o.token_ids for o in reference]
+        for r, ref in zip(reply.responses, reference):
+            assert r.text == ref.text and r.generated_token_count == len(ref.token_ids)
+            assert r.stop_reason in (pb.MAX_TOKENS, pb.EOS_TOKEN) and r.speculation.target_forwards >= 1
+            if method in (pb.CHAIN, pb.TREE, pb.METHOD_DEFAULT):
+                assert r.speculation.drafts >= 1 and r.speculation.tau >= 1.0
+
+
+def test_streaming_sends_each_step_and_ends_with_the_stop_reason(stub):
+    parts = list(stub.GenerateStream(pb.SingleGenerationRequest(request=pb.GenerationRequest(text="Tell me"),
+                                                                params=params(max_new_tokens=20)), metadata=AUTH))
+    assert all(p.stop_reason == pb.NOT_FINISHED for p in parts[:-1]) and parts[-1].stop_reason != pb.NOT_FINISHED
+    ids = [t for p in parts for t in p.token_ids]
+    whole = stub.Generate(pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text="Tell me")],
+                                                      params=params(max_new_tokens=20)), metadata=AUTH)
+    assert ids == list(whole.responses[0].token_ids)
+    assert "".join(p.text for p in parts) == whole.responses[0].text
+    assert parts[-1].speculation.target_forwards >= 1
+
+
+def test_cancel_and_deadline_free_the_slot_at_once(stub, served):
+    stream = stub.GenerateStream(pb.SingleGenerationRequest(request=pb.GenerationRequest(text="Go on"),
+                                                            params=params(max_new_tokens=64)), metadata=AUTH)
+    next(stream)
+    stream.cancel()
+    _wait(lambda: served.loop.in_flight == 0)
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.GenerateStream(pb.SingleGenerationRequest(request=pb.GenerationRequest(text="Go on"),
+                                                            params=params(max_new_tokens=64)),
+                                 metadata=AUTH, timeout=0.05))
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    _wait(lambda: served.loop.in_flight == 0)
+
+
+def test_time_limit_ends_the_request_with_what_it_has(stub):
+    reply = stub.Generate(pb.BatchedGenerationRequest(
+        requests=[pb.GenerationRequest(text="Count")],
+        params=params(max_new_tokens=64, stopping={"time_limit_millis": 1})), metadata=AUTH)
+    assert reply.responses[0].stop_reason == pb.TIME_LIMIT
+    assert reply.responses[0].generated_token_count < 64
+
+
+def test_min_new_tokens_reaches_the_engine(stub):
+    reply = stub.Generate(pb.BatchedGenerationRequest(
+        requests=[pb.GenerationRequest(text="Hi")], params=params(max_new_tokens=30, stopping={"min_new_tokens": 30})),
+        metadata=AUTH)
+    assert reply.responses[0].generated_token_count == 30
+
+
+@pytest.mark.parametrize("request_, field", [
+    (dict(requests=[pb.GenerationRequest(text="")]), "requests[0].text"),
+    (dict(requests=[pb.GenerationRequest(text="ok"), pb.GenerationRequest(text="   ")]), "requests[1].text"),
+    (dict(requests=[pb.GenerationRequest(text="word " * 200)]), "requests[0].text"),
+    (dict(requests=[]), "requests"),
+    (dict(model_id="gpt-9"), "model_id"),
+    (dict(params=params(method=17)), "params.method"),
+    (dict(params=params(method=pb.MIRROR)), "params.method"),
+    (dict(params=params(max_new_tokens=65)), "params.stopping.max_new_tokens"),
+    (dict(params=params(stopping={"min_new_tokens": 40})), "params.stopping.min_new_tokens"),
+    (dict(params=params(sampling=pb.SamplingParameters(top_p=1.5))), "params.sampling.top_p"),
+    (dict(params=params(sampling=pb.SamplingParameters(temperature=-1))), "params.sampling.temperature"),
+    (dict(params=params(speculation=pb.SpeculationParameters(tree_nodes=500), method=pb.TREE)),
+     "params.speculation.tree_nodes"),
+    (dict(params=params(stopping={"stop_sequences": [""]})), "params.stopping.stop_sequences"),
+])
+def test_bad_requests_name_the_field_and_the_server_keeps_serving(stub, request_, field):
+    request = pb.BatchedGenerationRequest(**{"requests": [pb.GenerationRequest(text="ok")], **request_})
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Generate(request, metadata=AUTH)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(f"{field}:"), err.value.details()
+    ok = stub.Generate(pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text="ok")], params=params()),
+                       metadata=AUTH)
+    assert ok.responses[0].generated_token_count >= 1
+
+
+def test_malformed_utf8_names_the_field(served):
+    channel = grpc.insecure_channel(served.server.address)
+    raw = channel.unary_unary("/mirrorspec.generation.v1.GenerationService/GenerateStream",
+                              request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    text = b"\x0a\x04ab\xff\xfe"  # GenerationRequest.text = 4 bytes, not UTF-8
+    message = b"\x12" + bytes([len(text)]) + text  # SingleGenerationRequest.request
+    with pytest.raises(grpc.RpcError) as err:
+        raw(message, metadata=AUTH)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "request.text: not valid UTF-8"
+    channel.close()
+
+
+def test_auth_is_required_except_for_health(served):
+    channel = grpc.insecure_channel(served.server.address)
+    stub = pb_grpc.GenerationServiceStub(channel)
+    for metadata in ((), (("authorization", "Bearer wrong"),), (("authorization", TOKEN),)):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfo(pb.ModelInfoRequest(), metadata=metadata)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert stub.ModelInfo(pb.ModelInfoRequest(), metadata=AUTH).model_id == "tiny"
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    channel.close()
+
+
+def test_health_follows_the_backend_and_draining(served):
+    channel = grpc.insecure_channel(served.server.address)
+    health = health_pb2_grpc.HealthStub(channel)
+    status = lambda: health.Check(health_pb2.HealthCheckRequest(  # noqa: E731
+        service="mirrorspec.generation.v1.GenerationService")).status
+    assert status() == health_pb2.HealthCheckResponse.SERVING
+    served.up.clear()
+    _wait(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING)
+    served.up.set()
+    _wait(lambda: status() == health_pb2.HealthCheckResponse.SERVING)
+    channel.close()
+
+
+def test_reflection_lists_the_services(served):
+    channel = grpc.insecure_channel(served.server.address)
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                        metadata=AUTH)
+    names = {s.name for r in replies for s in r.list_services_response.service}
+    assert {"mirrorspec.generation.v1.GenerationService", "grpc.health.v1.Health"} <= names
+    channel.close()
+
+
+def test_tokenize_and_model_info(stub, tokenizer):
+    reply = stub.Tokenize(pb.BatchedTokenizeRequest(requests=[pb.TokenizeRequest(text="Hello world")],
+                                                    return_tokens=True), metadata=AUTH)
+    assert list(reply.responses[0].token_ids) == tokenizer.encode("Hello world")
+    assert reply.responses[0].tokens == tokenizer.convert_ids_to_tokens(tokenizer.encode("Hello world"))
+    info = stub.ModelInfo(pb.ModelInfoRequest(), metadata=AUTH)
+    assert info.max_new_tokens == 64 and info.max_prompt_tokens == 64
+    assert set(info.methods) == {pb.AR, pb.CHAIN, pb.TREE}
+
+
+def test_a_full_queue_answers_resource_exhausted_and_others_finish(tokenizer):
+    served = Served(tokenizer, max_in_flight=2)
+    stub = pb_grpc.GenerationServiceStub(grpc.insecure_channel(served.server.address))
+    try:
+        request = pb.SingleGenerationRequest(request=pb.GenerationRequest(text="Long"), params=params(max_new_tokens=60))
+        streams = [stub.GenerateStream(request) for _ in range(2)]
+        firsts = [next(s) for s in streams]  # both admitted
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.GenerateStream(request))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for first, stream in zip(firsts, streams):
+            rest = list(stream)
+            assert rest[-1].stop_reason in (pb.MAX_TOKENS, pb.EOS_TOKEN)
+    finally:
+        served.stop()
+
+
+def test_tls_server_answers_a_tls_client_only(tokenizer, tmp_path):
+    cert, key = _self_signed()
+    served = Served(tokenizer, security=ServerSecurity(tls_cert=cert, tls_key=key))
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert)
+        channel = grpc.secure_channel(served.server.address, credentials,
+                                      options=[("grpc.ssl_target_name_override", "localhost")])
+        info = pb_grpc.GenerationServiceStub(channel).ModelInfo(pb.ModelInfoRequest(), timeout=10)
+        assert info.model_id == "tiny"
+        plain = pb_grpc.GenerationServiceStub(grpc.insecure_channel(served.server.address))
+        with pytest.raises(grpc.RpcError) as err:
+            plain.ModelInfo(pb.ModelInfoRequest(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        served.stop()
+
+
+def _self_signed() -> tuple[bytes, bytes]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
+
+
+def _wait(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
