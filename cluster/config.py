@@ -1,7 +1,8 @@
 """`ray_config.yaml`: the one file a user edits. Loaded into dataclasses and validated with errors naming the key.
 
 Sections: `engine` (models, dtype, device, batch and context sizes, threads), `speculation` (default method and
-draft shape) and `cluster` (the Ray cluster, and which resources the target and the drafter actors take).
+draft shape), `cluster` (the Ray cluster, and which resources the target and the drafter actors take) and
+`serve` (the public gRPC service: address, auth, TLS, limits).
 """
 
 from __future__ import annotations
@@ -111,10 +112,70 @@ class ClusterConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`mirrorspec serve`: the public GenerationService (orchestration/generation_service.py)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8033
+    model_id: str | None = None  # what clients name in model_id (null: the target folder's name)
+    token_env: str | None = None  # environment variable holding the bearer token (the file never holds it)
+    token_file: str | None = None  # or a file holding it
+    tls_cert: str | None = None  # PEM files; both or neither
+    tls_key: str | None = None
+    max_queue: int = 64  # requests waiting beyond the running batch; past it RESOURCE_EXHAUSTED
+    max_prompt_tokens: int = 4096
+    max_new_tokens: int = 1024
+    default_max_new_tokens: int = 256
+    max_batch_prompts: int = 64  # prompts in one Generate call
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_concurrent_rpcs: int = 256  # streams and calls in flight at once; past it RESOURCE_EXHAUSTED
+    drain_timeout_s: float = 30.0  # on SIGTERM: how long in-flight requests may take to finish
+
+    def validate(self) -> "ServeConfig":
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise InvalidRequestError("serve.port", f"must be in [0, 65535], got {self.port!r}")
+        for name in ("max_queue", "max_prompt_tokens", "max_new_tokens", "default_max_new_tokens",
+                     "max_batch_prompts", "max_message_bytes", "max_concurrent_rpcs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidRequestError(f"serve.{name}", f"must be an integer >= 1, got {value!r}")
+        if self.default_max_new_tokens > self.max_new_tokens:
+            raise InvalidRequestError("serve.default_max_new_tokens", f"is above serve.max_new_tokens "
+                                                                      f"({self.max_new_tokens})")
+        if not isinstance(self.drain_timeout_s, (int, float)) or self.drain_timeout_s < 0:
+            raise InvalidRequestError("serve.drain_timeout_s", f"must be >= 0, got {self.drain_timeout_s!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidRequestError("serve.tls_cert" if self.tls_cert is None else "serve.tls_key",
+                                      "TLS needs both tls_cert and tls_key")
+        for name in ("tls_cert", "tls_key", "token_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise InvalidRequestError(f"serve.{name}", f"{path!r} does not exist")
+        if self.token_env is not None and self.token_file is not None:
+            raise InvalidRequestError("serve.token_env", "give token_env or token_file, not both")
+        return self
+
+    def token(self) -> str | None:
+        """The bearer token, read when the server starts (an empty one is an error, not 'no auth')."""
+        if self.token_env is not None:
+            value = os.environ.get(self.token_env, "")
+            where = f"serve.token_env: ${self.token_env}"
+        elif self.token_file is not None:
+            value = Path(self.token_file).read_text().strip()
+            where = f"serve.token_file: {self.token_file}"
+        else:
+            return None
+        if not value:
+            raise InvalidRequestError(where.split(":")[0], f"{where.split(': ')[1]} is empty")
+        return value
+
+
+@dataclass
 class ProjectConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     speculation: SpecParams = field(default_factory=SpecParams)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 def _section(cls, data: object, name: str, source: str):
@@ -153,7 +214,7 @@ def load_config(path: Path | None) -> ProjectConfig:
         raise InvalidRequestError(source, f"is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequestError(source, "must be a mapping of sections")
-    sections = {"engine": EngineConfig, "speculation": SpecParams, "cluster": ClusterConfig}
+    sections = {"engine": EngineConfig, "speculation": SpecParams, "cluster": ClusterConfig, "serve": ServeConfig}
     for key in data:
         if key not in sections:
             raise InvalidRequestError(f"{source}:{key}", f"unknown section; known: {', '.join(sections)}")
@@ -169,4 +230,5 @@ def load_config(path: Path | None) -> ProjectConfig:
         raise InvalidRequestError(source, str(exc)) from None
     config.engine.validate()
     config.cluster.validate()
+    config.serve.validate()
     return config

@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default: cluster.drafter_port; 0 = any free port)")
     _add_engine_args(serve)
 
+    service = sub.add_parser("serve", help="serve the public GenerationService over gRPC (ray_config.yaml: serve)")
+    service.add_argument("--host", help="interface to listen on (default: serve.host, 127.0.0.1)")
+    service.add_argument("--port", type=int, help="port (default: serve.port; 0 = any free port)")
+    _add_engine_args(service)
+    _add_spec_args(service)
+    service.add_argument("--method", help=f"the default method of requests that name none ({' | '.join(METHODS)})")
+
     head = sub.add_parser("train-exit-head", help="fit the early-exit head that mirror's early exit uses")
     from mirrorspec.training.exit_head import add_exit_head_args
 
@@ -278,6 +285,14 @@ def main(argv: list[str] | None = None) -> int:
             from mirrorspec.bench.diffusion import cmd_bench_diffusion
 
             return cmd_bench_diffusion(args)
+        if args.command == "serve":
+            from mirrorspec.cluster.config import ProjectConfig, find_config, load_config
+            from mirrorspec.cluster.serve import run_server
+
+            engine_config, spec, cluster = resolve_config(args)
+            serve_config = load_config(find_config(args.config)).serve
+            return run_server(ProjectConfig(engine_config, spec, cluster, serve_config), host=args.host,
+                              port=args.port)
         if args.command == "train-dllm":
             from mirrorspec.training.dllm import cmd_train_dllm
 

@@ -102,6 +102,11 @@ class EngineLoop:
         handle.outputs.put(out or _ended(request_id, reason))
 
     @property
+    def alive(self) -> bool:
+        """The loop thread runs and takes requests."""
+        return self._thread.is_alive() and not self._stopping
+
+    @property
     def in_flight(self) -> int:
         return len(self._handles)
 

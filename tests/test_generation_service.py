@@ -286,3 +286,38 @@ def _wait(condition, timeout_s: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.02)
+
+
+@pytest.mark.real_model
+def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path):
+    """The CLI server on the default pair: a token from the environment, a streamed request that is still running
+    when SIGTERM arrives finishes whole, and the process exits 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    config = tmp_path / "ray_config.yaml"
+    config.write_text("serve: {port: 0, token_env: MS_TOKEN, max_new_tokens: 128, default_max_new_tokens: 64}\n")
+    env = {**os.environ, "MS_TOKEN": TOKEN}
+    proc = subprocess.Popen([sys.executable, "-m", "mirrorspec.orchestration.cli", "serve", "--config", str(config),
+                             "--drafter", "default", "--max-batch", "2", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert "serving" in line, proc.stderr.read()
+        address = line.split()[-1]
+        stub = pb_grpc.GenerationServiceStub(grpc.insecure_channel(address))
+        request = pb.SingleGenerationRequest(request=pb.GenerationRequest(text="Name three colors."),
+                                             params=pb.Parameters(chat=True, stopping=pb.StoppingCriteria(
+                                                 max_new_tokens=48, min_new_tokens=48)))
+        stream = stub.GenerateStream(request, metadata=AUTH)
+        first = next(stream)
+        proc.send_signal(signal.SIGTERM)
+        rest = list(stream)
+        assert len(first.token_ids) + sum(len(p.token_ids) for p in rest) == 48
+        assert rest[-1].stop_reason == pb.MAX_TOKENS
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
