@@ -130,10 +130,14 @@ class ServeConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     max_concurrent_rpcs: int = 256  # streams and calls in flight at once; past it RESOURCE_EXHAUSTED
     drain_timeout_s: float = 30.0  # on SIGTERM: how long in-flight requests may take to finish
+    metrics_port: int | None = 8034  # Prometheus /metrics over HTTP on `host` (0: any free port; null: off)
 
     def validate(self) -> "ServeConfig":
-        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise InvalidRequestError("serve.port", f"must be in [0, 65535], got {self.port!r}")
+        for name in ("port", "metrics_port"):
+            value = getattr(self, name)
+            if not (value is None and name == "metrics_port") and (
+                    not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535):
+                raise InvalidRequestError(f"serve.{name}", f"must be in [0, 65535], got {value!r}")
         for name in ("max_queue", "max_prompt_tokens", "max_new_tokens", "default_max_new_tokens",
                      "max_batch_prompts", "max_message_bytes", "max_concurrent_rpcs"):
             value = getattr(self, name)

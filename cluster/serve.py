@@ -18,6 +18,7 @@ from mirrorspec.orchestration.engine_loop import EngineLoop
 from mirrorspec.orchestration.errors import InvalidRequestError
 from mirrorspec.orchestration.generation_service import GenerationService, Limits, ServedModel
 from mirrorspec.orchestration.grpc_server import GenerationServer, ServerLimits, ServerSecurity
+from mirrorspec.orchestration.metrics import ServingMetrics
 from mirrorspec.orchestration.params import AR_DRAFTED, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ def served_methods(engine: Engine) -> tuple[str, ...]:
     return ("ar", *AR_DRAFTED)
 
 
-def start_server(project: ProjectConfig) -> tuple[GenerationServer, EngineLoop]:
+def start_server(project: ProjectConfig) -> tuple[GenerationServer, EngineLoop, str | None]:
+    """The server, its engine loop and the metrics endpoint's address (None: metrics off)."""
     serve = project.serve
     engine = Engine.from_config(project.engine)
     methods = served_methods(engine)
@@ -44,11 +46,17 @@ def start_server(project: ProjectConfig) -> tuple[GenerationServer, EngineLoop]:
     model = ServedModel(model_id=serve.model_id or Path(target.path).name, tokenizer=engine.tokenizer,
                         vocab_size=engine.target.vocab_size, max_model_len=engine.max_model_len,
                         drafter=project.engine.drafter, methods=methods)
+    metrics = ServingMetrics(lambda: {"num_requests_running": loop.running(), "num_requests_waiting": loop.waiting(),
+                                      "num_replicas": 1})
+    metrics_address = None
+    if serve.metrics_port is not None:
+        _, bound = metrics.serve(serve.host, serve.metrics_port)
+        metrics_address = f"http://{serve.host}:{bound}/metrics"
     service = GenerationService(loop, model, sampling=SamplingParams(max_new_tokens=serve.default_max_new_tokens),
                                 spec=project.speculation,
                                 limits=Limits(max_prompt_tokens=serve.max_prompt_tokens,
                                               max_new_tokens=serve.max_new_tokens,
-                                              max_batch_prompts=serve.max_batch_prompts))
+                                              max_batch_prompts=serve.max_batch_prompts), metrics=metrics)
     security = ServerSecurity(token=serve.token(),
                               tls_cert=None if serve.tls_cert is None else Path(serve.tls_cert).read_bytes(),
                               tls_key=None if serve.tls_key is None else Path(serve.tls_key).read_bytes())
@@ -60,14 +68,15 @@ def start_server(project: ProjectConfig) -> tuple[GenerationServer, EngineLoop]:
                               limits=ServerLimits(max_message_bytes=serve.max_message_bytes,
                                                   max_concurrent_rpcs=serve.max_concurrent_rpcs),
                               is_up=is_up)
-    return server, loop
+    return server, loop, metrics_address
 
 
 def run_server(project: ProjectConfig, *, host: str | None = None, port: int | None = None) -> int:
     overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     project = dataclasses.replace(project, serve=dataclasses.replace(project.serve, **overrides).validate())
-    server, loop = start_server(project)
-    print(f"serving mirrorspec.generation.v1.GenerationService on {server.address}", flush=True)
+    server, loop, metrics_address = start_server(project)
+    print(f"serving mirrorspec.generation.v1.GenerationService on {server.address}"
+          + (f"; metrics on {metrics_address}" if metrics_address else ""), flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

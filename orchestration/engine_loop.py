@@ -50,13 +50,6 @@ class Handle:
             if out.finished:
                 return
 
-    def result(self) -> RequestOutput:
-        """The last output (the whole text and ids, the finish reason, the stats)."""
-        out = None
-        for out in self:
-            pass
-        return out
-
     def cancel(self) -> None:
         self.loop.cancel(self.request_id)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -64,8 +65,9 @@ class ServedModel:
 
 class GenerationService(pb_grpc.GenerationServiceServicer):
     def __init__(self, backend, model: ServedModel, *, sampling: SamplingParams, spec: SpecParams,
-                 limits: Limits) -> None:
+                 limits: Limits, metrics=None) -> None:
         self.backend = backend
+        self.metrics = metrics  # orchestration.metrics.ServingMetrics, or None
         self.model = model
         self.default_sampling = sampling
         self.default_spec = spec
@@ -92,7 +94,7 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
                 for handle in handles:
                     handle.cancel()
                 raise
-            outputs = [handle.result() for handle in handles]
+            outputs = [self._last(handle) for handle in handles]
             return pb.BatchedGenerationResponse(responses=[self._response(o, whole=True) for o in outputs])
 
     def GenerateStream(self, request: pb.SingleGenerationRequest, context):
@@ -102,7 +104,7 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
             ids = self._prompt(request.request.text, request.params.chat, "request.text")
             handle = self._submit(ids, sampling, spec, time_limit, "request.text")
         context.add_callback(handle.cancel)
-        for out in handle:
+        for out in self._observed(handle):
             yield self._response(out, whole=False)
 
     def Tokenize(self, request: pb.BatchedTokenizeRequest, context) -> pb.BatchedTokenizeResponse:
@@ -185,6 +187,22 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
             raise InvalidRequestError(FIELD_PATHS.get(exc.field, exc.field), exc.reason) from None
         time_limit = stopping.time_limit_millis / 1000 if stopping.time_limit_millis else None
         return built, spec, time_limit
+
+    def _observed(self, handle):
+        """The handle's outputs, each counted in the metrics as it passes."""
+        last = None
+        for out in handle:
+            now = time.perf_counter()
+            if self.metrics is not None:
+                self.metrics.output(out, None if last is None else now - last)
+            last = now
+            yield out
+
+    def _last(self, handle) -> RequestOutput:
+        out = None
+        for out in self._observed(handle):
+            pass
+        return out
 
     def _response(self, out: RequestOutput, *, whole: bool) -> pb.GenerationResponse:
         response = pb.GenerationResponse(

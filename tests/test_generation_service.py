@@ -3,8 +3,10 @@ SmolLM2 tokenizer: unary, streaming, cancellation, deadlines, time limits, auth,
 and bad requests (each answered INVALID_ARGUMENT naming the field, while the server keeps serving)."""
 
 import datetime
+import re
 import threading
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -290,15 +292,16 @@ def _wait(condition, timeout_s: float = 10.0) -> None:
 
 @pytest.mark.real_model
 def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path):
-    """The CLI server on the default pair: a token from the environment, a streamed request that is still running
-    when SIGTERM arrives finishes whole, and the process exits 0."""
+    """The CLI server on the default pair: a token from the environment, Prometheus metrics of the requests, and
+    a streamed request that is still running when SIGTERM arrives finishes whole; the process exits 0."""
     import os
     import signal
     import subprocess
     import sys
 
     config = tmp_path / "ray_config.yaml"
-    config.write_text("serve: {port: 0, token_env: MS_TOKEN, max_new_tokens: 128, default_max_new_tokens: 64}\n")
+    config.write_text("serve: {port: 0, metrics_port: 0, token_env: MS_TOKEN, max_new_tokens: 128, "
+                      "default_max_new_tokens: 64}\n")
     env = {**os.environ, "MS_TOKEN": TOKEN}
     proc = subprocess.Popen([sys.executable, "-m", "mirrorspec.orchestration.cli", "serve", "--config", str(config),
                              "--drafter", "default", "--max-batch", "2", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -306,8 +309,16 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path):
     try:
         line = proc.stdout.readline()
         assert "serving" in line, proc.stderr.read()
-        address = line.split()[-1]
+        address, metrics_url = re.search(r" on (\S+); metrics on (\S+)", line).groups()
         stub = pb_grpc.GenerationServiceStub(grpc.insecure_channel(address))
+        stub.Generate(pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text="Hi")], params=pb.Parameters(
+            stopping=pb.StoppingCriteria(max_new_tokens=16))), metadata=AUTH)
+        scraped = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+        assert 'mirrorspec:request_success_total{finished_reason="length"} 1.0' in scraped or \
+            'mirrorspec:request_success_total{finished_reason="eos"} 1.0' in scraped
+        assert re.search(r"^mirrorspec:spec_decode_num_drafts_total [1-9]", scraped, re.M)
+        assert re.search(r"^mirrorspec:time_to_first_token_seconds_count 1.0", scraped, re.M)
+        assert "mirrorspec:num_requests_running 0.0" in scraped
         request = pb.SingleGenerationRequest(request=pb.GenerationRequest(text="Name three colors."),
                                              params=pb.Parameters(chat=True, stopping=pb.StoppingCriteria(
                                                  max_new_tokens=48, min_new_tokens=48)))
