@@ -33,8 +33,8 @@ def pin(role: RoleConfig) -> None:
 
 
 class DrafterActor:
-    def __init__(self, engine: EngineConfig, role: RoleConfig, *, host: str = "127.0.0.1", port: int = 0,
-                 branch_budget: int = 8) -> None:
+    def __init__(self, engine: EngineConfig, role: RoleConfig, *, secret: str, host: str = "127.0.0.1",
+                 port: int = 0, branch_budget: int = 8) -> None:
         from mirrorspec.workers.drafter_service import serve
         from mirrorspec.workers.factory import build_drafter
         from mirrorspec.workers.models import load_model_info
@@ -46,7 +46,7 @@ class DrafterActor:
             raise InvalidRequestError("drafter", "the pipeline has no drafter to serve")
         self.session = as_draft_service(worker, max_spec_nodes=engine.max_spec_nodes, branch_budget=branch_budget)
         feature_size = target.config.hidden_size if worker.uses_features else 0
-        self.server, self._address = serve(self.session, vocab_size=target.config.vocab_size,
+        self.server, self._address = serve(self.session, vocab_size=target.config.vocab_size, secret=secret,
                                            feature_size=feature_size, host=host, port=port)
         logger.info("drafter serving the speculation channel on %s", self._address)
 
@@ -62,7 +62,7 @@ class TargetActor:
     `group` is given) and the dialed drafter."""
 
     def __init__(self, engine: EngineConfig, role: RoleConfig, drafter_address: str | None, *,
-                 reply_timeout_s: float = 10.0, group: GroupSpec | None = None) -> None:
+                 secret: str | None = None, reply_timeout_s: float = 10.0, group: GroupSpec | None = None) -> None:
         from mirrorspec.workers.factory import build_target, eos_token_ids, worker_sizes
 
         pin(role)
@@ -71,7 +71,7 @@ class TargetActor:
             worker = LockstepWorker(worker)
         self.remote = None
         if drafter_address:
-            self.remote = RemoteDrafter(drafter_address, vocab_size=worker.vocab_size,
+            self.remote = RemoteDrafter(drafter_address, vocab_size=worker.vocab_size, secret=secret,
                                         reply_timeout_s=reply_timeout_s)
         self.engine = Engine(worker, self.remote, tokenizer=target.tokenizer, eos_ids=eos_token_ids(target),
                              max_model_len=worker_sizes(engine, target.config)[0], max_batch=engine.max_batch,

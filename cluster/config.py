@@ -122,7 +122,8 @@ class ServeConfig:
     token_file: str | None = None  # or a file holding it
     tls_cert: str | None = None  # PEM files; both or neither
     tls_key: str | None = None
-    max_queue: int = 64  # requests waiting beyond the running batch; past it RESOURCE_EXHAUSTED
+    replicas: int = 1  # engine replicas (Ray actors with cluster.target's resources; cluster.ray: never -> 1 in-process)
+    max_queue: int = 64  # per replica: requests waiting beyond its running batch; past it RESOURCE_EXHAUSTED
     max_prompt_tokens: int = 4096
     max_new_tokens: int = 1024
     default_max_new_tokens: int = 256
@@ -138,7 +139,7 @@ class ServeConfig:
             if not (value is None and name == "metrics_port") and (
                     not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535):
                 raise InvalidRequestError(f"serve.{name}", f"must be in [0, 65535], got {value!r}")
-        for name in ("max_queue", "max_prompt_tokens", "max_new_tokens", "default_max_new_tokens",
+        for name in ("replicas", "max_queue", "max_prompt_tokens", "max_new_tokens", "default_max_new_tokens",
                      "max_batch_prompts", "max_message_bytes", "max_concurrent_rpcs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -7,13 +7,28 @@ the same two roles as the Ray pipeline (cluster/actors.py), started by hand or b
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 
 from mirrorspec.cluster.config import ClusterConfig, ProjectConfig
 from mirrorspec.orchestration.engine import EngineConfig
+from mirrorspec.orchestration.errors import InvalidRequestError
 from mirrorspec.orchestration.params import SpecParams
+
+
+SECRET_ENV = "MIRRORSPEC_SPECULATION_SECRET"
+
+
+def speculation_secret() -> str:
+    """The speculation channel's shared secret between a served drafter and the target that dials it (a Ray
+    pipeline makes its own)."""
+    secret = os.environ.get(SECRET_ENV, "")
+    if not secret:
+        raise InvalidRequestError(SECRET_ENV, "set it to the same secret for `serve-drafter` and for the target "
+                                              "that dials it with --drafter-address")
+    return secret
 
 
 def open_engine(engine: EngineConfig, spec: SpecParams, cluster: ClusterConfig, *, on_ray: bool):
@@ -25,7 +40,8 @@ def open_engine(engine: EngineConfig, spec: SpecParams, cluster: ClusterConfig, 
     if cluster.drafter_address:
         from mirrorspec.cluster.actors import TargetActor
 
-        return TargetActor(engine, cluster.target, cluster.drafter_address, reply_timeout_s=cluster.reply_timeout_s)
+        return TargetActor(engine, cluster.target, cluster.drafter_address, secret=speculation_secret(),
+                           reply_timeout_s=cluster.reply_timeout_s)
     from mirrorspec.orchestration.engine import Engine
 
     return Engine.from_config(engine)
@@ -35,7 +51,8 @@ def serve_drafter(engine: EngineConfig, cluster: ClusterConfig, *, host: str, po
     """Serve the speculation channel until SIGINT/SIGTERM; the address goes to stdout for scripts to read."""
     from mirrorspec.cluster.actors import DrafterActor
 
-    drafter = DrafterActor(engine, cluster.drafter, host=host, port=port, branch_budget=cluster.branch_budget)
+    drafter = DrafterActor(engine, cluster.drafter, secret=speculation_secret(), host=host, port=port,
+                           branch_budget=cluster.branch_budget)
     print(f"serving the speculation channel on {drafter.address()}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

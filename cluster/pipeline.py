@@ -9,6 +9,7 @@ actor dials it and runs the step loop. The driver only submits prompts and reads
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Iterator
 
 from mirrorspec.cluster.actors import DrafterActor, TargetActor, TargetRankActor
@@ -56,6 +57,7 @@ class Pipeline:
             raise InvalidRequestError("cluster", f"the Ray cluster cannot place the pipeline ({wanted}, "
                                                  f"{cluster.placement_strategy}); it has {ray.available_resources()}")
         self._engine, self._cluster = engine, cluster
+        self._secret = secrets.token_urlsafe(32)  # the speculation channel's shared secret, this pipeline's own
         self.drafter = None
         self.drafter_address = None
         self.followers: list = []  # target ranks 1..tp-1
@@ -64,7 +66,8 @@ class Pipeline:
         try:
             if engine.drafter:
                 self.drafter = ray.remote(DrafterActor).options(**self._on(tp, cluster.drafter)).remote(
-                    engine, cluster.drafter, port=cluster.drafter_port, branch_budget=cluster.branch_budget)
+                    engine, cluster.drafter, secret=self._secret, port=cluster.drafter_port,
+                    branch_budget=cluster.branch_budget)
                 self.drafter_address = ray.get(self.drafter.address.remote())
             self._start_target()
         except Exception as exc:
@@ -90,8 +93,8 @@ class Pipeline:
             engine, cluster.rank_role(r), groups[r]) for r in range(1, cluster.tp_size)]
         # Two concurrent calls: `progress` can be read while `generate` runs.
         self.target = ray.remote(TargetActor).options(max_concurrency=2, **self._on(0, cluster.rank_role(0))).remote(
-            engine, cluster.rank_role(0), self.drafter_address, reply_timeout_s=cluster.reply_timeout_s,
-            group=groups[0])
+            engine, cluster.rank_role(0), self.drafter_address, secret=self._secret,
+            reply_timeout_s=cluster.reply_timeout_s, group=groups[0])
         # Every rank's start-up (the ranks meet in DeepSpeed's rendezvous): the first failure ends them all.
         self._watch({self.target.channel_stats.remote(): "target rank 0",
                      **{f.pid.remote(): f"target rank {r}" for r, f in enumerate(self.followers, 1)}})

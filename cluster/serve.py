@@ -1,7 +1,9 @@
-"""`mirrorspec serve`: the public GenerationService over this config's engine, until SIGTERM/SIGINT.
+"""`mirrorspec serve`: the public GenerationService over engine replicas, until SIGTERM/SIGINT.
 
-On a signal the server drains: health goes NOT_SERVING at once (load balancers stop sending), new requests get
-UNAVAILABLE, the ones in flight finish (up to `serve.drain_timeout_s`), then the port closes.
+By default the replicas are Ray actors (`serve.replicas` of them, each with `cluster.target.resources` and
+threads) on the configured Ray cluster, or an embedded local one; `cluster.ray: never` serves from one engine in
+this process. On a signal the server drains: health goes NOT_SERVING at once (load balancers stop sending), new
+requests get UNAVAILABLE, the ones in flight finish (up to `serve.drain_timeout_s`), then the port closes.
 """
 
 from __future__ import annotations
@@ -24,35 +26,66 @@ from mirrorspec.orchestration.params import AR_DRAFTED, SamplingParams
 logger = logging.getLogger(__name__)
 
 
-def served_methods(engine: Engine) -> tuple[str, ...]:
-    """What this engine can run: `ar`, plus the methods of the drafter it loaded."""
-    if engine.drafter is None:
+def served_methods(drafter: str | None) -> tuple[str, ...]:
+    """What an engine with this (resolved) drafter runs: `ar`, plus its drafter's methods."""
+    from mirrorspec.workers.diffusion_model import is_dllm_folder
+
+    if not drafter:
         return ("ar",)
-    if getattr(engine.drafter, "drafts_by_diffusion", False):
+    if drafter != "self" and is_dllm_folder(drafter):
         return ("ar", "diffusion-draft")
     return ("ar", *AR_DRAFTED)
 
 
-def start_server(project: ProjectConfig) -> tuple[GenerationServer, EngineLoop, str | None]:
-    """The server, its engine loop and the metrics endpoint's address (None: metrics off)."""
+def _local_backend(project: ProjectConfig) -> EngineLoop:
+    return EngineLoop(Engine.from_config(project.engine), max_in_flight=project.engine.max_batch + project.serve.max_queue)
+
+
+def _ray_backend(project: ProjectConfig):
+    import ray
+
+    from mirrorspec.cluster.ray_cluster import connect
+    from mirrorspec.cluster.replicas import ReplicaActor, ReplicaRouter
+
+    connect(project.cluster)
+    role = project.cluster.target
+    engine = dataclasses.replace(project.engine, threads=role.threads or project.engine.threads)
+    resources = dict(role.resources)
+    options = {"num_cpus": resources.pop("CPU", 0), "num_gpus": resources.pop("GPU", 0), "resources": resources,
+               "max_concurrency": project.serve.max_concurrent_rpcs + 8}
+    max_in_flight = project.engine.max_batch + project.serve.max_queue
+
+    def start(index: int):
+        return ray.remote(ReplicaActor).options(**options).remote(engine, max_in_flight=max_in_flight)
+
+    return ReplicaRouter(start, project.serve.replicas)
+
+
+def start_server(project: ProjectConfig) -> tuple[GenerationServer, object, str | None]:
+    """The server, its backend (an EngineLoop, or the router over Ray replicas) and the metrics address."""
+    from mirrorspec.workers.factory import resolve_drafter
+    from mirrorspec.workers.models import load_model_info
+
     serve = project.serve
-    engine = Engine.from_config(project.engine)
-    methods = served_methods(engine)
+    drafter = resolve_drafter(project.engine, project.speculation.method)
+    project = dataclasses.replace(project, engine=dataclasses.replace(project.engine, drafter=drafter))
+    methods = served_methods(drafter)
     if project.speculation.method not in methods:
         raise InvalidRequestError("speculation.method", f"{project.speculation.method} cannot run with this "
                                                         f"drafter; it serves {', '.join(methods)}")
-    loop = EngineLoop(engine, max_in_flight=project.engine.max_batch + serve.max_queue)
-    target = engine.target.loaded
-    model = ServedModel(model_id=serve.model_id or Path(target.path).name, tokenizer=engine.tokenizer,
-                        vocab_size=engine.target.vocab_size, max_model_len=engine.max_model_len,
-                        drafter=project.engine.drafter, methods=methods)
-    metrics = ServingMetrics(lambda: {"num_requests_running": loop.running(), "num_requests_waiting": loop.waiting(),
-                                      "num_replicas": 1})
+    info = load_model_info(project.engine.target)
+    backend = _local_backend(project) if project.cluster.ray == "never" else _ray_backend(project)
+    max_model_len = min(project.engine.max_model_len,
+                        getattr(info.config, "max_position_embeddings", None) or project.engine.max_model_len)
+    model = ServedModel(model_id=serve.model_id or Path(info.path).name, tokenizer=info.tokenizer,
+                        vocab_size=info.config.vocab_size, max_model_len=max_model_len, drafter=drafter,
+                        methods=methods)
+    metrics = ServingMetrics(backend.load)
     metrics_address = None
     if serve.metrics_port is not None:
         _, bound = metrics.serve(serve.host, serve.metrics_port)
         metrics_address = f"http://{serve.host}:{bound}/metrics"
-    service = GenerationService(loop, model, sampling=SamplingParams(max_new_tokens=serve.default_max_new_tokens),
+    service = GenerationService(backend, model, sampling=SamplingParams(max_new_tokens=serve.default_max_new_tokens),
                                 spec=project.speculation,
                                 limits=Limits(max_prompt_tokens=serve.max_prompt_tokens,
                                               max_new_tokens=serve.max_new_tokens,
@@ -60,29 +93,28 @@ def start_server(project: ProjectConfig) -> tuple[GenerationServer, EngineLoop, 
     security = ServerSecurity(token=serve.token(),
                               tls_cert=None if serve.tls_cert is None else Path(serve.tls_cert).read_bytes(),
                               tls_key=None if serve.tls_key is None else Path(serve.tls_key).read_bytes())
-
-    def is_up() -> bool:  # the engine thread runs and the drafter (if any) answers
-        return loop.alive and engine.scheduler.drafter_failures == 0
-
     server = GenerationServer(service, host=serve.host, port=serve.port, security=security,
                               limits=ServerLimits(max_message_bytes=serve.max_message_bytes,
                                                   max_concurrent_rpcs=serve.max_concurrent_rpcs),
-                              is_up=is_up)
-    return server, loop, metrics_address
+                              is_up=lambda: backend.load()["up"])
+    return server, backend, metrics_address
 
 
 def run_server(project: ProjectConfig, *, host: str | None = None, port: int | None = None) -> int:
     overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     project = dataclasses.replace(project, serve=dataclasses.replace(project.serve, **overrides).validate())
-    server, loop, metrics_address = start_server(project)
+    server, backend, metrics_address = start_server(project)
     print(f"serving mirrorspec.generation.v1.GenerationService on {server.address}"
           + (f"; metrics on {metrics_address}" if metrics_address else ""), flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    logger.warning("draining: %d requests in flight", loop.in_flight)
+    logger.warning("draining: %d requests in flight", backend.load()["in_flight"])
     server.drain()
-    loop.stop(drain=True, timeout_s=project.serve.drain_timeout_s)
+    if isinstance(backend, EngineLoop):
+        backend.stop(drain=True, timeout_s=project.serve.drain_timeout_s)
+    else:
+        backend.shutdown(drain=True)
     server.stop(grace_s=1.0)
     return 0

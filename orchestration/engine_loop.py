@@ -103,11 +103,15 @@ class EngineLoop:
     def in_flight(self) -> int:
         return len(self._handles)
 
-    def running(self) -> int:
-        return len(self.engine.scheduler.running)
+    replicas = 1
 
-    def waiting(self) -> int:
-        return len(self.engine.scheduler.waiting)
+    def load(self) -> dict:
+        """What metrics and health read: requests running and waiting, and whether the engine serves (its thread
+        runs and its drafter, if any, answers)."""
+        scheduler = self.engine.scheduler
+        return {"num_requests_running": len(scheduler.running), "num_requests_waiting": len(scheduler.waiting),
+                "num_replicas": 1, "in_flight": self.in_flight,
+                "up": self.alive and scheduler.drafter_failures == 0}
 
     # ----------------------------------------------------------------------------------- the loop
     def _run(self) -> None:

@@ -55,8 +55,8 @@ class _Malformed:
         self.reason = reason
 
 
-class _Gate(grpc.ServerInterceptor):
-    """Bearer-token check and malformed-message handling for every RPC."""
+class Gate(grpc.ServerInterceptor):
+    """Bearer-token check and malformed-message handling for every RPC (also the speculation channel's)."""
 
     def __init__(self, token: str | None) -> None:
         self.expected = None if token is None else f"Bearer {token}".encode()
@@ -68,7 +68,7 @@ class _Gate(grpc.ServerInterceptor):
         if self.expected is not None and not details.method.startswith(HEALTH_METHODS):
             sent = dict(details.invocation_metadata or ()).get("authorization", "")
             if not hmac.compare_digest(str(sent).encode(), self.expected):
-                return _replace(handler, _deny, handler.request_deserializer)
+                return _denied(handler)
         if handler.request_deserializer is None or handler.request_streaming:
             return handler
         return _replace(handler, _checked(_behaviour(handler)), _tolerant(handler.request_deserializer, details.method))
@@ -83,8 +83,22 @@ def _replace(handler, behaviour, deserializer):
     return make(behaviour, request_deserializer=deserializer, response_serializer=handler.response_serializer)
 
 
+def _denied(handler):
+    """A handler of the same kind as `handler` that answers UNAUTHENTICATED."""
+    make = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler}[(handler.request_streaming, handler.response_streaming)]
+    return make(_deny, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+
+
 def _deny(request, context):
     context.abort(grpc.StatusCode.UNAUTHENTICATED, "authorization: a valid bearer token is required")
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata that carries `token`."""
+    return (("authorization", f"Bearer {token}"),)
 
 
 def _checked(behaviour):
@@ -173,7 +187,7 @@ class GenerationServer:
                  security: ServerSecurity, limits: ServerLimits, is_up: Callable[[], bool],
                  health_period_s: float = 0.5) -> None:
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=limits.threads), interceptors=[_Gate(security.token)],
+            futures.ThreadPoolExecutor(max_workers=limits.threads), interceptors=[Gate(security.token)],
             maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
             options=[("grpc.max_receive_message_length", limits.max_message_bytes),
                      ("grpc.max_send_message_length", limits.max_message_bytes)])

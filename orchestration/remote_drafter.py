@@ -18,6 +18,7 @@ import grpc
 
 from mirrorspec.orchestration import wire
 from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.orchestration.grpc_server import bearer
 from mirrorspec.orchestration.interfaces import ExitCandidates, OpenSpec, Proposal, Report
 from mirrorspec.protos import speculation_pb2 as pb
 from mirrorspec.protos import speculation_pb2_grpc as pb_grpc
@@ -38,10 +39,10 @@ class DrafterError(RuntimeError):
 class _Stream:
     """One open Speculate call: an outbox the gRPC runtime drains and an inbox a reader thread fills."""
 
-    def __init__(self, stub: pb_grpc.SpeculationStub) -> None:
+    def __init__(self, stub: pb_grpc.SpeculationStub, metadata) -> None:
         self.outbox: queue.Queue = queue.Queue()
         self.inbox: queue.Queue = queue.Queue()
-        self.call = stub.Speculate(iter(self.outbox.get, None))
+        self.call = stub.Speculate(iter(self.outbox.get, None), metadata=metadata)
         self.next_seq = 1
         threading.Thread(target=self._read, daemon=True, name="speculation-reader").start()
 
@@ -67,9 +68,10 @@ class _Stream:
 class RemoteDrafter:
     """A DraftService over gRPC (the drafter side runs workers/drafter_service.py)."""
 
-    def __init__(self, address: str, *, vocab_size: int, connect_timeout_s: float = 30.0,
+    def __init__(self, address: str, *, vocab_size: int, secret: str, connect_timeout_s: float = 30.0,
                  reply_timeout_s: float = 10.0) -> None:
         self.address = address
+        self._metadata = bearer(secret)  # the channel's shared secret, on every call
         self.reply_timeout_s = reply_timeout_s
         self._channel = grpc.insecure_channel(address, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -77,9 +79,13 @@ class RemoteDrafter:
         ])
         self._stub = pb_grpc.SpeculationStub(self._channel)
         try:
-            info = self._stub.Describe(pb.DescribeRequest(), timeout=connect_timeout_s, wait_for_ready=True)
+            info = self._stub.Describe(pb.DescribeRequest(), timeout=connect_timeout_s, wait_for_ready=True,
+                                       metadata=self._metadata)
         except grpc.RpcError as exc:
             self._channel.close()
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise InvalidRequestError("speculation_secret", f"the drafter at {address} refused this target's "
+                                                                f"secret") from None
             raise InvalidRequestError("drafter", f"no drafter answered at {address} within {connect_timeout_s:g} s "
                                                  f"({exc.code().name}); is `mirrorspec serve-drafter` running "
                                                  f"there?") from None
@@ -103,7 +109,7 @@ class RemoteDrafter:
 
     def _open_stream(self) -> _Stream:
         if self._stream is None:
-            self._stream = _Stream(self._stub)
+            self._stream = _Stream(self._stub, self._metadata)
         return self._stream
 
     # ------------------------------------------------------------------------------ DraftService
@@ -169,7 +175,7 @@ class RemoteDrafter:
         times = []
         for _ in range(samples):
             started = time.perf_counter()
-            self._stub.Ping(pb.PingMessage(), timeout=self.reply_timeout_s)
+            self._stub.Ping(pb.PingMessage(), timeout=self.reply_timeout_s, metadata=self._metadata)
             times.append(time.perf_counter() - started)
         return sorted(times)[len(times) // 2]
 

@@ -1,12 +1,14 @@
 """The `mirrorspec` command line: outputs, JSONL batches, and exit code 2 with the field named on bad input."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 
 import pytest
 
+from mirrorspec.cluster.launch import SECRET_ENV
 from mirrorspec.orchestration.cli import main
 
 
@@ -113,6 +115,7 @@ def test_served_drafter_without_ray_equals_ar(capsys):
 
     threads = torch.get_num_threads()  # the target role below takes cluster.target's thread count for this process
     exe = shutil.which("mirrorspec") or str(__import__("pathlib").Path(sys.executable).parent / "mirrorspec")
+    os.environ[SECRET_ENV] = "test-secret"  # the drafter below inherits it; the target here reads it
     server = subprocess.Popen([exe, "serve-drafter", "--port", "0", "--threads", "1"], stdout=subprocess.PIPE,
                               text=True)
     try:
@@ -128,6 +131,7 @@ def test_served_drafter_without_ray_equals_ar(capsys):
             assert out["token_ids"] == ar["token_ids"]
             assert out["stats"]["drafted"] > 0  # the drafts came from the served drafter
     finally:
+        del os.environ[SECRET_ENV]
         torch.set_num_threads(threads)
         server.terminate()
         assert server.wait(timeout=30) == 0

@@ -291,9 +291,10 @@ def _wait(condition, timeout_s: float = 10.0) -> None:
 
 
 @pytest.mark.real_model
-def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path):
-    """The CLI server on the default pair: a token from the environment, Prometheus metrics of the requests, and
-    a streamed request that is still running when SIGTERM arrives finishes whole; the process exits 0."""
+def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster):
+    """The CLI server on the default pair, its replica an actor on the session's Ray cluster: a token from the
+    environment, Prometheus metrics of the requests, and a streamed request that is still running when SIGTERM
+    arrives finishes whole; the process exits 0."""
     import os
     import signal
     import subprocess
@@ -302,7 +303,7 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path):
     config = tmp_path / "ray_config.yaml"
     config.write_text("serve: {port: 0, metrics_port: 0, token_env: MS_TOKEN, max_new_tokens: 128, "
                       "default_max_new_tokens: 64}\n")
-    env = {**os.environ, "MS_TOKEN": TOKEN}
+    env = {**os.environ, "MS_TOKEN": TOKEN, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     proc = subprocess.Popen([sys.executable, "-m", "mirrorspec.orchestration.cli", "serve", "--config", str(config),
                              "--drafter", "default", "--max-batch", "2", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)

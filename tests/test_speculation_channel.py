@@ -15,6 +15,7 @@ from mirrorspec.orchestration.acceptance import DraftTree
 from mirrorspec.orchestration.drafter_session import DrafterSession
 from mirrorspec.orchestration.engine import Engine
 from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.orchestration.grpc_server import bearer
 from mirrorspec.orchestration.interfaces import ExitCandidates, OpenSpec, Proposal, Report
 from mirrorspec.orchestration.params import SamplingParams, SpecParams
 from mirrorspec.orchestration.remote_drafter import RemoteDrafter
@@ -23,6 +24,7 @@ from mirrorspec.protos import speculation_pb2_grpc as pb_grpc
 from mirrorspec.workers.drafter_service import serve
 
 VOCAB = 96
+SECRET = "channel-secret"
 
 
 def through_bytes(msg):
@@ -100,7 +102,7 @@ def models():
 @pytest.fixture
 def served(models):
     session = DrafterSession(worker(models[1], 8, 193, 64), max_spec_nodes=64)
-    server, address = serve(session, vocab_size=VOCAB, feature_size=0)
+    server, address = serve(session, vocab_size=VOCAB, feature_size=0, secret=SECRET)
     yield server, address
     server.stop(0)
 
@@ -117,7 +119,7 @@ def test_stale_out_of_order_and_bad_messages_are_refused_without_a_hang(served):
         pb.TargetMessage(seq=3, propose=_verdict(id=99)),  # a sequence that was never opened
         pb.TargetMessage(seq=4, propose=_verdict(id=7, committed=[1, 2, 3])),  # valid: drafts come back
     ]
-    replies = list(stub.Speculate(iter(messages), timeout=30))
+    replies = list(stub.Speculate(iter(messages), timeout=30, metadata=bearer(SECRET)))
     errors = [(r.seq, r.error.field) for r in replies if r.WhichOneof("body") == "error"]
     assert errors == [(1, "seq"), (5, "seq"), (2, "body"), (3, "propose.id")]
     assert "stale" in replies[0].error.message and "out of order" in replies[1].error.message
@@ -138,7 +140,7 @@ def test_engine_over_grpc_is_lossless(models, served, spec):
     ps = prompts(6)
     sampling = SamplingParams(max_new_tokens=16, ignore_eos=True)
     ar = [o.token_ids for o in tiny_engine(target, None).generate(ps, sampling)]
-    remote = RemoteDrafter(served[1], vocab_size=VOCAB)
+    remote = RemoteDrafter(served[1], vocab_size=VOCAB, secret=SECRET)
     outs = Engine(worker(target, 4, 193, 64), remote, max_batch=4, max_model_len=128).generate(ps, sampling, spec)
     assert [o.token_ids for o in outs] == ar
     assert remote.proposes > 0 and sum(o.stats.drafts for o in outs) > 0
@@ -152,7 +154,7 @@ def test_a_dead_drafter_server_costs_speed_not_tokens(models, served):
     ps = prompts(4, seed=3)
     sampling = SamplingParams(max_new_tokens=24, ignore_eos=True)
     ar = [o.token_ids for o in tiny_engine(target, None).generate(ps, sampling)]
-    remote = RemoteDrafter(address, vocab_size=VOCAB, reply_timeout_s=5)
+    remote = RemoteDrafter(address, vocab_size=VOCAB, secret=SECRET, reply_timeout_s=5)
     engine = Engine(worker(target, 4, 193, 64), remote, max_batch=4, max_model_len=128)
     ids = [engine.add_request(p, sampling, SpecParams("mirror", gamma=3)) for p in ps]
     outs = {}
@@ -184,12 +186,12 @@ class SlowSession(DrafterSession):
 def test_a_slow_drafter_is_not_waited_for_and_no_backlog_builds(models):
     target, drafter = models
     session = SlowSession(worker(drafter, 8, 193, 64), max_spec_nodes=64, fast_answers=3, delay_s=0.3)
-    server, address = serve(session, vocab_size=VOCAB, feature_size=0)
+    server, address = serve(session, vocab_size=VOCAB, feature_size=0, secret=SECRET)
     try:
         ps = prompts(3, seed=5)
         sampling = SamplingParams(max_new_tokens=30, ignore_eos=True)
         ar = [o.token_ids for o in tiny_engine(target, None).generate(ps, sampling)]
-        remote = RemoteDrafter(address, vocab_size=VOCAB)
+        remote = RemoteDrafter(address, vocab_size=VOCAB, secret=SECRET)
         outs = Engine(worker(target, 4, 193, 64), remote, max_batch=4, max_model_len=128).generate(
             ps, sampling, SpecParams("chain", gamma=3))
         assert [o.token_ids for o in outs] == ar
@@ -209,4 +211,18 @@ def test_dialing_an_address_where_no_drafter_serves_fails_clearly():
         s.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{s.getsockname()[1]}"
     with pytest.raises(InvalidRequestError, match=f"no drafter answered at {address}"):
-        RemoteDrafter(address, vocab_size=VOCAB, connect_timeout_s=0.5)
+        RemoteDrafter(address, vocab_size=VOCAB, secret=SECRET, connect_timeout_s=0.5)
+
+
+def test_the_channel_refuses_a_wrong_secret(served):
+    _, address = served
+    stub = pb_grpc.SpeculationStub(grpc.insecure_channel(address))
+    for metadata in ((), bearer("guess")):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Describe(pb.DescribeRequest(), timeout=10, metadata=metadata)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Speculate(iter([pb.TargetMessage(seq=1)]), timeout=10, metadata=metadata))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(InvalidRequestError, match="^speculation_secret: the drafter at .* refused"):
+        RemoteDrafter(address, vocab_size=VOCAB, secret="guess", connect_timeout_s=5)

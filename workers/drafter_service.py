@@ -18,6 +18,7 @@ import grpc
 from mirrorspec.orchestration import wire
 from mirrorspec.orchestration.drafter_session import DrafterSession
 from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.orchestration.grpc_server import Gate
 from mirrorspec.protos import speculation_pb2 as pb
 from mirrorspec.protos import speculation_pb2_grpc as pb_grpc
 
@@ -90,10 +91,11 @@ class DrafterService(pb_grpc.SpeculationServicer):
         return None
 
 
-def serve(session: DrafterSession, *, vocab_size: int, feature_size: int, host: str = "127.0.0.1",
+def serve(session: DrafterSession, *, vocab_size: int, feature_size: int, secret: str, host: str = "127.0.0.1",
           port: int = 0) -> tuple[grpc.Server, str]:
-    """Start the speculation server on host:port (0: any free port); return it and its address."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[
+    """Start the speculation server on host:port (0: any free port); return it and its address. Every call must
+    carry the channel's shared `secret` (UNAUTHENTICATED otherwise)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=[Gate(secret)], options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ])

@@ -1,0 +1,192 @@
+"""Engine replicas as Ray actors, and the router that spreads requests over them.
+
+Each replica is one actor with its own engine (target and drafter) driven by an `EngineLoop`: requests join its
+running batch between steps (continuous batching). The router sends a request to the live replica with the fewest
+requests in flight (a full one answers QueueFull and the next is tried), then long-polls the replica for the
+request's outputs. Replicas are added or removed at run time: a removed replica takes no new requests, finishes
+the ones it holds, hands out their last outputs, and only then stops, so scaling never drops a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import ray
+
+from mirrorspec.orchestration.engine import Engine, EngineConfig, RequestOutput
+from mirrorspec.orchestration.engine_loop import EngineLoop, Handle, QueueFull, Stopping
+from mirrorspec.orchestration.params import SamplingParams, SpecParams
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.5  # a poll returns at once when outputs are ready, else after this long with none
+
+
+class ReplicaActor:
+    """Run as a threaded Ray actor: polls, cancels and submits arrive on several threads at once."""
+
+    def __init__(self, engine: EngineConfig, *, max_in_flight: int) -> None:
+        self.engine = Engine.from_config(engine)
+        self.loop = EngineLoop(self.engine, max_in_flight=max_in_flight)
+        self.handles: dict[str, Handle] = {}
+        self._emptied = threading.Condition()
+
+    def submit(self, prompt_ids: list[int], sampling: SamplingParams, spec: SpecParams,
+               time_limit_s: float | None) -> str:
+        handle = self.loop.submit(prompt_ids, sampling, spec, time_limit_s=time_limit_s)
+        self.handles[handle.request_id] = handle
+        return handle.request_id
+
+    def poll(self, request_id: str, wait_s: float = POLL_S) -> list[RequestOutput]:
+        """The request's outputs since the last poll (waiting up to `wait_s` for the first)."""
+        handle = self.handles.get(request_id)
+        if handle is None:
+            return []
+        try:
+            outs = [handle.outputs.get(timeout=wait_s)]
+        except queue.Empty:
+            return []
+        while not outs[-1].finished:
+            try:
+                outs.append(handle.outputs.get_nowait())
+            except queue.Empty:
+                break
+        if outs[-1].finished:
+            with self._emptied:
+                self.handles.pop(request_id, None)
+                self._emptied.notify_all()
+        return outs
+
+    def cancel(self, request_id: str) -> None:
+        self.loop.cancel(request_id)
+
+    def load(self) -> dict:
+        return self.loop.load()
+
+    def drain(self, timeout_s: float | None = None) -> int:
+        """Take no new requests, finish those in flight and wait until their outputs are all polled; returns
+        how many requests it still held when asked."""
+        held = len(self.handles)
+        self.loop.stop(drain=True, timeout_s=timeout_s)
+        with self._emptied:
+            self._emptied.wait_for(lambda: not self.handles, timeout=timeout_s)
+        return held
+
+
+@dataclass
+class _Replica:
+    actor: object
+    index: int
+    in_flight: int = 0
+    retiring: bool = False
+
+
+class RemoteHandle:
+    """A request on a replica, as the service sees it: iterate for outputs, cancel to free its slot."""
+
+    def __init__(self, router: "ReplicaRouter", replica: _Replica, request_id: str) -> None:
+        self.router = router
+        self.replica = replica
+        self.request_id = request_id
+        self._done = False
+
+    def __iter__(self) -> Iterator[RequestOutput]:
+        try:
+            while not self._done:
+                for out in ray.get(self.replica.actor.poll.remote(self.request_id)):
+                    yield out
+                    if out.finished:
+                        self._done = True
+        finally:
+            self.router.release(self.replica)
+
+    def cancel(self) -> None:
+        if not self._done:
+            self.replica.actor.cancel.remote(self.request_id)
+
+
+class ReplicaRouter:
+    """The backend of the GenerationService over Ray replicas."""
+
+    def __init__(self, start_replica: Callable[[int], object], replicas: int) -> None:
+        self.start_replica = start_replica  # index -> a ReplicaActor handle
+        self._lock = threading.Lock()
+        self._live: list[_Replica] = []
+        self._next_index = 0
+        self.scale(replicas)
+
+    @property
+    def replicas(self) -> int:
+        return len(self._live)
+
+    def submit(self, prompt_ids: list[int], sampling: SamplingParams, spec: SpecParams, *,
+               time_limit_s: float | None = None) -> RemoteHandle:
+        with self._lock:
+            order = sorted(self._live, key=lambda r: r.in_flight)
+        if not order:
+            raise Stopping("no replica is serving")
+        refused: Exception | None = None
+        for replica in order:
+            with self._lock:
+                replica.in_flight += 1  # counted before the call, so that concurrent requests spread out
+            try:
+                request_id = ray.get(replica.actor.submit.remote(prompt_ids, sampling, spec, time_limit_s))
+            except (QueueFull, Stopping) as exc:  # full, or just retired: try the next replica
+                refused = exc
+                self.release(replica)
+                continue
+            except BaseException:
+                self.release(replica)
+                raise
+            return RemoteHandle(self, replica, request_id)
+        if isinstance(refused, QueueFull):
+            raise QueueFull(f"all {len(order)} replicas are full") from None
+        raise refused
+
+    def release(self, replica: _Replica) -> None:
+        with self._lock:
+            replica.in_flight -= 1
+
+    def scale(self, replicas: int) -> None:
+        """Start or retire replicas until `replicas` serve. Retired ones finish their requests first (in the
+        background); new ones take requests once their models are loaded."""
+        if replicas < 1:
+            raise ValueError("at least one replica")
+        started = []
+        while len(self._live) + len(started) < replicas:
+            started.append(_Replica(self.start_replica(self._next_index), self._next_index))
+            self._next_index += 1
+        ray.get([r.actor.load.remote() for r in started])  # loaded and answering
+        with self._lock:
+            self._live += started
+            retiring = self._live[replicas:] if len(self._live) > replicas else []
+            self._live = self._live[:replicas]
+        for replica in retiring:
+            replica.retiring = True
+            threading.Thread(target=self._retire, args=(replica,), daemon=True,
+                             name=f"retire-{replica.index}").start()
+        logger.info("replicas: %d (%d started, %d retiring)", replicas, len(started), len(retiring))
+
+    def _retire(self, replica: _Replica) -> None:
+        held = ray.get(replica.actor.drain.remote())
+        logger.info("replica %d retired after finishing %d requests", replica.index, held)
+        ray.kill(replica.actor)
+
+    def load(self) -> dict:
+        loads = ray.get([r.actor.load.remote() for r in self._live])
+        return {"num_requests_running": sum(x["num_requests_running"] for x in loads),
+                "num_requests_waiting": sum(x["num_requests_waiting"] for x in loads),
+                "in_flight": sum(x["in_flight"] for x in loads),
+                "num_replicas": len(loads), "up": bool(loads) and all(x["up"] for x in loads)}
+
+    def shutdown(self, drain: bool = True) -> None:
+        with self._lock:
+            live, self._live = self._live, []
+        if drain:
+            ray.get([r.actor.drain.remote() for r in live])
+        for replica in live:
+            ray.kill(replica.actor)

@@ -1,0 +1,92 @@
+"""Engine replicas as Ray actors on the session's local Ray cluster: routing, streaming through the router,
+cancellation, and scaling from 1 to 2 replicas and back while requests run, with no request dropped."""
+
+import threading
+
+import pytest
+import ray
+
+from mirrorspec.cluster.replicas import ReplicaActor, ReplicaRouter
+from mirrorspec.orchestration.engine import EngineConfig
+from mirrorspec.orchestration.engine_loop import QueueFull
+from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.orchestration.params import SamplingParams, SpecParams
+
+pytestmark = pytest.mark.real_model
+
+ENGINE = EngineConfig(drafter="default", max_batch=2, threads=1)
+SPEC = SpecParams(method="chain", gamma=3)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from mirrorspec.workers.models import load_tokenizer, resolve_model_dir
+
+    return load_tokenizer(resolve_model_dir("default", "target"))
+
+
+def start(index: int, max_in_flight: int = 4):
+    return ray.remote(ReplicaActor).options(num_cpus=1, max_concurrency=32).remote(ENGINE, max_in_flight=max_in_flight)
+
+
+def prompt(tokenizer, text: str) -> list[int]:
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=False)
+
+
+def test_scaling_up_and_down_during_a_load_run_drops_nothing(ray_cluster, tokenizer):
+    router = ReplicaRouter(start, 1)
+    try:
+        texts = [f"Write one sentence about the number {i}." for i in range(10)]
+        outputs: dict[int, list[int]] = {}
+        errors: list[BaseException] = []
+
+        def client(i: int) -> None:
+            try:
+                last = None
+                for last in router.submit(prompt(tokenizer, texts[i]), SamplingParams(max_new_tokens=24), SPEC):
+                    pass
+                outputs[i] = last.token_ids
+            except BaseException as exc:  # noqa: BLE001 - every failure is a dropped request
+                errors.append(exc)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(10)]
+        for t in threads[:5]:
+            t.start()
+        router.scale(2)  # while the first five run
+        assert router.replicas == 2
+        for t in threads[5:]:
+            t.start()
+        router.scale(1)  # one replica retires with requests in flight: it finishes them first
+        for t in threads:
+            t.join(timeout=300)
+        assert not errors and sorted(outputs) == list(range(10))
+        # Every answer is the target's own greedy answer, wherever it ran.
+        reference = ReplicaRouter(start, 1)
+        for i in (0, 7):
+            last = None
+            for last in reference.submit(prompt(tokenizer, texts[i]), SamplingParams(max_new_tokens=24),
+                                         SpecParams(method="ar")):
+                pass
+            assert last.token_ids == outputs[i]
+        reference.shutdown()
+    finally:
+        router.shutdown()
+
+
+def test_bad_requests_and_full_replicas_come_back_as_errors(ray_cluster, tokenizer):
+    router = ReplicaRouter(lambda i: start(i, max_in_flight=1), 1)
+    try:
+        with pytest.raises(InvalidRequestError, match="^max_new_tokens:"):
+            router.submit([1, 2, 3], SamplingParams(max_new_tokens=5000), SPEC)
+        held = router.submit(prompt(tokenizer, "Count to ten."), SamplingParams(max_new_tokens=40), SPEC)
+        with pytest.raises(QueueFull):
+            router.submit(prompt(tokenizer, "Hi"), SamplingParams(max_new_tokens=4), SPEC)
+        held.cancel()
+        last = None
+        for last in held:
+            pass
+        assert last.finished and last.finish_reason == "cancelled"
+        assert router.load()["in_flight"] == 0
+    finally:
+        router.shutdown()
