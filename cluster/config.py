@@ -111,6 +111,30 @@ class ClusterConfig:
         return dataclasses.replace(self.target, cores=cores)
 
 
+@dataclass(frozen=True)
+class AutoscalePolicy:
+    """serve.autoscale: grow while requests queue, shrink while the others could hold every request."""
+
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_waiting: float = 2.0  # waiting requests per replica above which one more is started
+    up_after_s: float = 5.0  # ... when that lasted this long
+    down_after_s: float = 30.0  # one fewer when one replica's worth of slots stayed unused this long
+    period_s: float = 1.0
+
+    def validate(self) -> "AutoscalePolicy":
+        if not isinstance(self.min_replicas, int) or self.min_replicas < 1:
+            raise InvalidRequestError("serve.autoscale.min_replicas", f"must be an integer >= 1, got {self.min_replicas!r}")
+        if not isinstance(self.max_replicas, int) or self.max_replicas < self.min_replicas:
+            raise InvalidRequestError("serve.autoscale.max_replicas", f"must be an integer >= min_replicas, got "
+                                                                      f"{self.max_replicas!r}")
+        for name in ("target_waiting", "up_after_s", "down_after_s", "period_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise InvalidRequestError(f"serve.autoscale.{name}", f"must be > 0, got {value!r}")
+        return self
+
+
 @dataclass
 class ServeConfig:
     """`mirrorspec serve`: the public GenerationService (orchestration/generation_service.py)."""
@@ -123,6 +147,7 @@ class ServeConfig:
     tls_cert: str | None = None  # PEM files; both or neither
     tls_key: str | None = None
     replicas: int = 1  # engine replicas (Ray actors with cluster.target's resources; cluster.ray: never -> 1 in-process)
+    autoscale: dict | None = None  # AutoscalePolicy's keys: the server scales itself between min and max replicas
     max_queue: int = 64  # per replica: requests waiting beyond its running batch; past it RESOURCE_EXHAUSTED
     max_prompt_tokens: int = 4096
     max_new_tokens: int = 1024
@@ -156,9 +181,22 @@ class ServeConfig:
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise InvalidRequestError(f"serve.{name}", f"{path!r} does not exist")
+        if self.autoscale is not None:
+            self.policy()
         if self.token_env is not None and self.token_file is not None:
             raise InvalidRequestError("serve.token_env", "give token_env or token_file, not both")
         return self
+
+    def policy(self) -> AutoscalePolicy | None:
+        if self.autoscale is None:
+            return None
+        if not isinstance(self.autoscale, dict):
+            raise InvalidRequestError("serve.autoscale", "must be a mapping of AutoscalePolicy keys")
+        known = {f.name for f in dataclasses.fields(AutoscalePolicy)}
+        for key in self.autoscale:
+            if key not in known:
+                raise InvalidRequestError(f"serve.autoscale.{key}", f"unknown key; known keys: {', '.join(sorted(known))}")
+        return AutoscalePolicy(**self.autoscale).validate()
 
     def token(self) -> str | None:
         """The bearer token, read when the server starts (an empty one is an error, not 'no auth')."""

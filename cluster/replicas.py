@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import ray
 
+from mirrorspec.cluster.config import AutoscalePolicy
 from mirrorspec.orchestration.engine import Engine, EngineConfig, RequestOutput
 from mirrorspec.orchestration.engine_loop import EngineLoop, Handle, QueueFull, Stopping
 from mirrorspec.orchestration.params import SamplingParams, SpecParams
@@ -114,6 +116,7 @@ class ReplicaRouter:
 
     def __init__(self, start_replica: Callable[[int], object], replicas: int) -> None:
         self.start_replica = start_replica  # index -> a ReplicaActor handle
+        self.autoscaler: "Autoscaler | None" = None  # set when serve.autoscale owns the count
         self._lock = threading.Lock()
         self._live: list[_Replica] = []
         self._next_index = 0
@@ -184,9 +187,42 @@ class ReplicaRouter:
                 "num_replicas": len(loads), "up": bool(loads) and all(x["up"] for x in loads)}
 
     def shutdown(self, drain: bool = True) -> None:
+        if self.autoscaler is not None:
+            self.autoscaler.stop()
         with self._lock:
             live, self._live = self._live, []
         if drain:
             ray.get([r.actor.drain.remote() for r in live])
         for replica in live:
             ray.kill(replica.actor)
+
+
+class Autoscaler:
+    """Scales a router between the policy's bounds from the queue it reads every period."""
+
+    def __init__(self, router: ReplicaRouter, policy: AutoscalePolicy, slots_per_replica: int) -> None:
+        self.router, self.policy, self.slots = router, policy, slots_per_replica
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="autoscaler")
+        self._thread.start()
+
+    def _run(self) -> None:
+        p = self.policy
+        busy_since = idle_since = None
+        while not self._stop.wait(p.period_s):
+            load, n = self.router.load(), self.router.replicas
+            now = time.monotonic()
+            busy = load["num_requests_waiting"] / n > p.target_waiting
+            idle = not busy and load["in_flight"] <= (n - 1) * self.slots
+            busy_since = (busy_since or now) if busy else None
+            idle_since = (idle_since or now) if idle else None
+            if busy and n < p.max_replicas and now - busy_since >= p.up_after_s:
+                self.router.scale(n + 1)
+                busy_since = None
+            elif idle and n > p.min_replicas and now - idle_since >= p.down_after_s:
+                self.router.scale(n - 1)
+                idle_since = None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -18,7 +18,7 @@ from mirrorspec.cluster.config import ProjectConfig
 from mirrorspec.orchestration.engine import Engine
 from mirrorspec.orchestration.engine_loop import EngineLoop
 from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.generation_service import GenerationService, Limits, ServedModel
+from mirrorspec.orchestration.generation_service import AdminService, GenerationService, Limits, ServedModel
 from mirrorspec.orchestration.grpc_server import GenerationServer, ServerLimits, ServerSecurity
 from mirrorspec.orchestration.metrics import ServingMetrics
 from mirrorspec.orchestration.params import AR_DRAFTED, SamplingParams
@@ -45,7 +45,7 @@ def _ray_backend(project: ProjectConfig):
     import ray
 
     from mirrorspec.cluster.ray_cluster import connect
-    from mirrorspec.cluster.replicas import ReplicaActor, ReplicaRouter
+    from mirrorspec.cluster.replicas import Autoscaler, ReplicaActor, ReplicaRouter
 
     connect(project.cluster)
     role = project.cluster.target
@@ -58,7 +58,11 @@ def _ray_backend(project: ProjectConfig):
     def start(index: int):
         return ray.remote(ReplicaActor).options(**options).remote(engine, max_in_flight=max_in_flight)
 
-    return ReplicaRouter(start, project.serve.replicas)
+    policy = project.serve.policy()
+    router = ReplicaRouter(start, policy.min_replicas if policy else project.serve.replicas)
+    if policy is not None:
+        router.autoscaler = Autoscaler(router, policy, slots_per_replica=project.engine.max_batch)
+    return router
 
 
 def start_server(project: ProjectConfig) -> tuple[GenerationServer, object, str | None]:
@@ -96,8 +100,41 @@ def start_server(project: ProjectConfig) -> tuple[GenerationServer, object, str 
     server = GenerationServer(service, host=serve.host, port=serve.port, security=security,
                               limits=ServerLimits(max_message_bytes=serve.max_message_bytes,
                                                   max_concurrent_rpcs=serve.max_concurrent_rpcs),
-                              is_up=lambda: backend.load()["up"])
+                              is_up=lambda: backend.load()["up"],
+                              admin=AdminService(backend, autoscaling=serve.autoscale is not None))
     return server, backend, metrics_address
+
+
+def scale_server(address: str, replicas: int, *, token_env: str | None = None, tls_ca: str | None = None) -> int:
+    """`mirrorspec scale N`: ask a running server for N replicas; print its replicas and load."""
+    import json
+    import os
+
+    import grpc
+
+    from mirrorspec.orchestration.grpc_server import bearer
+    from mirrorspec.protos import generation_pb2 as pb
+    from mirrorspec.protos import generation_pb2_grpc as pb_grpc
+
+    if replicas < 0:
+        raise InvalidRequestError("replicas", f"must be >= 0, got {replicas}")
+    metadata = ()
+    if token_env:
+        if not os.environ.get(token_env):
+            raise InvalidRequestError("token_env", f"${token_env} is empty")
+        metadata = bearer(os.environ[token_env])
+    channel = (grpc.secure_channel(address, grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())) if tls_ca
+               else grpc.insecure_channel(address))
+    try:
+        reply = pb_grpc.AdminServiceStub(channel).Scale(pb.ScaleRequest(replicas=replicas), metadata=metadata,
+                                                        timeout=600)
+    except grpc.RpcError as exc:
+        raise InvalidRequestError("server", f"{address}: {exc.code().name}: {exc.details()}") from None
+    finally:
+        channel.close()
+    print(json.dumps({"replicas": reply.replicas, "in_flight": reply.in_flight, "running": reply.running,
+                      "waiting": reply.waiting, "autoscaling": reply.autoscaling}))
+    return 0
 
 
 def run_server(project: ProjectConfig, *, host: str | None = None, port: int | None = None) -> int:

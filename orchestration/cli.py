@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(service)
     service.add_argument("--method", help=f"the default method of requests that name none ({' | '.join(METHODS)})")
 
+    scale = sub.add_parser("scale", help="set (or read, with 0) the replica count of a running `mirrorspec serve`")
+    scale.add_argument("replicas", type=int, help="replicas to serve with (0: only print the count and load)")
+    scale.add_argument("--server", default="127.0.0.1:8033", help="the server's address")
+    scale.add_argument("--token-env", help="environment variable holding the server's bearer token")
+    scale.add_argument("--tls-ca", help="PEM of the CA that signed the server's certificate (a TLS server)")
+
     head = sub.add_parser("train-exit-head", help="fit the early-exit head that mirror's early exit uses")
     from mirrorspec.training.exit_head import add_exit_head_args
 
@@ -285,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
             from mirrorspec.bench.diffusion import cmd_bench_diffusion
 
             return cmd_bench_diffusion(args)
+        if args.command == "scale":
+            from mirrorspec.cluster.serve import scale_server
+
+            return scale_server(args.server, args.replicas, token_env=args.token_env, tls_ca=args.tls_ca)
         if args.command == "serve":
             from mirrorspec.cluster.config import ProjectConfig, find_config, load_config
             from mirrorspec.cluster.serve import run_server

@@ -219,6 +219,27 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
         return response
 
 
+class AdminService(pb_grpc.AdminServiceServicer):
+    """Replicas at run time: `backend.scale(n)` (the router over Ray replicas), unless an autoscaler owns them."""
+
+    def __init__(self, backend, autoscaling: bool = False) -> None:
+        self.backend = backend
+        self.autoscaling = autoscaling
+
+    def Scale(self, request: pb.ScaleRequest, context) -> pb.ScaleResponse:
+        if request.replicas:
+            if not hasattr(self.backend, "scale"):
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "replicas: this server runs one engine in its own "
+                                                                   "process (cluster.ray: never)")
+            if self.autoscaling:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "replicas: serve.autoscale manages them")
+            self.backend.scale(request.replicas)
+        load = self.backend.load()
+        return pb.ScaleResponse(replicas=load["num_replicas"], in_flight=load["in_flight"],
+                                running=load["num_requests_running"], waiting=load["num_requests_waiting"],
+                                autoscaling=self.autoscaling)
+
+
 class _status:
     """Turns the service's exceptions into the RPC's status (the server itself keeps serving)."""
 

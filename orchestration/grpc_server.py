@@ -31,6 +31,7 @@ from mirrorspec.protos import generation_pb2_grpc as pb_grpc
 logger = logging.getLogger(__name__)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
+ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
 HEALTH_METHODS = "/grpc.health.v1.Health/"
 
 
@@ -185,16 +186,20 @@ class GenerationServer:
 
     def __init__(self, servicer: pb_grpc.GenerationServiceServicer, *, host: str, port: int,
                  security: ServerSecurity, limits: ServerLimits, is_up: Callable[[], bool],
-                 health_period_s: float = 0.5) -> None:
+                 admin: pb_grpc.AdminServiceServicer | None = None, health_period_s: float = 0.5) -> None:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=limits.threads), interceptors=[Gate(security.token)],
             maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
             options=[("grpc.max_receive_message_length", limits.max_message_bytes),
                      ("grpc.max_send_message_length", limits.max_message_bytes)])
         pb_grpc.add_GenerationServiceServicer_to_server(servicer, self.server)
+        names = [SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        if admin is not None:
+            pb_grpc.add_AdminServiceServicer_to_server(admin, self.server)
+            names.append(ADMIN_SERVICE)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        reflection.enable_server_reflection(names, self.server)
         if security.tls_cert is not None:
             credentials = grpc.ssl_server_credentials([(security.tls_key, security.tls_cert)])
             bound = self.server.add_secure_port(f"{host}:{port}", credentials)

@@ -216,3 +216,23 @@ class ModelInfoResponse(_message.Message):
     methods: _containers.RepeatedScalarFieldContainer[DecodingMethod]
     replicas: int
     def __init__(self, model_id: _Optional[str] = ..., max_sequence_length: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., drafter: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[DecodingMethod, str]]] = ..., replicas: _Optional[int] = ...) -> None: ...
+
+class ScaleRequest(_message.Message):
+    __slots__ = ("replicas",)
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    replicas: int
+    def __init__(self, replicas: _Optional[int] = ...) -> None: ...
+
+class ScaleResponse(_message.Message):
+    __slots__ = ("replicas", "in_flight", "running", "waiting", "autoscaling")
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALING_FIELD_NUMBER: _ClassVar[int]
+    replicas: int
+    in_flight: int
+    running: int
+    waiting: int
+    autoscaling: bool
+    def __init__(self, replicas: _Optional[int] = ..., in_flight: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., autoscaling: _Optional[bool] = ...) -> None: ...

@@ -227,3 +227,78 @@ class GenerationService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminServiceStub:
+    """Operating the server: replicas at run time (`mirrorspec scale N`). Same credentials as GenerationService.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Scale = channel.unary_unary(
+                '/mirrorspec.generation.v1.AdminService/Scale',
+                request_serializer=mirrorspec_dot_protos_dot_generation__pb2.ScaleRequest.SerializeToString,
+                response_deserializer=mirrorspec_dot_protos_dot_generation__pb2.ScaleResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServiceServicer:
+    """Operating the server: replicas at run time (`mirrorspec scale N`). Same credentials as GenerationService.
+    """
+
+    def Scale(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Scale': grpc.unary_unary_rpc_method_handler(
+                    servicer.Scale,
+                    request_deserializer=mirrorspec_dot_protos_dot_generation__pb2.ScaleRequest.FromString,
+                    response_serializer=mirrorspec_dot_protos_dot_generation__pb2.ScaleResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'mirrorspec.generation.v1.AdminService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('mirrorspec.generation.v1.AdminService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AdminService:
+    """Operating the server: replicas at run time (`mirrorspec scale N`). Same credentials as GenerationService.
+    """
+
+    @staticmethod
+    def Scale(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirrorspec.generation.v1.AdminService/Scale',
+            mirrorspec_dot_protos_dot_generation__pb2.ScaleRequest.SerializeToString,
+            mirrorspec_dot_protos_dot_generation__pb2.ScaleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -2,6 +2,7 @@
 cancellation, and scaling from 1 to 2 replicas and back while requests run, with no request dropped."""
 
 import threading
+import time
 
 import pytest
 import ray
@@ -88,5 +89,30 @@ def test_bad_requests_and_full_replicas_come_back_as_errors(ray_cluster, tokeniz
             pass
         assert last.finished and last.finish_reason == "cancelled"
         assert router.load()["in_flight"] == 0
+    finally:
+        router.shutdown()
+
+
+def test_the_autoscaler_grows_with_the_queue_and_shrinks_when_idle(ray_cluster, tokenizer):
+    from mirrorspec.cluster.config import AutoscalePolicy
+    from mirrorspec.cluster.replicas import Autoscaler
+
+    router = ReplicaRouter(lambda i: start(i, max_in_flight=16), 1)
+    router.autoscaler = Autoscaler(router, AutoscalePolicy(min_replicas=1, max_replicas=2, target_waiting=1.0,
+                                                           up_after_s=0.5, down_after_s=1.0, period_s=0.2),
+                                   slots_per_replica=ENGINE.max_batch)
+    seen = []
+    try:
+        handles = [router.submit(prompt(tokenizer, f"Tell a short story about {i} cats."),
+                                 SamplingParams(max_new_tokens=32), SPEC) for i in range(8)]
+        for handle in handles:  # 8 requests on 2 slots: 6 wait, so a second replica starts
+            for out in handle:
+                seen.append(router.replicas)
+            assert out.finished and len(out.token_ids) >= 1
+        assert max(seen) == 2
+        deadline = time.monotonic() + 60
+        while router.replicas > 1:  # idle: back to the minimum
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
     finally:
         router.shutdown()
