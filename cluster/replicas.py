@@ -79,6 +79,16 @@ class ReplicaActor:
         return held
 
 
+def _get(ref):
+    """ray.get, raising a replica's own exception (bad input, a full queue) as itself, not wrapped in Ray's."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if exc.cause is not None:
+            raise exc.cause from None
+        raise
+
+
 @dataclass
 class _Replica:
     actor: object
@@ -137,7 +147,7 @@ class ReplicaRouter:
             with self._lock:
                 replica.in_flight += 1  # counted before the call, so that concurrent requests spread out
             try:
-                request_id = ray.get(replica.actor.submit.remote(prompt_ids, sampling, spec, time_limit_s))
+                request_id = _get(replica.actor.submit.remote(prompt_ids, sampling, spec, time_limit_s))
             except (QueueFull, Stopping) as exc:  # full, or just retired: try the next replica
                 refused = exc
                 self.release(replica)

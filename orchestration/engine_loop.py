@@ -55,14 +55,18 @@ class Handle:
 
 
 class EngineLoop:
+    """Only the loop thread touches the engine: callers send commands (add, cancel, stop) that it applies between
+    steps, in arrival order, so a caller waits at most one step and is never starved by the loop."""
+
     def __init__(self, engine: Engine, *, max_in_flight: int, name: str = "engine-loop") -> None:
         self.engine = engine
         self.max_in_flight = max_in_flight
-        self._lock = threading.Condition()
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
         self._handles: dict[str, Handle] = {}
         self._deadlines: dict[str, float] = {}
         self._stopping = False
-        self._closed = False
+        self._drain = True
         self.steps = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -71,28 +75,22 @@ class EngineLoop:
     def submit(self, prompt: str | list[int], sampling: SamplingParams, spec: SpecParams, *, chat: bool = False,
                time_limit_s: float | None = None) -> Handle:
         """Queue a request (InvalidRequestError for bad input, QueueFull past the bound, Stopping when draining)."""
-        with self._lock:
-            if self._stopping:
-                raise Stopping("the server is shutting down")
-            if len(self._handles) >= self.max_in_flight:
-                raise QueueFull(f"{len(self._handles)} requests in flight, the most this replica holds")
-            request_id = self.engine.add_request(prompt, sampling, spec, chat=chat)
-            handle = Handle(request_id, self)
-            self._handles[request_id] = handle
-            if time_limit_s:
-                self._deadlines[request_id] = handle.arrival + time_limit_s
-            self._lock.notify_all()
-        return handle
+        if self._stopping:
+            raise Stopping("the server is shutting down")
+        reply: queue.SimpleQueue = queue.SimpleQueue()
+        self._send(("add", (prompt, sampling, spec, chat, time_limit_s), reply))
+        result = reply.get()
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     def cancel(self, request_id: str, reason: str = CANCELLED) -> None:
-        """Abort a request now (between steps); its handle gets a last output with `reason`."""
-        with self._lock:
-            handle = self._handles.pop(request_id, None)
-            self._deadlines.pop(request_id, None)
-            if handle is None:
-                return
-            out = self.engine.abort(request_id, reason)
-        handle.outputs.put(out or _ended(request_id, reason))
+        """Abort a request at the next step boundary; its handle gets a last output with `reason`."""
+        self._send(("cancel", request_id, reason))
+
+    def _send(self, command: tuple) -> None:
+        self._commands.put(command)
+        self._wake.set()
 
     @property
     def alive(self) -> bool:
@@ -116,57 +114,82 @@ class EngineLoop:
     # ----------------------------------------------------------------------------------- the loop
     def _run(self) -> None:
         while True:
-            with self._lock:
-                while not self.engine.has_unfinished() and not self._closed:
-                    if self._stopping:
-                        self._closed = True
-                        self._lock.notify_all()
-                        return
-                    self._lock.wait()
-                if self._closed:
+            self._apply_commands()
+            if not self.engine.has_unfinished():
+                if self._stopping:
                     return
-                self._expire()
-                try:
-                    outputs = self.engine.step()
-                except Exception as exc:  # a broken engine must not leave callers waiting for ever
-                    logger.exception("engine step failed")
-                    self._fail_all(exc)
-                    continue
-                self.steps += 1
-                delivered = [(self._handles.get(out.request_id), out) for out in outputs]
-                for out in outputs:
-                    if out.finished:
-                        self._handles.pop(out.request_id, None)
-                        self._deadlines.pop(out.request_id, None)
-            for handle, out in delivered:
+                self._wake.wait(timeout=1.0)
+                self._wake.clear()
+                continue
+            self._expire()
+            try:
+                outputs = self.engine.step()
+            except Exception as exc:  # a broken engine must not leave callers waiting for ever
+                logger.exception("engine step failed")
+                self._fail_all(exc)
+                continue
+            self.steps += 1
+            for out in outputs:
+                handle = self._handles.get(out.request_id)
+                if out.finished:
+                    self._handles.pop(out.request_id, None)
+                    self._deadlines.pop(out.request_id, None)
                 if handle is not None:
                     handle.outputs.put(out)
+
+    def _apply_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command[0] == "add":
+                command[2].put(self._add(*command[1]))
+            elif command[0] == "cancel":
+                self._end(command[1], command[2])
+            else:  # stop
+                self._stopping, self._drain = True, command[1]
+                if not self._drain:
+                    for request_id in list(self._handles):
+                        self._end(request_id, CANCELLED)
+
+    def _add(self, prompt, sampling, spec, chat, time_limit_s) -> Handle | BaseException:
+        if self._stopping:
+            return Stopping("the server is shutting down")
+        if len(self._handles) >= self.max_in_flight:
+            return QueueFull(f"{len(self._handles)} requests in flight, the most this replica holds")
+        try:
+            request_id = self.engine.add_request(prompt, sampling, spec, chat=chat)
+        except Exception as exc:  # bad input goes back to the caller, as raised
+            return exc
+        handle = Handle(request_id, self)
+        self._handles[request_id] = handle
+        if time_limit_s:
+            self._deadlines[request_id] = handle.arrival + time_limit_s
+        return handle
+
+    def _end(self, request_id: str, reason: str, error: str | None = None) -> None:
+        handle = self._handles.pop(request_id, None)
+        self._deadlines.pop(request_id, None)
+        if handle is None:  # finished already
+            return
+        out = self.engine.abort(request_id, reason) or _ended(request_id, reason)
+        out.error = error
+        handle.outputs.put(out)
 
     def _expire(self) -> None:
         now = time.perf_counter()
         for request_id in [r for r, deadline in self._deadlines.items() if deadline <= now]:
-            handle = self._handles.pop(request_id)
-            del self._deadlines[request_id]
-            handle.outputs.put(self.engine.abort(request_id, TIME_LIMIT) or _ended(request_id, TIME_LIMIT))
+            self._end(request_id, TIME_LIMIT)
 
     def _fail_all(self, exc: Exception) -> None:
-        for request_id, handle in list(self._handles.items()):
-            out = self.engine.abort(request_id, "error") or _ended(request_id, "error")
-            out.error = f"engine: {exc}"
-            handle.outputs.put(out)
-        self._handles.clear()
-        self._deadlines.clear()
+        for request_id in list(self._handles):
+            self._end(request_id, "error", error=f"engine: {exc}")
 
     def stop(self, drain: bool = True, timeout_s: float | None = None) -> None:
-        """Take no new requests; with `drain`, wait for those in flight, else cancel them."""
-        with self._lock:
-            self._stopping = True
-            if not drain:
-                for request_id in list(self._handles):
-                    handle = self._handles.pop(request_id)
-                    handle.outputs.put(self.engine.abort(request_id, CANCELLED) or _ended(request_id, CANCELLED))
-                self._deadlines.clear()
-            self._lock.notify_all()
+        """Take no new requests; with `drain`, finish those in flight, else cancel them. Returns when done."""
+        self._stopping = True  # new submits are refused from now on
+        self._send(("stop", drain))
         self._thread.join(timeout_s)
 
 

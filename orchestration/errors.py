@@ -10,3 +10,7 @@ class InvalidRequestError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.reason = message
+
+    def __reduce__(self):
+        # Rebuilt from its two parts when it crosses a process (a Ray actor's error reaches the caller as itself).
+        return type(self), (self.field, self.reason)

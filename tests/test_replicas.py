@@ -26,7 +26,7 @@ def tokenizer():
     return load_tokenizer(resolve_model_dir("default", "target"))
 
 
-def start(index: int, max_in_flight: int = 4):
+def start(index: int, max_in_flight: int = 16):
     return ray.remote(ReplicaActor).options(num_cpus=1, max_concurrency=32).remote(ENGINE, max_in_flight=max_in_flight)
 
 
