@@ -140,3 +140,13 @@ def test_served_drafter_without_ray_equals_ar(capsys):
 def test_drafter_address_is_checked(capsys):
     assert main(["generate", "hi", "--drafter-address", "nowhere"]) == 2
     assert "cluster.drafter_address" in capsys.readouterr().err
+
+
+def test_the_gpu_npu_example_config_is_valid():
+    from pathlib import Path
+
+    from mirrorspec.cluster.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "gpu-npu-cluster.yaml")
+    assert config.cluster.tp_size == 8 and config.cluster.drafter.resources == {"npu": 1}
+    assert config.serve.token_env == "MIRRORSPEC_TOKEN"
