@@ -291,10 +291,10 @@ def _wait(condition, timeout_s: float = 10.0) -> None:
 
 
 @pytest.mark.real_model
-def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster):
+def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, capsys, monkeypatch):
     """The CLI server on the default pair, its replica an actor on the session's Ray cluster: a token from the
-    environment, Prometheus metrics of the requests, and a streamed request that is still running when SIGTERM
-    arrives finishes whole; the process exits 0."""
+    environment, Prometheus metrics of the requests, `mirrorspec scale` to 2 replicas and back, and a streamed
+    request that is still running when SIGTERM arrives finishes whole; the process exits 0."""
     import os
     import signal
     import subprocess
@@ -304,6 +304,7 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster):
     config.write_text("serve: {port: 0, metrics_port: 0, token_env: MS_TOKEN, max_new_tokens: 128, "
                       "default_max_new_tokens: 64}\n")
     env = {**os.environ, "MS_TOKEN": TOKEN, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    monkeypatch.setenv("MS_TOKEN", TOKEN)  # for `mirrorspec scale` in this process
     proc = subprocess.Popen([sys.executable, "-m", "mirrorspec.orchestration.cli", "serve", "--config", str(config),
                              "--drafter", "default", "--max-batch", "2", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
@@ -320,6 +321,13 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster):
         assert re.search(r"^mirrorspec:spec_decode_num_drafts_total [1-9]", scraped, re.M)
         assert re.search(r"^mirrorspec:time_to_first_token_seconds_count 1.0", scraped, re.M)
         assert "mirrorspec:num_requests_running 0.0" in scraped
+        # `mirrorspec scale N` against the running server: a second replica, then back to one.
+        from mirrorspec.cluster.serve import scale_server
+
+        for replicas in (2, 1):
+            assert scale_server(address, replicas, token_env="MS_TOKEN") == 0
+        assert scale_server(address, 0, token_env="MS_TOKEN") == 0
+        assert '"replicas": 1' in capsys.readouterr().out.splitlines()[-1]
         request = pb.SingleGenerationRequest(request=pb.GenerationRequest(text="Name three colors."),
                                              params=pb.Parameters(chat=True, stopping=pb.StoppingCriteria(
                                                  max_new_tokens=48, min_new_tokens=48)))
