@@ -11,7 +11,6 @@ from mirrorspec.orchestration.params import SamplingParams, SpecParams
 from mirrorspec.workers.default_model import ensure_default_model
 from mirrorspec.workers.factory import DEFAULT_DIFFUSION_DRAFTER_DIR, DEFAULT_DRAFTER_DIR
 
-TOKEN_DRAFTER_DIR = DEFAULT_DRAFTER_DIR.parent / "smollm2-135m-token"
 
 pytestmark = pytest.mark.real_model
 
@@ -68,14 +67,6 @@ def test_trained_drafter_is_token_identical_to_ar(trained_engine, bench_prompts,
     assert [o.token_ids for o in outs] == ar_outputs
     assert sum(o.stats.accepted for o in outs) > 0.3 * sum(o.stats.target_forwards for o in outs)
     assert all(o.text for o in outs)
-
-
-def test_token_drafter_is_token_identical_to_ar(bench_prompts, ar_outputs):
-    """The shipped token-level drafter (drafters/smollm2-135m-token), which needs no hidden states."""
-    engine = Engine.from_config(EngineConfig(drafter=str(TOKEN_DRAFTER_DIR), max_batch=4))
-    outs = engine.generate(bench_prompts, SamplingParams(max_new_tokens=NEW_TOKENS), SPECS["chain"], chat=True)
-    assert [o.token_ids for o in outs] == ar_outputs
-    assert sum(o.stats.accepted for o in outs) > 0.1 * sum(o.stats.target_forwards for o in outs)
 
 
 def test_diffusion_drafter_is_token_identical_to_ar(bench_prompts, ar_outputs):
