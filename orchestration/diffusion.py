@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.workers.diffusion_model import ContextKV
+from mirrorspec.workers.diffusion_model import ContextKV, pad_contexts
 
 STRATEGIES = ("low-confidence", "random", "threshold", "factor")
 FIXED_SCHEDULE = ("low-confidence", "random")  # a fixed number of commits per step
@@ -240,26 +240,16 @@ class DiffusionDecoder:
         """One forward over each row's block (and, with the prefix cache, its masked suffix), attending to the
         K/V kept at the block's start. Queries and contexts are left-padded to the longest in the batch."""
         spans = [r.query_end - r.query_start for r in rows]
-        width, context_width = max(spans), max(r.context.keys.shape[3] for r in rows)
-        first = rows[0].context
-        layers, _, heads, _, dim = first.keys.shape
-        keys = first.keys.new_zeros((layers, len(rows), heads, context_width, dim))
-        values = torch.zeros_like(keys)
-        context_valid = torch.zeros((len(rows), context_width), dtype=torch.bool, device=keys.device)
+        width = max(spans)
         ids = torch.full((len(rows), width), self.model.mask_id, dtype=torch.long)
         positions = torch.zeros((len(rows), width), dtype=torch.long)
         valid = torch.zeros((len(rows), width), dtype=torch.bool)
         for k, (r, span) in enumerate(zip(rows, spans)):
-            c = r.context.keys.shape[3]
-            keys[:, k, :, context_width - c:] = r.context.keys[:, 0]
-            values[:, k, :, context_width - c:] = r.context.values[:, 0]
-            context_valid[k, context_width - c:] = True
             ids[k, width - span:] = r.canvas[r.query_start:r.query_end]
             positions[k, width - span:] = torch.arange(r.query_start, r.query_end)
             valid[k, width - span:] = True
         see = valid[:, None, :] | torch.eye(width, dtype=torch.bool)[None]
-        logits, columns, _ = self.model.logits_in_context(ids, positions, see,
-                                                          ContextKV(keys, values, context_valid))
+        logits, columns, _ = self.model.logits_in_context(ids, positions, see, pad_contexts([r.context for r in rows]))
         logits, columns = logits.cpu(), None if columns is None else columns.cpu()
         return [(logits[k, width - span:], columns, r.query_start, None) for k, (r, span) in enumerate(zip(rows, spans))]
 

@@ -21,7 +21,7 @@ import torch
 from mirrorspec.orchestration.acceptance import ROOT, DraftTree
 from mirrorspec.orchestration.errors import InvalidRequestError
 from mirrorspec.orchestration.interfaces import ExitCandidates, OpenSpec, Proposal, Report
-from mirrorspec.workers.diffusion_model import ContextKV, DiffusionLM
+from mirrorspec.workers.diffusion_model import ContextKV, DiffusionLM, pad_contexts
 
 
 @dataclass
@@ -111,7 +111,7 @@ class DiffusionDraftService:
             causal = queries[:, None] >= queries[None, :]
             in_window = (queries >= first + len(catchup))[:, None].expand(-1, span)
             see[k, first:, first:] = causal | in_window
-        logits, columns, new = model.logits_in_context(ids, positions, see, _padded_context(states))
+        logits, columns, new = model.logits_in_context(ids, positions, see, pad_contexts([s.context for s in states]))
         out = []
         for k, (state, catchup) in enumerate(zip(states, catchups)):
             # Shifted logits: the window's positions hold the predictions of draft positions 1..window.
@@ -124,25 +124,6 @@ class DiffusionDraftService:
             state.context = ContextKV(keys, values, torch.ones((1, keys.shape[3]), dtype=torch.bool))
             state.cached += len(catchup)
         return out, None if columns is None else columns.cpu()
-
-
-def _padded_context(states: list[_State]) -> ContextKV | None:
-    """The rows' kept K/V, left-padded to the longest (None before any row has K/V)."""
-    known = [s.context for s in states if s.context is not None]
-    if not known:
-        return None
-    layers, _, heads, _, dim = known[0].keys.shape
-    width = max(c.keys.shape[3] for c in known)
-    keys = known[0].keys.new_zeros((layers, len(states), heads, width, dim))
-    values = torch.zeros_like(keys)
-    valid = torch.zeros((len(states), width), dtype=torch.bool, device=keys.device)
-    for k, s in enumerate(states):
-        if s.context is not None:
-            n = s.context.keys.shape[3]
-            keys[:, k, :, width - n:] = s.context.keys[:, 0]
-            values[:, k, :, width - n:] = s.context.values[:, 0]
-            valid[k, width - n:] = True
-    return ContextKV(keys, values, valid)
 
 
 def lattice_tree(logprobs: torch.Tensor, columns: torch.Tensor | None, topk: int, budget: int) -> DraftTree:

@@ -51,6 +51,26 @@ class ContextKV:
     valid: torch.Tensor
 
 
+def pad_contexts(contexts: list[ContextKV | None]) -> ContextKV | None:
+    """One batch's context from each row's own ([layers, 1, H, C_row, D]; None: no context yet), left-padded to
+    the longest; None when no row has one."""
+    known = [c for c in contexts if c is not None]
+    if not known:
+        return None
+    layers, _, heads, _, dim = known[0].keys.shape
+    width = max(c.keys.shape[3] for c in known)
+    keys = known[0].keys.new_zeros((layers, len(contexts), heads, width, dim))
+    values = torch.zeros_like(keys)
+    valid = torch.zeros((len(contexts), width), dtype=torch.bool, device=keys.device)
+    for k, context in enumerate(contexts):
+        if context is not None:
+            n = context.keys.shape[3]
+            keys[:, k, :, width - n:] = context.keys[:, 0]
+            values[:, k, :, width - n:] = context.values[:, 0]
+            valid[k, width - n:] = True
+    return ContextKV(keys, values, valid)
+
+
 class _ContextCache(Cache):
     """What transformers sees as the cache of one forward: each layer attends to the given context K/V (if any)
     followed by the forward's own K/V, which are kept (to cut a later context from) but never written into the
