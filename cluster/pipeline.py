@@ -35,7 +35,10 @@ class TargetGroupError(RuntimeError):
 
 
 class Pipeline:
-    def __init__(self, config: ProjectConfig) -> None:
+    def __init__(self, config: ProjectConfig, *, target_actor: type = TargetActor, target_kwargs: dict | None = None,
+                 target_concurrency: int = 2) -> None:
+        """`target_actor` (with `target_kwargs`) is rank 0's class: a TargetActor, or a subclass that serves
+        requests (cluster/replicas.py) and so needs more concurrent calls."""
         import ray
         from ray.util.placement_group import placement_group
 
@@ -57,6 +60,8 @@ class Pipeline:
             raise InvalidRequestError("cluster", f"the Ray cluster cannot place the pipeline ({wanted}, "
                                                  f"{cluster.placement_strategy}); it has {ray.available_resources()}")
         self._engine, self._cluster = engine, cluster
+        self._target_actor, self._target_kwargs = target_actor, dict(target_kwargs or {})
+        self._target_concurrency = max(2, target_concurrency)  # at least: `progress` is read while `generate` runs
         self._secret = secrets.token_urlsafe(32)  # the speculation channel's shared secret, this pipeline's own
         self.drafter = None
         self.drafter_address = None
@@ -91,10 +96,10 @@ class Pipeline:
         groups = _group_specs(cluster.tp_size, "nccl" if engine.device.startswith("cuda") else "gloo")
         self.followers = [ray.remote(TargetRankActor).options(**self._on(r, cluster.rank_role(r))).remote(
             engine, cluster.rank_role(r), groups[r]) for r in range(1, cluster.tp_size)]
-        # Two concurrent calls: `progress` can be read while `generate` runs.
-        self.target = ray.remote(TargetActor).options(max_concurrency=2, **self._on(0, cluster.rank_role(0))).remote(
+        self.target = ray.remote(self._target_actor).options(
+            max_concurrency=self._target_concurrency, **self._on(0, cluster.rank_role(0))).remote(
             engine, cluster.rank_role(0), self.drafter_address, secret=self._secret,
-            reply_timeout_s=cluster.reply_timeout_s, group=groups[0])
+            reply_timeout_s=cluster.reply_timeout_s, group=groups[0], **self._target_kwargs)
         # Every rank's start-up (the ranks meet in DeepSpeed's rendezvous): the first failure ends them all.
         self._watch({self.target.channel_stats.remote(): "target rank 0",
                      **{f.pid.remote(): f"target rank {r}" for r, f in enumerate(self.followers, 1)}})

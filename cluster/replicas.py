@@ -1,10 +1,13 @@
-"""Engine replicas as Ray actors, and the router that spreads requests over them.
+"""Engine replicas on Ray, and the router that spreads requests over them.
 
-Each replica is one actor with its own engine (target and drafter) driven by an `EngineLoop`: requests join its
-running batch between steps (continuous batching). The router sends a request to the live replica with the fewest
-requests in flight (a full one answers QueueFull and the next is tried), then long-polls the replica for the
-request's outputs. Replicas are added or removed at run time: a removed replica takes no new requests, finishes
-the ones it holds, hands out their last outputs, and only then stops, so scaling never drops a request.
+A replica is either one actor holding a whole engine (target and drafter in one process: `ReplicaActor`), or a
+whole speculation pipeline (the drafter's actor, the target's rank actors, one placement group) whose target actor
+serves (`ServingTargetActor`): what Mirror-SD and tensor parallelism need. Either way the serving actor runs an
+`EngineLoop`: requests join its running batch between steps (continuous batching). The router sends a request to the
+live replica with the fewest requests in flight (a full one answers QueueFull and the next is tried), then
+long-polls the replica for the request's outputs. Replicas are added or removed at run time: a removed replica takes
+no new requests, finishes the ones it holds, hands out their last outputs, and only then stops, so scaling never
+drops a request.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from dataclasses import dataclass
 
 import ray
 
-from mirrorspec.cluster.config import AutoscalePolicy
+from mirrorspec.cluster.actors import TargetActor
+from mirrorspec.cluster.config import AutoscalePolicy, ProjectConfig
 from mirrorspec.orchestration.engine import Engine, EngineConfig, RequestOutput
 from mirrorspec.orchestration.engine_loop import EngineLoop, Handle, QueueFull, Stopping
 from mirrorspec.orchestration.params import SamplingParams, SpecParams
@@ -28,12 +32,12 @@ logger = logging.getLogger(__name__)
 POLL_S = 0.5  # a poll returns at once when outputs are ready, else after this long with none
 
 
-class ReplicaActor:
-    """Run as a threaded Ray actor: polls, cancels and submits arrive on several threads at once."""
+class EngineServing:
+    """A served engine inside a threaded Ray actor: polls, cancels and submits arrive on several threads at once.
+    `ReplicaActor` serves an engine it holds itself; a pipeline's target actor serves its own (drafter remote)."""
 
-    def __init__(self, engine: EngineConfig, *, max_in_flight: int) -> None:
-        self.engine = Engine.from_config(engine)
-        self.loop = EngineLoop(self.engine, max_in_flight=max_in_flight)
+    def _serve(self, engine: Engine, max_in_flight: int) -> None:
+        self.loop = EngineLoop(engine, max_in_flight=max_in_flight)
         self.handles: dict[str, Handle] = {}
         self._emptied = threading.Condition()
 
@@ -79,6 +83,13 @@ class ReplicaActor:
         return held
 
 
+class ReplicaActor(EngineServing):
+    """A replica that is one actor: the target and the drafter in its own process."""
+
+    def __init__(self, engine: EngineConfig, *, max_in_flight: int) -> None:
+        self._serve(Engine.from_config(engine), max_in_flight)
+
+
 def _get(ref):
     """ray.get, raising a replica's own exception (bad input, a full queue) as itself, not wrapped in Ray's."""
     try:
@@ -89,18 +100,44 @@ def _get(ref):
         raise
 
 
+class ServingTargetActor(TargetActor, EngineServing):
+    """A pipeline's target actor (rank 0 under tensor parallelism) that serves requests: a replica whose drafter
+    is its own actor on its own resources, behind the speculation channel, drafting while the target verifies."""
+
+    def __init__(self, *args, max_in_flight: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._serve(self.engine, max_in_flight)
+
+
 @dataclass
-class _Replica:
+class Replica:
+    """A started replica: `actor` serves EngineServing's calls; `close` frees every actor and resource it holds."""
+
     actor: object
-    index: int
+    close: Callable[[], None]
+    index: int = 0
     in_flight: int = 0
     retiring: bool = False
+
+
+def actor_replica(actor) -> Replica:
+    """A replica that is one actor (a ReplicaActor)."""
+    return Replica(actor, close=lambda: ray.kill(actor))
+
+
+def pipeline_replica(project: ProjectConfig, *, max_in_flight: int, concurrency: int) -> Replica:
+    """A replica that is a whole speculation pipeline (drafter actor, target rank actors, one placement group)."""
+    from mirrorspec.cluster.pipeline import Pipeline
+
+    pipeline = Pipeline(project, target_actor=ServingTargetActor, target_kwargs={"max_in_flight": max_in_flight},
+                        target_concurrency=concurrency)
+    return Replica(pipeline.target, close=pipeline.shutdown)
 
 
 class RemoteHandle:
     """A request on a replica, as the service sees it: iterate for outputs, cancel to free its slot."""
 
-    def __init__(self, router: "ReplicaRouter", replica: _Replica, request_id: str) -> None:
+    def __init__(self, router: "ReplicaRouter", replica: Replica, request_id: str) -> None:
         self.router = router
         self.replica = replica
         self.request_id = request_id
@@ -124,11 +161,11 @@ class RemoteHandle:
 class ReplicaRouter:
     """The backend of the GenerationService over Ray replicas."""
 
-    def __init__(self, start_replica: Callable[[int], object], replicas: int) -> None:
-        self.start_replica = start_replica  # index -> a ReplicaActor handle
+    def __init__(self, start_replica: Callable[[int], Replica], replicas: int) -> None:
+        self.start_replica = start_replica  # index -> a started Replica
         self.autoscaler: "Autoscaler | None" = None  # set when serve.autoscale owns the count
         self._lock = threading.Lock()
-        self._live: list[_Replica] = []
+        self._live: list[Replica] = []
         self._next_index = 0
         self.scale(replicas)
 
@@ -160,7 +197,7 @@ class ReplicaRouter:
             raise QueueFull(f"all {len(order)} replicas are full") from None
         raise refused
 
-    def release(self, replica: _Replica) -> None:
+    def release(self, replica: Replica) -> None:
         with self._lock:
             replica.in_flight -= 1
 
@@ -171,7 +208,8 @@ class ReplicaRouter:
             raise ValueError("at least one replica")
         started = []
         while len(self._live) + len(started) < replicas:
-            started.append(_Replica(self.start_replica(self._next_index), self._next_index))
+            started.append(self.start_replica(self._next_index))
+            started[-1].index = self._next_index
             self._next_index += 1
         ray.get([r.actor.load.remote() for r in started])  # loaded and answering
         with self._lock:
@@ -184,10 +222,10 @@ class ReplicaRouter:
                              name=f"retire-{replica.index}").start()
         logger.info("replicas: %d (%d started, %d retiring)", replicas, len(started), len(retiring))
 
-    def _retire(self, replica: _Replica) -> None:
+    def _retire(self, replica: Replica) -> None:
         held = ray.get(replica.actor.drain.remote())
         logger.info("replica %d retired after finishing %d requests", replica.index, held)
-        ray.kill(replica.actor)
+        replica.close()
 
     def load(self) -> dict:
         loads = ray.get([r.actor.load.remote() for r in self._live])
@@ -204,7 +242,7 @@ class ReplicaRouter:
         if drain:
             ray.get([r.actor.drain.remote() for r in live])
         for replica in live:
-            ray.kill(replica.actor)
+            replica.close()
 
 
 class Autoscaler:

@@ -1,9 +1,11 @@
 """`mirrorspec serve`: the public GenerationService over engine replicas, until SIGTERM/SIGINT.
 
-By default the replicas are Ray actors (`serve.replicas` of them, each with `cluster.target.resources` and
-threads) on the configured Ray cluster, or an embedded local one; `cluster.ray: never` serves from one engine in
-this process. On a signal the server drains: health goes NOT_SERVING at once (load balancers stop sending), new
-requests get UNAVAILABLE, the ones in flight finish (up to `serve.drain_timeout_s`), then the port closes.
+By default the replicas run on the configured Ray cluster, or an embedded local one (`serve.replicas` of them):
+each a whole speculation pipeline (drafter actor + target rank actors) where the cluster config says Ray for the
+method (`mirror`, `tp_size > 1`, `ray: always`), otherwise one actor holding the engine (`cluster.target.resources`
+and threads); `cluster.ray: never` serves from one engine in this process. On a signal the server drains: health
+goes NOT_SERVING at once (load balancers stop sending), new requests get UNAVAILABLE, the ones in flight finish (up
+to `serve.drain_timeout_s`), then the port closes.
 """
 
 from __future__ import annotations
@@ -44,19 +46,26 @@ def _local_backend(project: ProjectConfig) -> EngineLoop:
 def _ray_backend(project: ProjectConfig):
     import ray
 
+    from mirrorspec.cluster.pipeline import actor_options
     from mirrorspec.cluster.ray_cluster import connect
-    from mirrorspec.cluster.replicas import Autoscaler, ReplicaActor, ReplicaRouter
+    from mirrorspec.cluster.replicas import (Autoscaler, ReplicaActor, ReplicaRouter, actor_replica,
+                                             pipeline_replica)
 
     connect(project.cluster)
-    role = project.cluster.target
-    engine = dataclasses.replace(project.engine, threads=role.threads or project.engine.threads)
-    resources = dict(role.resources)
-    options = {"num_cpus": resources.pop("CPU", 0), "num_gpus": resources.pop("GPU", 0), "resources": resources,
-               "max_concurrency": project.serve.max_concurrent_rpcs + 8}
     max_in_flight = project.engine.max_batch + project.serve.max_queue
+    concurrency = project.serve.max_concurrent_rpcs + 8  # every RPC in flight may be polling its replica
+    if project.cluster.uses_ray(project.speculation.method):  # mirror, tensor parallelism, or `ray: always`
 
-    def start(index: int):
-        return ray.remote(ReplicaActor).options(**options).remote(engine, max_in_flight=max_in_flight)
+        def start(index: int):
+            return pipeline_replica(project, max_in_flight=max_in_flight, concurrency=concurrency)
+    else:
+        role = project.cluster.target
+        engine = dataclasses.replace(project.engine, threads=role.threads or project.engine.threads)
+        options = {**actor_options(role), "max_concurrency": concurrency}
+
+        def start(index: int):
+            return actor_replica(ray.remote(ReplicaActor).options(**options).remote(engine,
+                                                                                    max_in_flight=max_in_flight))
 
     policy = project.serve.policy()
     router = ReplicaRouter(start, policy.min_replicas if policy else project.serve.replicas)

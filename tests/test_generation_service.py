@@ -292,9 +292,10 @@ def _wait(condition, timeout_s: float = 10.0) -> None:
 
 @pytest.mark.real_model
 def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, capsys, monkeypatch):
-    """The CLI server on the default pair, its replica an actor on the session's Ray cluster: a token from the
-    environment, Prometheus metrics of the requests, `mirrorspec scale` to 2 replicas and back, and a streamed
-    request that is still running when SIGTERM arrives finishes whole; the process exits 0."""
+    """The CLI server on the default pair serving `mirror`, so each replica is a whole pipeline (the drafter's
+    actor and the target's, half a core each) on the session's Ray cluster: a token from the environment,
+    Prometheus metrics of the requests, `mirrorspec scale` to 2 replicas and back, and a streamed request that is
+    still running when SIGTERM arrives finishes whole; the process exits 0."""
     import os
     import signal
     import subprocess
@@ -302,7 +303,10 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, 
 
     config = tmp_path / "ray_config.yaml"
     config.write_text("serve: {port: 0, metrics_port: 0, token_env: MS_TOKEN, max_new_tokens: 128, "
-                      "default_max_new_tokens: 64}\n")
+                      "default_max_new_tokens: 64}\n"
+                      "speculation: {method: mirror, gamma: 3}\n"
+                      "cluster: {target: {resources: {CPU: 0.5}, threads: 1}, "
+                      "drafter: {resources: {CPU: 0.5}, threads: 1}}\n")
     env = {**os.environ, "MS_TOKEN": TOKEN, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     monkeypatch.setenv("MS_TOKEN", TOKEN)  # for `mirrorspec scale` in this process
     proc = subprocess.Popen([sys.executable, "-m", "mirrorspec.orchestration.cli", "serve", "--config", str(config),

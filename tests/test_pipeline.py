@@ -83,7 +83,7 @@ def test_killing_the_drafter_mid_generation_loses_nothing(ray_cluster):
     pipeline = Pipeline(ProjectConfig(engine=engine, cluster=ClusterConfig(num_cpus=2, reply_timeout_s=5)))
     try:
         prompts = bench_prompts(4)
-        sampling = SamplingParams(max_new_tokens=40)
+        sampling = SamplingParams(max_new_tokens=24)
         ar = [o.token_ids for o in pipeline.generate(prompts, sampling, SpecParams("ar"), chat=True)]
         pending = pipeline.generate_async(prompts, sampling, SpecParams("mirror", gamma=3), chat=True)
         # Poll until some drafts have arrived (the drafter is in the middle of its work), never past the end.

@@ -1,5 +1,6 @@
 """Engine replicas as Ray actors on the session's local Ray cluster: routing, streaming through the router,
-cancellation, and scaling from 1 to 2 replicas and back while requests run, with no request dropped."""
+cancellation, scaling from 1 to 2 replicas and back while requests run, with no request dropped, and a replica
+that is a whole Mirror-SD pipeline."""
 
 import threading
 import time
@@ -7,7 +8,8 @@ import time
 import pytest
 import ray
 
-from mirrorspec.cluster.replicas import ReplicaActor, ReplicaRouter
+from mirrorspec.cluster.config import ClusterConfig, ProjectConfig, RoleConfig
+from mirrorspec.cluster.replicas import ReplicaActor, ReplicaRouter, actor_replica, pipeline_replica
 from mirrorspec.orchestration.engine import EngineConfig
 from mirrorspec.orchestration.engine_loop import QueueFull
 from mirrorspec.orchestration.errors import InvalidRequestError
@@ -27,7 +29,15 @@ def tokenizer():
 
 
 def start(index: int, max_in_flight: int = 16):
-    return ray.remote(ReplicaActor).options(num_cpus=1, max_concurrency=32).remote(ENGINE, max_in_flight=max_in_flight)
+    return actor_replica(ray.remote(ReplicaActor).options(num_cpus=1, max_concurrency=32).remote(
+        ENGINE, max_in_flight=max_in_flight))
+
+
+def start_mirror_pipeline(index: int):
+    """A replica that is a whole pipeline: the drafter's actor and the target's, half a core each."""
+    half = RoleConfig(resources={"CPU": 0.5}, threads=1)
+    project = ProjectConfig(engine=ENGINE, cluster=ClusterConfig(target=half, drafter=half))
+    return pipeline_replica(project, max_in_flight=16, concurrency=32)
 
 
 def prompt(tokenizer, text: str) -> list[int]:
@@ -62,15 +72,19 @@ def test_scaling_up_and_down_during_a_load_run_drops_nothing(ray_cluster, tokeni
         for t in threads:
             t.join(timeout=300)
         assert not errors and sorted(outputs) == list(range(10))
-        # Every answer is the target's own greedy answer, wherever it ran.
-        reference = ReplicaRouter(start, 1)
-        for i in (0, 7):
-            last = None
-            for last in reference.submit(prompt(tokenizer, texts[i]), SamplingParams(max_new_tokens=24),
-                                         SpecParams(method="ar")):
-                pass
-            assert last.token_ids == outputs[i]
-        reference.shutdown()
+        # Every answer is the target's own greedy answer, wherever it ran: here checked against `ar` on a replica
+        # that is a whole Mirror-SD pipeline (drafter in its own actor), and against `mirror` on it.
+        pipelines = ReplicaRouter(start_mirror_pipeline, 1)
+        try:
+            for i, method in ((0, "ar"), (7, "ar"), (7, "mirror")):
+                last = None
+                for last in pipelines.submit(prompt(tokenizer, texts[i]), SamplingParams(max_new_tokens=24),
+                                             SpecParams(method=method, gamma=3)):
+                    pass
+                assert last.token_ids == outputs[i], (i, method)
+                assert (last.stats.drafted > 0) == (method == "mirror")
+        finally:
+            pipelines.shutdown()
     finally:
         router.shutdown()
 
@@ -104,7 +118,7 @@ def test_the_autoscaler_grows_with_the_queue_and_shrinks_when_idle(ray_cluster, 
     seen = []
     try:
         handles = [router.submit(prompt(tokenizer, f"Tell a short story about {i} cats."),
-                                 SamplingParams(max_new_tokens=32), SPEC) for i in range(8)]
+                                 SamplingParams(max_new_tokens=16), SPEC) for i in range(8)]
         for handle in handles:  # 8 requests on 2 slots: 6 wait, so a second replica starts
             for out in handle:
                 seen.append(router.replicas)
