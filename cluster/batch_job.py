@@ -85,13 +85,18 @@ def read_rows(path: str):
     if not source.exists():
         raise InvalidRequestError("input", f"{path!r} does not exist")
     parquet = source.suffix == ".parquet" or (source.is_dir() and any(source.glob("*.parquet")))
-    ds = ray.data.read_parquet(path) if parquet else ray.data.read_json(path, lines=True)
+    # Reading and filtering rows is light I/O: with no CPU reserved it runs while the replicas hold every CPU
+    # (reserving one deadlocks a pool of as many replicas as the cluster has CPUs: Ray Data waits for a CPU that
+    # the pool never frees).
+    light = {"num_cpus": 0}
+    ds = (ray.data.read_parquet(path, ray_remote_args=light) if parquet
+          else ray.data.read_json(path, lines=True, ray_remote_args=light))
     columns = ds.columns()
     if "prompt" not in columns:
         raise InvalidRequestError("input", f"rows need a 'prompt' column; found {columns}")
     if "id" not in columns:
         raise InvalidRequestError("input", "rows need an 'id' column (a stable id is what makes reruns resume)")
-    return ds.select_columns(["id", "prompt"])
+    return ds.select_columns(["id", "prompt"], **light)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -112,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
     connect(config.cluster)
     done = finished_ids(output)
     rows = read_rows(args.input)
-    todo = rows.filter(lambda row: str(row["id"]) not in done)
+    todo = rows.filter(lambda row: str(row["id"]) not in done, num_cpus=0)
     concurrency = args.replicas or (args.min_replicas, args.max_replicas)
     engine = dataclasses.replace(config.engine, threads=max(1, int(args.cpus_per_replica)))
     started = time.perf_counter()
