@@ -134,6 +134,11 @@ def pipeline_replica(project: ProjectConfig, *, max_in_flight: int, concurrency:
     return Replica(pipeline.target, close=pipeline.shutdown)
 
 
+class ReplicaLost(Stopping):
+    """The replica holding a request died (its process, node or device): that request is lost, retryable
+    (UNAVAILABLE); the router replaces the replica and every other request goes on."""
+
+
 class RemoteHandle:
     """A request on a replica, as the service sees it: iterate for outputs, cancel to free its slot."""
 
@@ -146,7 +151,13 @@ class RemoteHandle:
     def __iter__(self) -> Iterator[RequestOutput]:
         try:
             while not self._done:
-                for out in ray.get(self.replica.actor.poll.remote(self.request_id)):
+                try:
+                    outs = ray.get(self.replica.actor.poll.remote(self.request_id))
+                except ray.exceptions.RayActorError as exc:
+                    self.router.lost(self.replica)
+                    raise ReplicaLost(f"replica {self.replica.index} died with this request in flight; "
+                                      f"retry it") from exc
+                for out in outs:
                     yield out
                     if out.finished:
                         self._done = True
@@ -165,7 +176,9 @@ class ReplicaRouter:
         self.start_replica = start_replica  # index -> a started Replica
         self.autoscaler: "Autoscaler | None" = None  # set when serve.autoscale owns the count
         self._lock = threading.Lock()
+        self._scaling = threading.Lock()  # one scale() at a time: a Scale call, the autoscaler, a replacement
         self._live: list[Replica] = []
+        self._wanted = replicas
         self._next_index = 0
         self.scale(replicas)
 
@@ -185,7 +198,10 @@ class ReplicaRouter:
                 replica.in_flight += 1  # counted before the call, so that concurrent requests spread out
             try:
                 request_id = _get(replica.actor.submit.remote(prompt_ids, sampling, spec, time_limit_s))
-            except (QueueFull, Stopping) as exc:  # full, or just retired: try the next replica
+            except (QueueFull, Stopping, ray.exceptions.RayActorError) as exc:  # full, retired or dead: the next
+                if isinstance(exc, ray.exceptions.RayActorError):
+                    self.lost(replica)
+                    exc = ReplicaLost(f"replica {replica.index} died")
                 refused = exc
                 self.release(replica)
                 continue
@@ -206,6 +222,11 @@ class ReplicaRouter:
         background); new ones take requests once their models are loaded."""
         if replicas < 1:
             raise ValueError("at least one replica")
+        with self._scaling:
+            self._wanted = replicas
+            self._scale(replicas)
+
+    def _scale(self, replicas: int) -> None:
         started = []
         while len(self._live) + len(started) < replicas:
             started.append(self.start_replica(self._next_index))
@@ -222,13 +243,37 @@ class ReplicaRouter:
                              name=f"retire-{replica.index}").start()
         logger.info("replicas: %d (%d started, %d retiring)", replicas, len(started), len(retiring))
 
+    def lost(self, replica: Replica) -> None:
+        """A replica died: stop routing to it, free what it held, and start a replacement in the background."""
+        with self._lock:
+            if replica not in self._live:
+                return  # already known (several requests see one death)
+            self._live.remove(replica)
+        logger.error("replica %d died; starting a replacement", replica.index)
+        replica.close()
+        threading.Thread(target=self._replace, daemon=True, name=f"replace-{replica.index}").start()
+
+    def _replace(self) -> None:
+        with self._scaling:
+            if self._wanted > len(self._live):  # unless a Scale call since then wanted fewer
+                self._scale(self._wanted)
+
     def _retire(self, replica: Replica) -> None:
-        held = ray.get(replica.actor.drain.remote())
-        logger.info("replica %d retired after finishing %d requests", replica.index, held)
+        try:
+            held = ray.get(replica.actor.drain.remote())
+            logger.info("replica %d retired after finishing %d requests", replica.index, held)
+        except ray.exceptions.RayActorError:
+            logger.error("replica %d died while retiring", replica.index)
         replica.close()
 
     def load(self) -> dict:
-        loads = ray.get([r.actor.load.remote() for r in self._live])
+        refs = [(r, r.actor.load.remote()) for r in list(self._live)]
+        loads = []
+        for replica, ref in refs:
+            try:
+                loads.append(ray.get(ref))
+            except ray.exceptions.RayActorError:
+                self.lost(replica)
         return {"num_requests_running": sum(x["num_requests_running"] for x in loads),
                 "num_requests_waiting": sum(x["num_requests_waiting"] for x in loads),
                 "in_flight": sum(x["in_flight"] for x in loads),
@@ -239,6 +284,7 @@ class ReplicaRouter:
             self.autoscaler.stop()
         with self._lock:
             live, self._live = self._live, []
+            self._wanted = 0  # no replacements from now on
         if drain:
             ray.get([r.actor.drain.remote() for r in live])
         for replica in live:

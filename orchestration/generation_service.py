@@ -4,7 +4,7 @@ A backend is anything with `submit(prompt_ids, sampling, spec, chat=, time_limit
 `EngineLoop` in this process, or the router over Ray replicas) plus the served model's facts. This module turns
 messages into validated parameters and outputs into messages, and maps failures onto gRPC status codes:
 bad input -> INVALID_ARGUMENT with the message's field path first ("params.sampling.top_p: ..."), a full queue ->
-RESOURCE_EXHAUSTED, shutting down -> UNAVAILABLE. A client that cancels, or whose deadline passes, frees the
+RESOURCE_EXHAUSTED, shutting down or a lost replica -> UNAVAILABLE. A client that cancels, or whose deadline passes, frees the
 request's slot at once (the RPC's done-callback cancels it in the engine).
 """
 
@@ -104,8 +104,9 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
             ids = self._prompt(request.request.text, request.params.chat, "request.text")
             handle = self._submit(ids, sampling, spec, time_limit, "request.text")
         context.add_callback(handle.cancel)
-        for out in self._observed(handle):
-            yield self._response(out, whole=False)
+        with _status(context):  # a replica lost mid-stream: UNAVAILABLE
+            for out in self._observed(handle):
+                yield self._response(out, whole=False)
 
     def Tokenize(self, request: pb.BatchedTokenizeRequest, context) -> pb.BatchedTokenizeResponse:
         with _status(context):

@@ -9,7 +9,8 @@ import pytest
 import ray
 
 from mirrorspec.cluster.config import ClusterConfig, ProjectConfig, RoleConfig
-from mirrorspec.cluster.replicas import ReplicaActor, ReplicaRouter, actor_replica, pipeline_replica
+from mirrorspec.cluster.replicas import (ReplicaActor, ReplicaLost, ReplicaRouter, actor_replica,
+                                         pipeline_replica)
 from mirrorspec.orchestration.engine import EngineConfig
 from mirrorspec.orchestration.engine_loop import QueueFull
 from mirrorspec.orchestration.errors import InvalidRequestError
@@ -89,7 +90,7 @@ def test_scaling_up_and_down_during_a_load_run_drops_nothing(ray_cluster, tokeni
         router.shutdown()
 
 
-def test_bad_requests_and_full_replicas_come_back_as_errors(ray_cluster, tokenizer):
+def test_bad_requests_full_replicas_and_a_dead_replica_come_back_as_errors(ray_cluster, tokenizer):
     router = ReplicaRouter(lambda i: start(i, max_in_flight=1), 1)
     try:
         with pytest.raises(InvalidRequestError, match="^max_new_tokens:"):
@@ -103,6 +104,20 @@ def test_bad_requests_and_full_replicas_come_back_as_errors(ray_cluster, tokeniz
             pass
         assert last.finished and last.finish_reason == "cancelled"
         assert router.load()["in_flight"] == 0
+        # A replica that dies (its process killed) fails its request as retryable; a replacement serves the next.
+        doomed = router.submit(prompt(tokenizer, "Count to twenty."), SamplingParams(max_new_tokens=40), SPEC)
+        ray.kill(doomed.replica.actor)
+        with pytest.raises(ReplicaLost, match="died with this request in flight"):
+            for _ in doomed:
+                pass
+        deadline = time.monotonic() + 120
+        while not router.load()["up"]:  # down until the replacement has loaded its models
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        last = None
+        for last in router.submit(prompt(tokenizer, "Hi"), SamplingParams(max_new_tokens=4), SPEC):
+            pass
+        assert last.finished and last.token_ids and router.replicas == 1
     finally:
         router.shutdown()
 
