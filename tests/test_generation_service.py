@@ -294,8 +294,9 @@ def _wait(condition, timeout_s: float = 10.0) -> None:
 def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, capsys, monkeypatch):
     """The CLI server on the default pair serving `mirror`, so each replica is a whole pipeline (the drafter's
     actor and the target's, half a core each) on the session's Ray cluster: a token from the environment,
-    Prometheus metrics of the requests, `mirrorspec scale` to 2 replicas and back, and a streamed request that is
-    still running when SIGTERM arrives finishes whole; the process exits 0."""
+    Prometheus metrics of the requests, `mirrorspec scale` to 2 replicas and back, auth, reflection, health, cancel
+    and deadline, and a streamed request that is still running when SIGTERM arrives finishes whole while health
+    reads NOT_SERVING; the process exits 0."""
     import os
     import signal
     import subprocess
@@ -332,12 +333,37 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, 
             assert scale_server(address, replicas, token_env="MS_TOKEN") == 0
         assert scale_server(address, 0, token_env="MS_TOKEN") == 0
         assert '"replicas": 1' in capsys.readouterr().out.splitlines()[-1]
+        # Over the Ray replicas too: auth, reflection, health, and a cancel and a deadline freeing their slots.
+        channel = grpc.insecure_channel(address)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfo(pb.ModelInfoRequest())
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        listing = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=AUTH)
+        assert "mirrorspec.generation.v1.GenerationService" in {s.name for r in listing
+                                                                 for s in r.list_services_response.service}
+        health = health_pb2_grpc.HealthStub(channel)
+        status = lambda: health.Check(health_pb2.HealthCheckRequest(service="")).status  # noqa: E731
+        assert status() == health_pb2.HealthCheckResponse.SERVING
+        admin = pb_grpc.AdminServiceStub(channel)
+        in_flight = lambda: admin.Scale(pb.ScaleRequest(replicas=0), metadata=AUTH).in_flight  # noqa: E731
+        long = pb.SingleGenerationRequest(request=pb.GenerationRequest(text="Go on"), params=pb.Parameters(
+            stopping=pb.StoppingCriteria(max_new_tokens=128, min_new_tokens=128)))
+        cancelled = stub.GenerateStream(long, metadata=AUTH)
+        next(cancelled)
+        cancelled.cancel()
+        _wait(lambda: in_flight() == 0, timeout_s=30)
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.GenerateStream(long, metadata=AUTH, timeout=1.0))
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        _wait(lambda: in_flight() == 0, timeout_s=30)
         request = pb.SingleGenerationRequest(request=pb.GenerationRequest(text="Name three colors."),
                                              params=pb.Parameters(chat=True, stopping=pb.StoppingCriteria(
                                                  max_new_tokens=48, min_new_tokens=48)))
         stream = stub.GenerateStream(request, metadata=AUTH)
         first = next(stream)
         proc.send_signal(signal.SIGTERM)
+        _wait(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING)  # at once, while it drains
         rest = list(stream)
         assert len(first.token_ids) + sum(len(p.token_ids) for p in rest) == 48
         assert rest[-1].stop_reason == pb.MAX_TOKENS
