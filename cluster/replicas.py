@@ -30,6 +30,7 @@ from mirrorspec.orchestration.params import SamplingParams, SpecParams
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.5  # a poll returns at once when outputs are ready, else after this long with none
+FORGET_S = 60.0  # a cancelled request's outputs are kept this long for a poller, then dropped (its client has gone)
 
 
 class EngineServing:
@@ -39,13 +40,24 @@ class EngineServing:
     def _serve(self, engine: Engine, max_in_flight: int) -> None:
         self.loop = EngineLoop(engine, max_in_flight=max_in_flight)
         self.handles: dict[str, Handle] = {}
+        self._cancelled: dict[str, float] = {}  # request id -> when: nobody may poll these again
         self._emptied = threading.Condition()
 
     def submit(self, prompt_ids: list[int], sampling: SamplingParams, spec: SpecParams,
                time_limit_s: float | None) -> str:
         handle = self.loop.submit(prompt_ids, sampling, spec, time_limit_s=time_limit_s)
         self.handles[handle.request_id] = handle
+        now = time.monotonic()
+        for request_id, when in list(self._cancelled.items()):
+            if now - when > FORGET_S:
+                self._forget(request_id)
         return handle.request_id
+
+    def _forget(self, request_id: str) -> None:
+        with self._emptied:
+            self.handles.pop(request_id, None)
+            self._cancelled.pop(request_id, None)
+            self._emptied.notify_all()
 
     def poll(self, request_id: str, wait_s: float = POLL_S) -> list[RequestOutput]:
         """The request's outputs since the last poll (waiting up to `wait_s` for the first)."""
@@ -62,24 +74,27 @@ class EngineServing:
             except queue.Empty:
                 break
         if outs[-1].finished:
-            with self._emptied:
-                self.handles.pop(request_id, None)
-                self._emptied.notify_all()
+            self._forget(request_id)
         return outs
 
     def cancel(self, request_id: str) -> None:
+        """The client asked to stop, or has gone (the service cancels when an RPC ends early): a drain does not
+        wait for this request's last output to be polled."""
+        with self._emptied:
+            self._cancelled[request_id] = time.monotonic()
+            self._emptied.notify_all()
         self.loop.cancel(request_id)
 
     def load(self) -> dict:
         return self.loop.load()
 
     def drain(self, timeout_s: float | None = None) -> int:
-        """Take no new requests, finish those in flight and wait until their outputs are all polled; returns
-        how many requests it still held when asked."""
+        """Take no new requests, finish those in flight and wait until their outputs are all polled (but for
+        cancelled ones); returns how many requests it still held when asked."""
         held = len(self.handles)
         self.loop.stop(drain=True, timeout_s=timeout_s)
         with self._emptied:
-            self._emptied.wait_for(lambda: not self.handles, timeout=timeout_s)
+            self._emptied.wait_for(lambda: self.handles.keys() <= self._cancelled.keys(), timeout=timeout_s)
         return held
 
 

@@ -3,6 +3,7 @@ SmolLM2 tokenizer: unary, streaming, cancellation, deadlines, time limits, auth,
 and bad requests (each answered INVALID_ARGUMENT naming the field, while the server keeps serving)."""
 
 import datetime
+import ipaddress
 import re
 import threading
 import time
@@ -276,7 +277,9 @@ def _self_signed() -> tuple[bytes, bytes]:
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
             .sign(key, hashes.SHA256()))
     return (cert.public_bytes(serialization.Encoding.PEM),
             key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -294,17 +297,20 @@ def _wait(condition, timeout_s: float = 10.0) -> None:
 def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, capsys, monkeypatch):
     """The CLI server on the default pair serving `mirror`, so each replica is a whole pipeline (the drafter's
     actor and the target's, half a core each) on the session's Ray cluster: a token from the environment,
-    Prometheus metrics of the requests, `mirrorspec scale` to 2 replicas and back, auth, reflection, health, cancel
-    and deadline, and a streamed request that is still running when SIGTERM arrives finishes whole while health
+    TLS only (a plain client is refused), Prometheus metrics of the requests, `mirrorspec scale` to 2 replicas and
+    back, auth, reflection, health, cancel and deadline, and a streamed request that is still running when SIGTERM arrives finishes whole while health
     reads NOT_SERVING; the process exits 0."""
     import os
     import signal
     import subprocess
     import sys
 
+    cert, key = _self_signed()
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "key.pem").write_bytes(key)
     config = tmp_path / "ray_config.yaml"
     config.write_text("serve: {port: 0, metrics_port: 0, token_env: MS_TOKEN, max_new_tokens: 128, "
-                      "default_max_new_tokens: 64}\n"
+                      f"default_max_new_tokens: 64, tls_cert: {tmp_path / 'cert.pem'}, tls_key: {tmp_path / 'key.pem'}}}\n"
                       "speculation: {method: mirror, gamma: 3}\n"
                       "cluster: {target: {resources: {CPU: 0.5}, threads: 1}, "
                       "drafter: {resources: {CPU: 0.5}, threads: 1}}\n")
@@ -317,7 +323,8 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, 
         line = proc.stdout.readline()
         assert "serving" in line, proc.stderr.read()
         address, metrics_url = re.search(r" on (\S+); metrics on (\S+)", line).groups()
-        stub = pb_grpc.GenerationServiceStub(grpc.insecure_channel(address))
+        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=cert))
+        stub = pb_grpc.GenerationServiceStub(channel)
         stub.Generate(pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text="Hi")], params=pb.Parameters(
             stopping=pb.StoppingCriteria(max_new_tokens=16))), metadata=AUTH)
         scraped = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
@@ -329,12 +336,16 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, 
         # `mirrorspec scale N` against the running server: a second replica, then back to one.
         from mirrorspec.cluster.serve import scale_server
 
+        tls = {"token_env": "MS_TOKEN", "tls_ca": str(tmp_path / "cert.pem")}
         for replicas in (2, 1):
-            assert scale_server(address, replicas, token_env="MS_TOKEN") == 0
-        assert scale_server(address, 0, token_env="MS_TOKEN") == 0
+            assert scale_server(address, replicas, **tls) == 0
+        assert scale_server(address, 0, **tls) == 0
         assert '"replicas": 1' in capsys.readouterr().out.splitlines()[-1]
-        # Over the Ray replicas too: auth, reflection, health, and a cancel and a deadline freeing their slots.
-        channel = grpc.insecure_channel(address)
+        # Over the Ray replicas too: TLS only, auth, reflection, health, a cancel and a deadline freeing slots.
+        with pytest.raises(grpc.RpcError) as err:
+            pb_grpc.GenerationServiceStub(grpc.insecure_channel(address)).ModelInfo(pb.ModelInfoRequest(),
+                                                                                   metadata=AUTH, timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         with pytest.raises(grpc.RpcError) as err:
             stub.ModelInfo(pb.ModelInfoRequest())
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
