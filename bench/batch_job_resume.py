@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mirrorspec.cluster.batch_job import read_parts
 from mirrorspec.training.prompt_bank import generate_prompts
 
 DASHBOARD = "http://127.0.0.1:8265"
@@ -64,33 +65,22 @@ def submit(args: argparse.Namespace, prompts: Path, out: Path) -> tuple[dict, fl
     return json.loads((out / "summary.json").read_text()), time.perf_counter() - start
 
 
-def answered_rows(out: Path) -> int:
-    rows = 0
-    for part in out.glob("part-*.jsonl"):
-        try:
-            rows += sum(1 for line in part.read_text(encoding="utf-8").splitlines() if line.strip())
-        except FileNotFoundError:
-            pass
-    return rows
-
-
 def crash_halfway(args: argparse.Namespace, prompts: Path, out: Path) -> dict:
     """Submit without waiting, watch the part files, and kill every Ray process once half the rows are in."""
     start = time.perf_counter()
     sh(*job_command(args, prompts, out, wait=False))
-    while answered_rows(out) < args.rows // 2:
+    while len(read_parts(out)) < args.rows // 2:
         if time.perf_counter() - start > 1800:
             raise RuntimeError("the job answered too little in 30 minutes")
         time.sleep(0.5)
-    at_kill = answered_rows(out)
+    at_kill = len(read_parts(out))
     stop_cluster()
     return {"rows_answered_when_killed": at_kill, "killed_after_s": round(time.perf_counter() - start, 2),
             "temporary_files_left": len(list(out.glob(".tmp-*")))}
 
 
 def check(out: Path, reference: dict[str, list[int]], ids: list[str]) -> dict:
-    lines = [json.loads(line) for part in out.glob("part-*.jsonl")
-             for line in part.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = read_parts(out)
     answered = [r["id"] for r in lines]
     return {"lines_in_part_files": len(lines), "distinct_ids": len(set(answered)),
             "missing": len(set(ids) - set(answered)), "duplicates": len(answered) - len(set(answered)),
@@ -127,8 +117,7 @@ def main() -> int:
                      "ray_start_s": round(start_cluster(args.cpus), 2)}
     try:
         clean, clean_s = submit(args, prompts, work / "clean")
-        reference = {json.loads(line)["id"]: json.loads(line)["token_ids"]
-                     for line in (work / "clean" / "answers.jsonl").read_text().splitlines()}
+        reference = {r["id"]: r["token_ids"] for r in read_parts(work / "clean")}
         results["clean_run"] = {"summary": clean, "submit_to_end_s": round(clean_s, 2),
                                 "check": check(work / "clean", reference, ids)}
         results["crash"] = crash_halfway(args, prompts, work / "resumed")

@@ -44,13 +44,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--merge", action="store_true", help="also write answers.jsonl, sorted by id")
 
 
+def read_parts(output: Path) -> list[dict]:
+    """Every answer in the part files, duplicates included (a part file exists only once it is whole)."""
+    return [json.loads(line) for part in output.glob(PART_GLOB)
+            for line in part.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def finished_ids(output: Path) -> set[str]:
-    """Ids already answered: every complete part file (a part file exists only once it is whole)."""
-    ids: set[str] = set()
-    for part in output.glob(PART_GLOB):
-        with part.open(encoding="utf-8") as f:
-            ids.update(json.loads(line)["id"] for line in f if line.strip())
-    return ids
+    """Ids already answered."""
+    return {record["id"] for record in read_parts(output)}
 
 
 class Generator:
@@ -147,9 +149,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def merge(output: Path) -> None:
-    records = []
-    for part in output.glob(PART_GLOB):
-        records += [json.loads(line) for line in part.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = read_parts(output)
     records.sort(key=lambda r: (len(r["id"]), r["id"]))
     with (output / "answers.jsonl").open("w", encoding="utf-8") as f:
         for record in records:

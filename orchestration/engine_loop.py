@@ -66,7 +66,6 @@ class EngineLoop:
         self._handles: dict[str, Handle] = {}
         self._deadlines: dict[str, float] = {}
         self._stopping = False
-        self._drain = True
         self.steps = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -148,8 +147,8 @@ class EngineLoop:
             elif command[0] == "cancel":
                 self._end(command[1], command[2])
             else:  # stop
-                self._stopping, self._drain = True, command[1]
-                if not self._drain:
+                self._stopping = True
+                if not command[1]:  # stop without draining
                     for request_id in list(self._handles):
                         self._end(request_id, CANCELLED)
 
