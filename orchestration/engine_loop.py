@@ -146,11 +146,9 @@ class EngineLoop:
                 command[2].put(self._add(*command[1]))
             elif command[0] == "cancel":
                 self._end(command[1], command[2])
-            else:  # stop
-                self._stopping = True
-                if not command[1]:  # stop without draining
-                    for request_id in list(self._handles):
-                        self._end(request_id, CANCELLED)
+            elif not command[1]:  # ("stop", drain=False); stop() has set _stopping already
+                for request_id in list(self._handles):
+                    self._end(request_id, CANCELLED)
 
     def _add(self, prompt, sampling, spec, chat, time_limit_s) -> Handle | BaseException:
         if self._stopping:

@@ -44,15 +44,19 @@ def tiny_pair(tokenizer):
     return models
 
 
+def tiny_engine_of(models, tokenizer) -> Engine:
+    target, drafter = models
+    return Engine(worker(target, 4, 400), worker(drafter, 4, 400), tokenizer=tokenizer,
+                  eos_ids=[tokenizer.eos_token_id], max_model_len=300, max_batch=2)
+
+
 class Served:
     """One engine loop and one server; `stop()` tears both down."""
 
     def __init__(self, tokenizer, *, security=ServerSecurity(), limits=Limits(max_prompt_tokens=64,
                  max_new_tokens=64), max_in_flight=4, server_limits=ServerLimits()):
-        target, drafter = tiny_pair(tokenizer)
-        self.engine = Engine(worker(target, 4, 400), worker(drafter, 4, 400), tokenizer=tokenizer,
-                             eos_ids=[tokenizer.eos_token_id], max_model_len=300, max_batch=2)
-        self.loop = EngineLoop(self.engine, max_in_flight=max_in_flight)
+        self.models = tiny_pair(tokenizer)
+        self.loop = EngineLoop(tiny_engine_of(self.models, tokenizer), max_in_flight=max_in_flight)
         self.up = threading.Event()
         self.up.set()
         model = ServedModel("tiny", tokenizer, len(tokenizer), 300, "tiny-drafter", ("ar", "chain", "tree"))
@@ -90,9 +94,10 @@ def params(**kw):
     return pb.Parameters(stopping=stopping, **kw)
 
 
-def test_unary_batch_is_the_engine_output_for_every_method(stub, served):
+def test_unary_batch_is_the_engine_output_for_every_method(stub, served, tokenizer):
     texts = ["Hello there", "Why is the sky blue?", "1 2 3"]
-    reference = served.engine.generate(texts, SamplingParams(max_new_tokens=12), SpecParams(method="ar"))
+    # the served engine belongs to its loop's thread: the reference comes from an engine of its own
+    reference = tiny_engine_of(served.models, tokenizer).generate(texts, SamplingParams(max_new_tokens=12), SpecParams(method="ar"))
     for method in (pb.AR, pb.CHAIN, pb.TREE, pb.METHOD_DEFAULT):
         reply = stub.Generate(pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text=t) for t in texts],
                                                           params=params(method=method)), metadata=AUTH)
