@@ -3,11 +3,13 @@
     ray job submit -- python -m mirrorspec.cluster.batch_job --input prompts.jsonl --output OUT_DIR
 
 Reads JSONL or Parquet rows (`id`, `prompt`; the stable id is what lets a rerun resume) through `ray.data`,
-and runs them on a pool of engine replicas (`--replicas N`, or `--min-replicas/--max-replicas` for ray.data's
-autoscaling actor pool, which grows with the backlog). Each batch of answers is written to its own part file
-under OUT_DIR atomically (a temporary name, then a rename), so after a crash or a kill a rerun reads the part files,
-skips every id already answered and generates the rest: no row is lost or answered twice. At the end `summary.json`
-gives rows, tokens, tokens/s and tau, and `--merge` writes all answers, sorted by id, to OUT_DIR/answers.jsonl.
+runs them on a pool of engine replicas (`--replicas N`, or `--min-replicas/--max-replicas` for ray.data's
+autoscaling actor pool, which grows with the backlog) and writes the answers through a ray.data datasink: each
+block to its own part file under OUT_DIR, atomically (a temporary name, then a rename). Ray Data's own file
+datasinks write in place, so a kill could leave a truncated file that a rerun would misread. After a crash or a
+kill a rerun reads the part files, skips every id already answered and generates the rest: no row is lost or
+answered twice. At the end `summary.json` gives rows, tokens, tokens/s and tau, and `--merge` writes all answers,
+one per id, sorted by id, to OUT_DIR/answers.jsonl.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from ray.data.block import BlockAccessor
+from ray.data.datasource import Datasink
 
 from mirrorspec.orchestration.errors import InvalidRequestError
 
@@ -56,28 +61,49 @@ def finished_ids(output: Path) -> set[str]:
 
 
 class Generator:
-    """One engine replica in ray.data's actor pool: answers a batch and writes its part file."""
+    """One engine replica in ray.data's actor pool: answers a batch of rows."""
 
-    def __init__(self, engine_config, spec, sampling, output: str, chat: bool) -> None:
+    def __init__(self, engine_config, spec, sampling, chat: bool) -> None:
         from mirrorspec.orchestration.engine import Engine
 
         self.engine = Engine.from_config(engine_config)
-        self.spec, self.sampling, self.output, self.chat = spec, sampling, Path(output), chat
+        self.spec, self.sampling, self.chat = spec, sampling, chat
 
     def __call__(self, batch: dict) -> dict:
-        ids, prompts = [str(i) for i in batch["id"]], [str(p) for p in batch["prompt"]]
-        outs = self.engine.generate(prompts, self.sampling, self.spec, chat=self.chat)
-        lines = []
-        for row_id, out in zip(ids, outs):
-            record = {"id": row_id, "text": out.text, "token_ids": out.token_ids, "finish_reason": out.finish_reason,
-                      "target_forwards": out.stats.target_forwards, "error": out.error}
-            lines.append(json.dumps(record, ensure_ascii=False))
-        name = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
-        tmp = self.output / f".tmp-{name}-{os.getpid()}"
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        tmp.rename(self.output / f"part-{name}.jsonl")  # atomic: a part file is whole or absent
-        return {"id": ids, "tokens": [len(o.token_ids) for o in outs],
-                "forwards": [o.stats.target_forwards for o in outs]}
+        outs = self.engine.generate([str(p) for p in batch["prompt"]], self.sampling, self.spec, chat=self.chat)
+        return {"id": [str(i) for i in batch["id"]], "text": [o.text for o in outs],
+                "token_ids": [o.token_ids for o in outs], "finish_reason": [o.finish_reason for o in outs],
+                "target_forwards": [o.stats.target_forwards for o in outs], "error": [o.error for o in outs]}
+
+
+class AnswerParts(Datasink):
+    """Writes each block of answers to its own part file, atomically; sums rows, tokens and target forwards."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self.totals = {"rows": 0, "tokens": 0, "forwards": 0}
+
+    def write(self, blocks, ctx) -> dict:
+        written = {"rows": 0, "tokens": 0, "forwards": 0}
+        for block in blocks:
+            records = BlockAccessor.for_block(block).to_arrow().to_pylist()
+            if not records:
+                continue
+            ids = [r["id"] for r in records]
+            name = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]  # a retried block rewrites its own file
+            tmp = self.output / f".tmp-{name}-{os.getpid()}"
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+            tmp.rename(self.output / f"part-{name}.jsonl")  # atomic: a part file is whole or absent
+            written["rows"] += len(records)
+            written["tokens"] += sum(len(r["token_ids"]) for r in records)
+            written["forwards"] += sum(r["target_forwards"] for r in records)
+        logger.warning("progress: %d more answers in %s", written["rows"], self.output)
+        return written
+
+    def on_write_complete(self, write_result) -> None:
+        for written in write_result.write_returns:
+            for key, value in written.items():
+                self.totals[key] += value
 
 
 def read_rows(path: str):
@@ -87,18 +113,16 @@ def read_rows(path: str):
     if not source.exists():
         raise InvalidRequestError("input", f"{path!r} does not exist")
     parquet = source.suffix == ".parquet" or (source.is_dir() and any(source.glob("*.parquet")))
-    # Reading and filtering rows is light I/O: with no CPU reserved it runs while the replicas hold every CPU
-    # (reserving one deadlocks a pool of as many replicas as the cluster has CPUs: Ray Data waits for a CPU that
+    # Reading, filtering and writing rows is light I/O: with no CPU reserved it runs while the replicas hold every
+    # CPU (reserving one deadlocks a pool of as many replicas as the cluster has CPUs: Ray Data waits for a CPU that
     # the pool never frees).
-    light = {"num_cpus": 0}
-    ds = (ray.data.read_parquet(path, ray_remote_args=light) if parquet
-          else ray.data.read_json(path, lines=True, ray_remote_args=light))
+    ds = ray.data.read_parquet(path, num_cpus=0) if parquet else ray.data.read_json(path, lines=True, num_cpus=0)
     columns = ds.columns()
     if "prompt" not in columns:
         raise InvalidRequestError("input", f"rows need a 'prompt' column; found {columns}")
     if "id" not in columns:
         raise InvalidRequestError("input", "rows need an 'id' column (a stable id is what makes reruns resume)")
-    return ds.select_columns(["id", "prompt"], **light)
+    return ds.select_columns(["id", "prompt"], num_cpus=0)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -123,17 +147,14 @@ def run(args: argparse.Namespace) -> dict:
     concurrency = args.replicas or (args.min_replicas, args.max_replicas)
     engine = dataclasses.replace(config.engine, threads=max(1, int(args.cpus_per_replica)))
     started = time.perf_counter()
-    results = todo.map_batches(Generator, batch_size=args.batch_size, concurrency=concurrency,
+    answers = todo.map_batches(Generator, batch_size=args.batch_size, concurrency=concurrency,
                                num_cpus=args.cpus_per_replica,
                                fn_constructor_kwargs={"engine_config": engine, "spec": spec, "sampling": sampling,
-                                                      "output": str(output), "chat": args.chat})
-    rows_now = tokens = forwards = 0
-    for batch in results.iter_batches(batch_size=None):
-        rows_now += len(batch["id"])
-        tokens += int(sum(batch["tokens"]))
-        forwards += int(sum(batch["forwards"]))
-        logger.warning("progress: %d rows this run, %d before", rows_now, len(done))
+                                                      "chat": args.chat})
+    sink = AnswerParts(output)
+    answers.write_datasink(sink, ray_remote_args={"num_cpus": 0})
     seconds = time.perf_counter() - started
+    rows_now, tokens, forwards = sink.totals["rows"], sink.totals["tokens"], sink.totals["forwards"]
     all_ids = finished_ids(output)
     summary = {"rows": rows.count(), "answered": len(all_ids), "resumed_from": len(done), "rows_this_run": rows_now,
                "tokens_this_run": tokens, "seconds": round(seconds, 2),
@@ -149,10 +170,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def merge(output: Path) -> None:
-    records = read_parts(output)
-    records.sort(key=lambda r: (len(r["id"]), r["id"]))
+    by_id = {record["id"]: record for record in read_parts(output)}
     with (output / "answers.jsonl").open("w", encoding="utf-8") as f:
-        for record in records:
+        for record in sorted(by_id.values(), key=lambda r: (len(r["id"]), r["id"])):
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
