@@ -115,6 +115,16 @@ class Pipeline:
         self._follow_refs = []
         self._start_target()
 
+    def group_alive(self) -> bool:
+        """Whether every target rank still runs, without calling any: a follower's loop call ends only when its
+        rank dies (or rank 0 stops it at shutdown). A serving router's health probe reads it, since rank 0 alone
+        may still answer while it waits in a collective for a dead rank."""
+        import ray
+
+        if self._down:
+            return False
+        return not self._follow_refs or not ray.wait(self._follow_refs, num_returns=1, timeout=0)[0]
+
     def _watch(self, refs: dict, *, fetch: bool = True) -> list:
         """ray.get of each ref (mapped to who computes it), but when a target rank dies the whole group ends at
         once, with an error that names the rank, instead of the others waiting in a collective for ever."""

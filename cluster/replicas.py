@@ -126,10 +126,12 @@ class ServingTargetActor(TargetActor, EngineServing):
 
 @dataclass
 class Replica:
-    """A started replica: `actor` serves EngineServing's calls; `close` frees every actor and resource it holds."""
+    """A started replica: `actor` serves EngineServing's calls; `close` frees every actor and resource it holds;
+    `alive` is False once a part of it other than `actor` has died (a tensor-parallel rank)."""
 
     actor: object
     close: Callable[[], None]
+    alive: Callable[[], bool] = lambda: True
     index: int = 0
     in_flight: int = 0
     retiring: bool = False
@@ -146,7 +148,7 @@ def pipeline_replica(project: ProjectConfig, *, max_in_flight: int, concurrency:
 
     pipeline = Pipeline(project, target_actor=ServingTargetActor, target_kwargs={"max_in_flight": max_in_flight},
                         target_concurrency=concurrency)
-    return Replica(pipeline.target, close=pipeline.shutdown)
+    return Replica(pipeline.target, close=pipeline.shutdown, alive=pipeline.group_alive)
 
 
 class ReplicaLost(Stopping):
@@ -286,9 +288,12 @@ class ReplicaRouter:
         loads = []
         for replica, ref in refs:
             try:
-                loads.append(ray.get(ref))
+                if replica.alive():
+                    loads.append(ray.get(ref))
+                    continue
             except ray.exceptions.RayActorError:
-                self.lost(replica)
+                pass
+            self.lost(replica)
         return {"num_requests_running": sum(x["num_requests_running"] for x in loads),
                 "num_requests_waiting": sum(x["num_requests_waiting"] for x in loads),
                 "in_flight": sum(x["in_flight"] for x in loads),
