@@ -52,10 +52,10 @@ def stop_cluster() -> None:
 
 
 def job_command(args: argparse.Namespace, prompts: Path, out: Path, *, wait: bool = True) -> list[str]:
-    return [ray_bin(), "job", "submit", *([] if wait else ["--no-wait"]), "--", sys.executable, "-m", "mirrorspec.cluster.batch_job",
-            "--input", str(prompts), "--output", str(out), "--max-new-tokens", str(args.max_new_tokens),
-            "--method", args.method, "--replicas", str(args.replicas), "--batch-size", str(args.batch_size),
-            "--chat", "--merge"]
+    return [ray_bin(), "job", "submit", *([] if wait else ["--no-wait"]), "--", sys.executable, "-m",
+            "mirrorspec.cluster.batch_job", "--input", str(prompts), "--output", str(out),
+            "--max-new-tokens", str(args.max_new_tokens), "--method", args.method, "--replicas", str(args.replicas),
+            "--batch-size", str(args.batch_size), "--chat", "--merge"]
 
 
 def submit(args: argparse.Namespace, prompts: Path, out: Path) -> tuple[dict, float]:

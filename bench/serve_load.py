@@ -246,7 +246,8 @@ def main() -> int:
         scale_exit = server.stop()
     results = {
         "setup": f"{os.cpu_count()} CPU cores; `mirrorspec serve --config {args.config} {' '.join(extra)}`; "
-                 f"{info.model_id}, drafter {Path(info.drafter).name if info.drafter else 'none'}; {args.max_new_tokens} new tokens, greedy, chat",
+                 f"{info.model_id}, drafter {Path(info.drafter).name if info.drafter else 'none'}; "
+                 f"{args.max_new_tokens} new tokens, greedy, chat",
         "command": "python -m mirrorspec.bench.serve_load " + " ".join(sys.argv[1:]),
         "burst": {**summarize(burst, burst_s), **answers_agree(burst), "server_exit": burst_exit},
         "scale": {**summarize(scaled, scale_s), **answers_agree(scaled), "events": events,

@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from ray.data.block import BlockAccessor
@@ -81,10 +82,10 @@ class AnswerParts(Datasink):
 
     def __init__(self, output: Path) -> None:
         self.output = output
-        self.totals = {"rows": 0, "tokens": 0, "forwards": 0}
+        self.totals: Counter = Counter()
 
-    def write(self, blocks, ctx) -> dict:
-        written = {"rows": 0, "tokens": 0, "forwards": 0}
+    def write(self, blocks, ctx) -> Counter:
+        written: Counter = Counter()
         for block in blocks:
             records = BlockAccessor.for_block(block).to_arrow().to_pylist()
             if not records:
@@ -101,9 +102,7 @@ class AnswerParts(Datasink):
         return written
 
     def on_write_complete(self, write_result) -> None:
-        for written in write_result.write_returns:
-            for key, value in written.items():
-                self.totals[key] += value
+        self.totals = sum(write_result.write_returns, Counter())
 
 
 def read_rows(path: str):

@@ -162,7 +162,8 @@ class Pipeline:
             self._down = f"the tensor-parallel target group did not start: {cause}"
             raise cause
         self._down = (f"the tensor-parallel target group is down: {who} of {len(self.followers) + 1} died "
-                      f"({type(cause).__name__ if cause else 'left the group'}); its requests in flight failed; restart_target() starts a new group")
+                      f"({type(cause).__name__ if cause else 'left the group'}); its requests in flight failed; "
+                      "restart_target() starts a new group")
         raise TargetGroupError(self._down) from exc
 
     def generate(self, prompts: list, sampling: SamplingParams | list[SamplingParams] | None = None,

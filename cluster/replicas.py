@@ -288,12 +288,13 @@ class ReplicaRouter:
         loads = []
         for replica, ref in refs:
             try:
-                if replica.alive():
-                    loads.append(ray.get(ref))
-                    continue
+                load = ray.get(ref) if replica.alive() else None
             except ray.exceptions.RayActorError:
-                pass
-            self.lost(replica)
+                load = None
+            if load is None:
+                self.lost(replica)
+            else:
+                loads.append(load)
         return {"num_requests_running": sum(x["num_requests_running"] for x in loads),
                 "num_requests_waiting": sum(x["num_requests_waiting"] for x in loads),
                 "in_flight": sum(x["in_flight"] for x in loads),

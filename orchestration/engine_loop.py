@@ -146,7 +146,7 @@ class EngineLoop:
                 command[2].put(self._add(*command[1]))
             elif command[0] == "cancel":
                 self._end(command[1], command[2])
-            elif not command[1]:  # ("stop", drain=False); stop() has set _stopping already
+            elif command == ("stop", False):  # without draining; stop() has set _stopping already
                 for request_id in list(self._handles):
                     self._end(request_id, CANCELLED)
 

@@ -4,8 +4,8 @@ A backend is anything with `submit(prompt_ids, sampling, spec, chat=, time_limit
 `EngineLoop` in this process, or the router over Ray replicas) plus the served model's facts. This module turns
 messages into validated parameters and outputs into messages, and maps failures onto gRPC status codes:
 bad input -> INVALID_ARGUMENT with the message's field path first ("params.sampling.top_p: ..."), a full queue ->
-RESOURCE_EXHAUSTED, shutting down or a lost replica -> UNAVAILABLE. A client that cancels, or whose deadline passes, frees the
-request's slot at once (the RPC's done-callback cancels it in the engine).
+RESOURCE_EXHAUSTED, shutting down or a lost replica -> UNAVAILABLE. A client that cancels, or whose deadline
+passes, frees the request's slot at once (the RPC's done-callback cancels it in the engine).
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Callable
+
 import torch
 import transformers
 
@@ -61,3 +64,12 @@ def reference_logits(loaded: LoadedModel, ids: list[int]) -> torch.Tensor:
     """Next-token logits recomputed from scratch by transformers' own forward."""
     with torch.no_grad():
         return loaded.model(torch.tensor([ids])).logits[0, -1].float()
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float = 10.0, what: str = "condition not reached",
+               period_s: float = 0.02) -> None:
+    """Poll `condition` until it holds; fail the test if it has not after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(period_s)

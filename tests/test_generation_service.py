@@ -6,7 +6,6 @@ import datetime
 import ipaddress
 import re
 import threading
-import time
 import urllib.request
 
 import grpc
@@ -16,7 +15,7 @@ import transformers
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from helpers import worker
+from helpers import wait_until, worker
 from mirrorspec.orchestration.engine import Engine
 from mirrorspec.orchestration.engine_loop import EngineLoop
 from mirrorspec.orchestration.generation_service import GenerationService, Limits, ServedModel
@@ -97,7 +96,8 @@ def params(**kw):
 def test_unary_batch_is_the_engine_output_for_every_method(stub, served, tokenizer):
     texts = ["Hello there", "Why is the sky blue?", "1 2 3"]
     # the served engine belongs to its loop's thread: the reference comes from an engine of its own
-    reference = tiny_engine_of(served.models, tokenizer).generate(texts, SamplingParams(max_new_tokens=12), SpecParams(method="ar"))
+    reference = tiny_engine_of(served.models, tokenizer).generate(texts, SamplingParams(max_new_tokens=12),
+                                                                  SpecParams(method="ar"))
     for method in (pb.AR, pb.CHAIN, pb.TREE, pb.METHOD_DEFAULT):
         reply = stub.Generate(pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text=t) for t in texts],
                                                           params=params(method=method)), metadata=AUTH)
@@ -126,13 +126,13 @@ def test_cancel_and_deadline_free_the_slot_at_once(stub, served):
                                                             params=params(max_new_tokens=64)), metadata=AUTH)
     next(stream)
     stream.cancel()
-    _wait(lambda: served.loop.in_flight == 0)
+    wait_until(lambda: served.loop.in_flight == 0)
     with pytest.raises(grpc.RpcError) as err:
         list(stub.GenerateStream(pb.SingleGenerationRequest(request=pb.GenerationRequest(text="Go on"),
                                                             params=params(max_new_tokens=64)),
                                  metadata=AUTH, timeout=0.05))
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    _wait(lambda: served.loop.in_flight == 0)
+    wait_until(lambda: served.loop.in_flight == 0)
 
 
 def test_time_limit_ends_the_request_with_what_it_has(stub):
@@ -210,9 +210,9 @@ def test_health_follows_the_backend_and_draining(served):
         service="mirrorspec.generation.v1.GenerationService")).status
     assert status() == health_pb2.HealthCheckResponse.SERVING
     served.up.clear()
-    _wait(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING)
+    wait_until(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING)
     served.up.set()
-    _wait(lambda: status() == health_pb2.HealthCheckResponse.SERVING)
+    wait_until(lambda: status() == health_pb2.HealthCheckResponse.SERVING)
     channel.close()
 
 
@@ -291,20 +291,13 @@ def _self_signed() -> tuple[bytes, bytes]:
                               serialization.NoEncryption()))
 
 
-def _wait(condition, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
-
-
 @pytest.mark.real_model
 def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, capsys, monkeypatch):
     """The CLI server on the default pair serving `mirror`, so each replica is a whole pipeline (the drafter's
     actor and the target's, half a core each) on the session's Ray cluster: a token from the environment,
     TLS only (a plain client is refused), Prometheus metrics of the requests, `mirrorspec scale` to 2 replicas and
-    back, auth, reflection, health, cancel and deadline, and a streamed request that is still running when SIGTERM arrives finishes whole while health
-    reads NOT_SERVING; the process exits 0."""
+    back, auth, reflection, health, cancel and deadline, and a streamed request that is still running when SIGTERM
+    arrives finishes whole while health reads NOT_SERVING; the process exits 0."""
     import os
     import signal
     import subprocess
@@ -315,15 +308,16 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, 
     (tmp_path / "key.pem").write_bytes(key)
     config = tmp_path / "ray_config.yaml"
     config.write_text("serve: {port: 0, metrics_port: 0, token_env: MS_TOKEN, max_new_tokens: 128, "
-                      f"default_max_new_tokens: 64, tls_cert: {tmp_path / 'cert.pem'}, tls_key: {tmp_path / 'key.pem'}}}\n"
+                      f"default_max_new_tokens: 64, tls_cert: {tmp_path / 'cert.pem'}, "
+                      f"tls_key: {tmp_path / 'key.pem'}}}\n"
                       "speculation: {method: mirror, gamma: 3}\n"
                       "cluster: {target: {resources: {CPU: 0.5}, threads: 1}, "
                       "drafter: {resources: {CPU: 0.5}, threads: 1}}\n")
     env = {**os.environ, "MS_TOKEN": TOKEN, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     monkeypatch.setenv("MS_TOKEN", TOKEN)  # for `mirrorspec scale` in this process
     proc = subprocess.Popen([sys.executable, "-m", "mirrorspec.orchestration.cli", "serve", "--config", str(config),
-                             "--drafter", "default", "--max-batch", "2", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                             "--drafter", "default", "--max-batch", "2", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
         assert "serving" in line, proc.stderr.read()
@@ -368,18 +362,18 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, 
         cancelled = stub.GenerateStream(long, metadata=AUTH)
         next(cancelled)
         cancelled.cancel()
-        _wait(lambda: in_flight() == 0, timeout_s=30)
+        wait_until(lambda: in_flight() == 0, timeout_s=30)
         with pytest.raises(grpc.RpcError) as err:
             list(stub.GenerateStream(long, metadata=AUTH, timeout=1.0))
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        _wait(lambda: in_flight() == 0, timeout_s=30)
+        wait_until(lambda: in_flight() == 0, timeout_s=30)
         request = pb.SingleGenerationRequest(request=pb.GenerationRequest(text="Name three colors."),
                                              params=pb.Parameters(chat=True, stopping=pb.StoppingCriteria(
                                                  max_new_tokens=48, min_new_tokens=48)))
         stream = stub.GenerateStream(request, metadata=AUTH)
         first = next(stream)
         proc.send_signal(signal.SIGTERM)
-        _wait(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING)  # at once, while it drains
+        wait_until(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING)  # at once, while it drains
         rest = list(stream)
         assert len(first.token_ids) + sum(len(p.token_ids) for p in rest) == 48
         assert rest[-1].stop_reason == pb.MAX_TOKENS

@@ -3,11 +3,11 @@ cancellation, scaling from 1 to 2 replicas and back while requests run, with no 
 that is a whole Mirror-SD pipeline."""
 
 import threading
-import time
 
 import pytest
 import ray
 
+from helpers import wait_until
 from mirrorspec.cluster.config import ClusterConfig, ProjectConfig, RoleConfig
 from mirrorspec.cluster.replicas import (ReplicaActor, ReplicaLost, ReplicaRouter, actor_replica,
                                          pipeline_replica)
@@ -110,10 +110,7 @@ def test_bad_requests_full_replicas_and_a_dead_replica_come_back_as_errors(ray_c
         with pytest.raises(ReplicaLost, match="died with this request in flight"):
             for _ in doomed:
                 pass
-        deadline = time.monotonic() + 120
-        while not router.load()["up"]:  # down until the replacement has loaded its models
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
+        wait_until(lambda: router.load()["up"], 120, period_s=0.5)  # down until the replacement has loaded
         last = None
         for last in router.submit(prompt(tokenizer, "Hi"), SamplingParams(max_new_tokens=4), SPEC):
             pass
@@ -135,15 +132,9 @@ def test_the_autoscaler_grows_with_the_queue_and_shrinks_when_idle(ray_cluster, 
         # full however slow the machine is at loading the second replica's model; once it serves they are cancelled.
         handles = [router.submit(prompt(tokenizer, f"Tell a long story about {i} cats."),
                                  SamplingParams(max_new_tokens=256, ignore_eos=True), SPEC) for i in range(8)]
-        deadline = time.monotonic() + 120
-        while router.replicas < 2:
-            assert time.monotonic() < deadline, "the autoscaler did not start a second replica"
-            time.sleep(0.1)
+        wait_until(lambda: router.replicas == 2, 120, "the autoscaler did not start a second replica", 0.1)
         for handle in handles:
             handle.cancel()
-        deadline = time.monotonic() + 60
-        while router.replicas > 1:  # idle: back to the minimum
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_until(lambda: router.replicas == 1, 60, "the autoscaler did not retire the idle replica", 0.2)
     finally:
         router.shutdown()
