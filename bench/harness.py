@@ -25,10 +25,12 @@ from pathlib import Path
 
 import torch
 
-from mirrorspec.orchestration.params import METHODS, SamplingParams, SpecParams
+from mirrorspec.orchestration.drafter_session import DrafterSession
+from mirrorspec.methods import AR_DRAFTER, DIFFUSION_DRAFTER, ENGINE_METHODS, METHODS
+from mirrorspec.params import SamplingParams, SpecParams
 
 HF_ASSISTED = "hf-assisted"
-BENCH_METHODS = (*METHODS, HF_ASSISTED)
+BENCH_METHODS = (*ENGINE_METHODS, HF_ASSISTED)
 DEFAULT_PROMPTS = "spec_bench_mini.jsonl"
 
 
@@ -81,7 +83,7 @@ class Record:
 
 def parse_method(label: str, spec: SpecParams) -> tuple[str, SpecParams]:
     """`tree:tree_depth=4+tree_topk=2` -> ("tree", spec with those fields)."""
-    from mirrorspec.orchestration.errors import InvalidRequestError
+    from mirrorspec.errors import InvalidRequestError
 
     name, _, options = label.partition(":")
     if name not in BENCH_METHODS:
@@ -93,7 +95,7 @@ def parse_method(label: str, spec: SpecParams) -> tuple[str, SpecParams]:
         if key not in fields or not value.isdigit():
             raise InvalidRequestError("methods", f"bad option {option!r} in {label!r}; use {sorted(fields)}=N")
         values[key] = int(value)
-    return name, dataclasses.replace(spec, method=name if name in METHODS else spec.method, **values)
+    return name, dataclasses.replace(spec, method=name if name in ENGINE_METHODS else spec.method, **values)
 
 
 def run_engine_method(engine, spec: SpecParams, prompts: list[dict], max_new: int, batch: int, bar) -> list[Record]:
@@ -212,9 +214,9 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams, cluster
     from tqdm import tqdm
 
     from mirrorspec.cluster.launch import open_engine
-    from mirrorspec.orchestration.errors import InvalidRequestError
+    from mirrorspec.errors import InvalidRequestError
     from mirrorspec.orchestration.engine import Engine
-    from mirrorspec.workers.factory import build_drafter, resolve_drafter
+    from mirrorspec.orchestration.factory import build_drafter, resolve_drafter
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     parsed = {label: parse_method(label, spec) for label in methods}
@@ -223,7 +225,8 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams, cluster
         parsed["ar"] = ("ar", dataclasses.replace(spec, method="ar"))
     if any(name == HF_ASSISTED for name, _ in parsed.values()) and args.batch_size != 1:
         raise InvalidRequestError("batch_size", "hf-assisted only supports batch size 1 (a transformers limit)")
-    if any(name in ("chain", "tree", "mirror") for name, _ in parsed.values()) and not engine_config.drafter:
+    drafters = {METHODS[name].drafter for name, _ in parsed.values() if name in METHODS}
+    if AR_DRAFTER in drafters and not engine_config.drafter:
         raise InvalidRequestError("drafter", "chain, tree and mirror need a drafter (--drafter DIR or self)")
     prompts = load_prompts(args.prompts, args.per_category)
     engine_config = dataclasses.replace(engine_config, max_batch=max(engine_config.max_batch, args.batch_size))
@@ -233,7 +236,7 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams, cluster
     engine = open_engine(engine_config, spec, cluster, on_ray=on_ray)
     two_roles = on_ray or bool(cluster.drafter_address)
     diffusion_engine = None
-    if any(name == "diffusion-draft" for name, _ in parsed.values()):
+    if DIFFUSION_DRAFTER in drafters:
         if two_roles:
             raise InvalidRequestError("methods", "diffusion-draft is benched in-process: use --ray never")
         drafter = resolve_drafter(dataclasses.replace(engine_config, drafter=args.diffusion_drafter), "diffusion-draft")
@@ -255,7 +258,8 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams, cluster
                 if name == HF_ASSISTED:
                     records[label] = _run_hf(engine, engine_config, cluster if two_roles else None, args, prompts, bar)
                     continue
-                records[label] = run_engine_method(diffusion_engine if name == "diffusion-draft" else engine,
+                by_diffusion = METHODS[name].drafter == DIFFUSION_DRAFTER
+                records[label] = run_engine_method(diffusion_engine if by_diffusion else engine,
                                                    method_spec, prompts, args.max_new_tokens, args.batch_size, bar)
                 if two_roles:
                     channel[label] = channel_summary(engine.channel_stats(), round_trip, records[label])
@@ -313,7 +317,7 @@ def _placement(cluster) -> dict:
 def _run_hf(engine, engine_config, cluster, args, prompts: list[dict], bar) -> list[Record]:
     """transformers' assisted generation in this process (on Ray: with the target actor's thread count, while
     the actors idle)."""
-    from mirrorspec.workers.factory import eos_token_ids
+    from mirrorspec.orchestration.factory import eos_token_ids
     from mirrorspec.workers.models import load_model, parse_device, parse_dtype
 
     threads = torch.get_num_threads()
@@ -398,9 +402,9 @@ def forward_cost(engine, context: int = 128, repeats: int = 20) -> dict:
     torch.set_num_threads(1)
     try:
         out = {"target_ms": _decode_ms(engine.target, context, repeats)}
-        drafter = engine.drafter  # the in-process drafter model
-        if drafter is not None:
-            out["drafter_ms"] = _decode_ms(drafter, context, repeats)
+        session = engine.drafter
+        if isinstance(session, DrafterSession):  # the in-process drafter model behind it
+            out["drafter_ms"] = _decode_ms(session.drafter, context, repeats)
             out["drafter_over_target"] = round(out["drafter_ms"] / out["target_ms"], 4)
         return out
     finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from transformers import LlamaForCausalLM
 
-from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.errors import InvalidRequestError
 from mirrorspec.workers.drafter_model import Drafter
 
 

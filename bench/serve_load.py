@@ -56,7 +56,7 @@ class Server:
     """`mirrorspec serve` in a subprocess, on any free port; the first stdout line names the address."""
 
     def __init__(self, config: str, extra: list[str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "mirrorspec.orchestration.cli", "serve", "--config", config,
+        self.proc = subprocess.Popen([sys.executable, "-m", "mirrorspec.cli.main", "serve", "--config", config,
                                       "--port", "0", *extra], stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         match = re.search(r" on (\S+?)(;|$)", line.strip())

@@ -15,9 +15,9 @@ import torch
 from mirrorspec.cluster.config import RoleConfig
 from mirrorspec.orchestration.drafter_session import as_draft_service
 from mirrorspec.orchestration.engine import Engine, EngineConfig
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.params import SamplingParams, SpecParams
-from mirrorspec.orchestration.remote_drafter import RemoteDrafter
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.params import SamplingParams, SpecParams
+from mirrorspec.speculation.remote_drafter import RemoteDrafter
 from mirrorspec.workers.model_worker import greedy_logits
 from mirrorspec.workers.tensor_parallel import GroupSpec, LockstepWorker, follow
 
@@ -35,8 +35,8 @@ def pin(role: RoleConfig) -> None:
 class DrafterActor:
     def __init__(self, engine: EngineConfig, role: RoleConfig, *, secret: str, host: str = "127.0.0.1",
                  port: int = 0, branch_budget: int = 8) -> None:
-        from mirrorspec.workers.drafter_service import serve
-        from mirrorspec.workers.factory import build_drafter
+        from mirrorspec.speculation.drafter_server import serve
+        from mirrorspec.orchestration.factory import build_drafter
         from mirrorspec.workers.models import load_model_info
 
         pin(role)
@@ -63,7 +63,7 @@ class TargetActor:
 
     def __init__(self, engine: EngineConfig, role: RoleConfig, drafter_address: str | None, *,
                  secret: str | None = None, reply_timeout_s: float = 10.0, group: GroupSpec | None = None) -> None:
-        from mirrorspec.workers.factory import build_target, eos_token_ids, worker_sizes
+        from mirrorspec.orchestration.factory import build_target, eos_token_ids, worker_sizes
 
         pin(role)
         worker, target = build_target(engine, group)
@@ -114,7 +114,7 @@ class TargetRankActor:
     """Rank 1..N-1 of a tensor-parallel target: its shard, run in lockstep with rank 0's calls."""
 
     def __init__(self, engine: EngineConfig, role: RoleConfig, group: GroupSpec) -> None:
-        from mirrorspec.workers.factory import build_target
+        from mirrorspec.orchestration.factory import build_target
 
         pin(role)
         self.worker, _ = build_target(engine, group)

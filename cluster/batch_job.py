@@ -27,7 +27,7 @@ from pathlib import Path
 from ray.data.block import BlockAccessor
 from ray.data.datasource import Datasink
 
-from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +65,9 @@ class Generator:
     """One engine replica in ray.data's actor pool: answers a batch of rows."""
 
     def __init__(self, engine_config, spec, sampling, chat: bool) -> None:
-        from mirrorspec.orchestration.engine import Engine
+        from mirrorspec.orchestration.factory import build_engine
 
-        self.engine = Engine.from_config(engine_config)
+        self.engine = build_engine(engine_config)
         self.spec, self.sampling, self.chat = spec, sampling, chat
 
     def __call__(self, batch: dict) -> dict:
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from mirrorspec.cluster.config import find_config, load_config
     from mirrorspec.cluster.ray_cluster import connect
-    from mirrorspec.orchestration.params import SamplingParams
+    from mirrorspec.params import SamplingParams
 
     config = load_config(find_config(args.config))
     spec = dataclasses.replace(config.speculation, **({"method": args.method} if args.method else {}))

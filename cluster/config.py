@@ -16,8 +16,9 @@ from pathlib import Path
 import yaml
 
 from mirrorspec.orchestration.engine import EngineConfig
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.params import SpecParams
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.methods import METHODS
+from mirrorspec.params import SpecParams
 
 CONFIG_ENV = "MIRRORSPEC_CONFIG"
 DEFAULT_CONFIG_NAME = "ray_config.yaml"
@@ -98,9 +99,12 @@ class ClusterConfig:
         return self
 
     def uses_ray(self, method: str) -> bool:
+        """Whether `method` runs as Ray actors here (a name outside the methods table, e.g. the bench's
+        hf-assisted, only by `ray: always` or tensor parallelism)."""
         if self.drafter_address:
             return False
-        return self.ray == "always" or self.tp_size > 1 or (self.ray == "auto" and method == "mirror")
+        by_default = method in METHODS and METHODS[method].ray_by_default
+        return self.ray == "always" or self.tp_size > 1 or (self.ray == "auto" and by_default)
 
     def rank_role(self, rank: int) -> RoleConfig:
         """What target rank `rank` takes: the target's resources and threads, its share of the target's cores."""
@@ -137,7 +141,7 @@ class AutoscalePolicy:
 
 @dataclass
 class ServeConfig:
-    """`mirrorspec serve`: the public GenerationService (orchestration/generation_service.py)."""
+    """`mirrorspec serve`: the public GenerationService (serving/generation_service.py)."""
 
     host: str = "127.0.0.1"
     port: int = 8033

@@ -14,8 +14,8 @@ import threading
 
 from mirrorspec.cluster.config import ClusterConfig, ProjectConfig
 from mirrorspec.orchestration.engine import EngineConfig
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.params import SpecParams
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.params import SpecParams
 
 
 SECRET_ENV = "MIRRORSPEC_SPECULATION_SECRET"
@@ -42,9 +42,9 @@ def open_engine(engine: EngineConfig, spec: SpecParams, cluster: ClusterConfig, 
 
         return TargetActor(engine, cluster.target, cluster.drafter_address, secret=speculation_secret(),
                            reply_timeout_s=cluster.reply_timeout_s)
-    from mirrorspec.orchestration.engine import Engine
+    from mirrorspec.orchestration.factory import build_engine
 
-    return Engine.from_config(engine)
+    return build_engine(engine)
 
 
 def serve_drafter(engine: EngineConfig, cluster: ClusterConfig, *, host: str, port: int) -> int:

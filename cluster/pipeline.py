@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from mirrorspec.cluster.actors import DrafterActor, TargetActor, TargetRankActor
 from mirrorspec.cluster.config import ProjectConfig, RoleConfig
 from mirrorspec.cluster.ray_cluster import connect
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.params import SamplingParams, SpecParams
 
 logger = logging.getLogger(__name__)
 

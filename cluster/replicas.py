@@ -23,9 +23,11 @@ import ray
 
 from mirrorspec.cluster.actors import TargetActor
 from mirrorspec.cluster.config import AutoscalePolicy, ProjectConfig
-from mirrorspec.orchestration.engine import Engine, EngineConfig, RequestOutput
-from mirrorspec.orchestration.engine_loop import EngineLoop, Handle, QueueFull, Stopping
-from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.orchestration.engine import Engine, EngineConfig
+from mirrorspec.orchestration.factory import build_engine
+from mirrorspec.orchestration.outputs import RequestOutput
+from mirrorspec.serving.engine_loop import EngineLoop, Handle, QueueFull, Stopping
+from mirrorspec.params import SamplingParams, SpecParams
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ class ReplicaActor(EngineServing):
     """A replica that is one actor: the target and the drafter in its own process."""
 
     def __init__(self, engine: EngineConfig, *, max_in_flight: int) -> None:
-        self._serve(Engine.from_config(engine), max_in_flight)
+        self._serve(build_engine(engine), max_in_flight)
 
 
 def _get(ref):

@@ -17,13 +17,14 @@ import threading
 from pathlib import Path
 
 from mirrorspec.cluster.config import ProjectConfig
-from mirrorspec.orchestration.engine import Engine
-from mirrorspec.orchestration.engine_loop import EngineLoop
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.generation_service import AdminService, GenerationService, Limits, ServedModel
-from mirrorspec.orchestration.grpc_server import GenerationServer, ServerLimits, ServerSecurity
-from mirrorspec.orchestration.metrics import ServingMetrics
-from mirrorspec.orchestration.params import AR_DRAFTED, SamplingParams
+from mirrorspec.orchestration.factory import build_engine
+from mirrorspec.serving.engine_loop import EngineLoop
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.serving.generation_service import AdminService, GenerationService, Limits, ServedModel
+from mirrorspec.serving.grpc_server import GenerationServer, ServerLimits, ServerSecurity
+from mirrorspec.serving.metrics import ServingMetrics
+from mirrorspec.methods import AR_DRAFTER, DIFFUSION_DRAFTER, drafted_by
+from mirrorspec.params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +34,12 @@ def served_methods(drafter: str | None) -> tuple[str, ...]:
     from mirrorspec.workers.diffusion_model import is_dllm_folder
 
     if not drafter:
-        return ("ar",)
-    if drafter != "self" and is_dllm_folder(drafter):
-        return ("ar", "diffusion-draft")
-    return ("ar", *AR_DRAFTED)
+        return drafted_by(None)
+    return drafted_by(DIFFUSION_DRAFTER if drafter != "self" and is_dllm_folder(drafter) else AR_DRAFTER)
 
 
 def _local_backend(project: ProjectConfig) -> EngineLoop:
-    return EngineLoop(Engine.from_config(project.engine), max_in_flight=project.engine.max_batch + project.serve.max_queue)
+    return EngineLoop(build_engine(project.engine), max_in_flight=project.engine.max_batch + project.serve.max_queue)
 
 
 def _ray_backend(project: ProjectConfig):
@@ -76,7 +75,7 @@ def _ray_backend(project: ProjectConfig):
 
 def start_server(project: ProjectConfig) -> tuple[GenerationServer, object, str | None]:
     """The server, its backend (an EngineLoop, or the router over Ray replicas) and the metrics address."""
-    from mirrorspec.workers.factory import resolve_drafter
+    from mirrorspec.orchestration.factory import resolve_drafter
     from mirrorspec.workers.models import load_model_info
 
     serve = project.serve
@@ -121,7 +120,7 @@ def scale_server(address: str, replicas: int, *, token_env: str | None = None, t
 
     import grpc
 
-    from mirrorspec.orchestration.grpc_server import bearer
+    from mirrorspec.protos.gate import bearer
     from mirrorspec.protos import generation_pb2 as pb
     from mirrorspec.protos import generation_pb2_grpc as pb_grpc
 

@@ -18,37 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mirrorspec.orchestration.draft_tree import ROOT, DraftTree
 from mirrorspec.orchestration.sampling import sample, uniform
-
-ROOT = -1
-
-
-@dataclass
-class DraftTree:
-    """Drafted nodes in topological order; the root (the last committed token) is implicit, index -1."""
-
-    tokens: list[int] = field(default_factory=list)
-    parents: list[int] = field(default_factory=list)
-    # Distribution each node was sampled from, or None for a deterministic (top-k) node.
-    proposals: list[torch.Tensor | None] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)  # draft log-probability of each node given its parent
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def children(self) -> dict[int, list[int]]:
-        kids: dict[int, list[int]] = {ROOT: []}
-        for node, parent in enumerate(self.parents):
-            kids.setdefault(parent, []).append(node)
-        return kids
-
-    def depth(self, node: int) -> int:
-        d = 0
-        while node != ROOT:
-            node = self.parents[node]
-            d += 1
-        return d
-
 
 @dataclass
 class Verdict:

@@ -35,85 +35,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.workers.diffusion_model import ContextKV, pad_contexts
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.params import FIXED_SCHEDULE, DiffusionParams
+from mirrorspec.workers.diffusion_model import ContextKV, DiffusionOutput, pad_contexts
 
-STRATEGIES = ("low-confidence", "random", "threshold", "factor")
-FIXED_SCHEDULE = ("low-confidence", "random")  # a fixed number of commits per step
-CACHES = ("none", "prefix", "dual")
 PROPHET_GAPS = ((1 / 3, 7.5), (2 / 3, 5.0), (1.0, 2.5))  # (progress below, required logit gap)
 
-
-@dataclass(frozen=True)
-class DiffusionParams:
-    strategy: str = "threshold"
-    gen_length: int = 64  # masked positions after the prompt (the most this request generates)
-    block_length: int = 32
-    steps: int | None = None  # low-confidence / random: denoising steps in all (default: one token per step)
-    threshold: float = 0.9
-    factor: float = 1.0
-    temperature: float = 0.0  # > 0: Gumbel-max sampling of each position's token (float64, as LLaDA)
-    adaptive_blocks: bool = False
-    delimiter_confidence: float = 0.3
-    early_commit: bool = False
-    stop_at_eos: bool = True
-    cache: str = "none"  # none | prefix | dual (Fast-dLLM's approximate KV caches)
-    seed: int = 0
-
-    @property
-    def num_blocks(self) -> int:
-        return self.gen_length // self.block_length
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps if self.steps is not None else self.gen_length
-
-    def validate(self) -> "DiffusionParams":
-        if self.strategy not in STRATEGIES:
-            raise InvalidRequestError("strategy", f"unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
-        if self.cache not in CACHES:
-            raise InvalidRequestError("cache", f"unknown cache {self.cache!r}; use one of {', '.join(CACHES)}")
-        for name in ("gen_length", "block_length"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise InvalidRequestError(name, f"must be an integer >= 1, got {getattr(self, name)!r}")
-        if self.gen_length % self.block_length:
-            raise InvalidRequestError("block_length", f"{self.block_length} does not divide the generation length "
-                                                      f"{self.gen_length}")
-        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
-            raise InvalidRequestError("steps", f"must be an integer >= 1, got {self.steps!r}")
-        if self.strategy in FIXED_SCHEDULE:
-            if self.total_steps % self.num_blocks:
-                raise InvalidRequestError("steps", f"{self.total_steps} steps cannot be shared equally by "
-                                                   f"{self.num_blocks} blocks")
-            if self.total_steps > self.gen_length:
-                raise InvalidRequestError("steps", f"{self.total_steps} steps for {self.gen_length} tokens: at most "
-                                                   f"one step per token")
-            if self.adaptive_blocks:
-                raise InvalidRequestError("adaptive_blocks", "needs a confidence rule (threshold or factor): a "
-                                                             "fixed schedule has no step count for a block of "
-                                                             "unknown length")
-        if not 0 < self.threshold <= 1:
-            raise InvalidRequestError("threshold", f"must be in (0, 1], got {self.threshold!r}")
-        if self.factor <= 0:
-            raise InvalidRequestError("factor", f"must be > 0, got {self.factor!r}")
-        if self.temperature < 0:
-            raise InvalidRequestError("temperature", f"must be >= 0, got {self.temperature!r}")
-        if not 0 < self.delimiter_confidence <= 1:
-            raise InvalidRequestError("delimiter_confidence", f"must be in (0, 1], got {self.delimiter_confidence!r}")
-        return self
-
-
-@dataclass
-class DiffusionOutput:
-    token_ids: list[int]
-    finish_reason: str  # eos | length
-    forwards: int  # model forwards this sequence took part in
-    blocks: list[int] = field(default_factory=list)  # committed block lengths, in order
-    seconds: float = 0.0
-
-    @property
-    def forwards_per_token(self) -> float:
-        return self.forwards / max(1, len(self.token_ids))
 
 
 @dataclass

@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mirrorspec.orchestration.acceptance import ROOT, DraftTree
+from mirrorspec.orchestration.draft_tree import ROOT, DraftTree
 from mirrorspec.orchestration.drafting import Branch, BranchJob, DraftJob, draft_trees, roll_out_branches
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.interfaces import ExitCandidates, OpenSpec, Proposal, Report, Worker
-from mirrorspec.orchestration.params import SamplingParams
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.orchestration.interfaces import DraftService, ExitCandidates, OpenSpec, Proposal, Report
+from mirrorspec.workers.interface import Worker
+from mirrorspec.params import SamplingParams
 
 
 @dataclass
@@ -75,16 +76,18 @@ class _State:
         return self.features
 
 
-def as_draft_service(drafter, *, max_spec_nodes: int, branch_budget: int = 8):
-    """A drafter model `Worker` inside a DrafterSession; a drafter that is its own DraftService (the block-diffusion
-    drafter) as it is."""
-    if hasattr(drafter, "forward_hidden"):
-        return DrafterSession(drafter, max_spec_nodes=max_spec_nodes, branch_budget=branch_budget)
-    return drafter
+def as_draft_service(drafter: Worker | DraftService, *, max_spec_nodes: int, branch_budget: int = 8) -> DraftService:
+    """A DraftService as it is (a block-diffusion drafter, a remote drafter); a drafter model's Worker inside a
+    DrafterSession."""
+    if isinstance(drafter, DraftService):
+        return drafter
+    return DrafterSession(drafter, max_spec_nodes=max_spec_nodes, branch_budget=branch_budget)
 
 
 class DrafterSession:
     """Drafts for the sequences of one target, over one drafter `Worker` (and its KV cache)."""
+
+    drafts_by_diffusion = False
 
     def __init__(self, drafter: Worker, *, max_spec_nodes: int, branch_budget: int = 8) -> None:
         self.drafter = drafter

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mirrorspec.orchestration.acceptance import ROOT, DraftTree
-from mirrorspec.orchestration.interfaces import Worker
-from mirrorspec.orchestration.params import SamplingParams
+from mirrorspec.orchestration.draft_tree import ROOT, DraftTree
+from mirrorspec.workers.interface import Worker
+from mirrorspec.params import SamplingParams
 from mirrorspec.orchestration.sampling import log_probabilities, probabilities, sample
 
 

@@ -1,23 +1,25 @@
-"""The Engine facade: load models, validate requests, run the continuous-batching loop, hand back outputs."""
+"""The Engine facade: validate requests, run the continuous-batching loop, hand back outputs (models are loaded
+by orchestration/factory.py: `build_engine`)."""
 
 from __future__ import annotations
 
 import itertools
-import logging
 import random
 from collections.abc import Iterator, Sequence as Seq
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.methods import AR_DRAFTER, DIFFUSION_DRAFTER
 from mirrorspec.orchestration.drafter_session import as_draft_service
-from mirrorspec.orchestration.interfaces import DraftService, Worker
-from mirrorspec.orchestration.params import AR_DRAFTED, SamplingParams, SpecParams
-from mirrorspec.orchestration.scheduler import Scheduler, Sequence, TextTracker
+from mirrorspec.orchestration.interfaces import DraftService
+from mirrorspec.orchestration.outputs import RequestOutput, error_output
+from mirrorspec.orchestration.scheduler import Scheduler
+from mirrorspec.orchestration.sequence import Sequence, TextTracker
 from mirrorspec.orchestration.stats import RequestStats
-
-logger = logging.getLogger(__name__)
+from mirrorspec.params import SamplingParams, SpecParams
+from mirrorspec.workers.interface import Worker
 
 SELF_DRAFTER = "self"
 
@@ -49,30 +51,6 @@ class EngineConfig:
         return self
 
 
-@dataclass
-class RequestOutput:
-    request_id: str
-    prompt_token_ids: list[int]
-    text: str
-    token_ids: list[int]
-    finished: bool
-    finish_reason: str | None
-    stats: RequestStats
-    new_text: str = ""
-    new_token_ids: list[int] = field(default_factory=list)
-    error: str | None = None
-
-    def to_dict(self) -> dict:
-        return {
-            "request_id": self.request_id,
-            "text": self.text,
-            "token_ids": self.token_ids,
-            "finish_reason": self.finish_reason,
-            "error": self.error,
-            "stats": self.stats.as_dict(),
-        }
-
-
 class Engine:
     def __init__(
         self,
@@ -87,38 +65,19 @@ class Engine:
         seed: int = 0,
         branch_budget: int = 8,
     ) -> None:
+        """`drafter`: a DraftService, or a drafter model's Worker (run here, inside a DrafterSession)."""
         self.target = target
-        self.drafter = drafter
-        if drafter is not None:
-            drafter = as_draft_service(drafter, max_spec_nodes=max_spec_nodes, branch_budget=branch_budget)
+        self.drafter: DraftService | None = None if drafter is None else as_draft_service(
+            drafter, max_spec_nodes=max_spec_nodes, branch_budget=branch_budget)
         self.tokenizer = tokenizer
         self.eos_ids = set(eos_ids)
         self.max_model_len = max_model_len
         self.max_spec_nodes = max_spec_nodes
         decode = None if tokenizer is None else (lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
-        self.scheduler = Scheduler(target, drafter, max_batch=max_batch, text=TextTracker(decode, self.eos_ids))
+        self.scheduler = Scheduler(target, self.drafter, max_batch=max_batch, text=TextTracker(decode, self.eos_ids))
         self._seq_ids = itertools.count()
         self._seed_source = random.Random(seed)
         self._sequences: dict[str, Sequence] = {}
-
-    @classmethod
-    def from_config(cls, config: EngineConfig) -> "Engine":
-        from mirrorspec.workers.factory import build_workers  # the composition root: only here do models load
-
-        config.validate()
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        built = build_workers(config)
-        return cls(
-            built.target,
-            built.drafter,
-            tokenizer=built.tokenizer,
-            eos_ids=built.eos_ids,
-            max_model_len=built.max_model_len,
-            max_batch=config.max_batch,
-            max_spec_nodes=config.max_spec_nodes,
-            seed=config.seed,
-        )
 
     # --------------------------------------------------------------------------------- requests
     def encode(self, prompt: str | list[int], chat: bool = False) -> list[int]:
@@ -136,18 +95,7 @@ class Engine:
         """Validate and queue a request; raises InvalidRequestError (naming the field) without side effects."""
         sampling = (sampling or SamplingParams()).validate()
         spec = (spec or SpecParams(method="ar")).validate(self.max_spec_nodes)
-        if spec.method != "ar" and self.drafter is None:
-            raise InvalidRequestError("drafter", f"method {spec.method!r} needs a drafter model; none is loaded")
-        by_diffusion = getattr(self.drafter, "drafts_by_diffusion", False)
-        if spec.method == "diffusion-draft" and not by_diffusion:
-            raise InvalidRequestError("method", "diffusion-draft needs a block-diffusion drafter (a folder from "
-                                                "train-dllm --from-drafter); the loaded drafter is autoregressive")
-        if spec.method in AR_DRAFTED and by_diffusion:
-            raise InvalidRequestError("method", f"{spec.method} needs an autoregressive drafter; the loaded drafter "
-                                                f"is a block-diffusion drafter: use diffusion-draft")
-        if spec.method == "mirror" and spec.exit_layer is not None and spec.exit_layer >= self.target.num_layers:
-            raise InvalidRequestError("exit_layer", f"must be below the target's {self.target.num_layers} layers, "
-                                                    f"got {spec.exit_layer}")
+        self._check_method(spec)
         if sampling.stop and self.tokenizer is None:
             raise InvalidRequestError("stop", "stop strings need a tokenizer")
         prompt_ids = self.encode(prompt, chat)
@@ -179,6 +127,27 @@ class Engine:
         self.scheduler.add(seq)
         return request_id
 
+    def _check_method(self, spec: SpecParams) -> None:
+        """The method runs on this engine: a speculative method needs a drafter of its kind."""
+        mode = spec.mode
+        if mode.diffusion_target:
+            raise InvalidRequestError("method", f"{mode.name} decodes a masked-diffusion target (mirrorspec generate "
+                                                f"--method diffusion --target DLLM_DIR); this engine's target is "
+                                                f"autoregressive")
+        if mode.drafter is None:
+            return
+        if self.drafter is None:
+            raise InvalidRequestError("drafter", f"method {mode.name!r} needs a drafter model; none is loaded")
+        if mode.drafter == DIFFUSION_DRAFTER and not self.drafter.drafts_by_diffusion:
+            raise InvalidRequestError("method", f"{mode.name} needs a block-diffusion drafter (a folder from "
+                                                "train-dllm --from-drafter); the loaded drafter is autoregressive")
+        if mode.drafter == AR_DRAFTER and self.drafter.drafts_by_diffusion:
+            raise InvalidRequestError("method", f"{mode.name} needs an autoregressive drafter; the loaded drafter "
+                                                f"is a block-diffusion drafter: use diffusion-draft")
+        if mode.early_exit and spec.exit_layer is not None and spec.exit_layer >= self.target.num_layers:
+            raise InvalidRequestError("exit_layer", f"must be below the target's {self.target.num_layers} layers, "
+                                                    f"got {spec.exit_layer}")
+
     def abort(self, request_id: str, reason: str = "abort") -> RequestOutput | None:
         """Stop a request now and free its slot; returns its last output (what it generated, finish `reason`),
         or None if it is not in flight."""
@@ -188,6 +157,9 @@ class Engine:
         self._sequences.pop(request_id, None)
         seq.finish_reason = reason
         return self._output(seq)
+
+    def shutdown(self) -> None:
+        """Nothing to free in process (GenerationBackend's call: a pipeline frees its actors there)."""
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -216,7 +188,7 @@ class Engine:
             try:
                 pending[self.add_request(prompt, params, spec, chat=chat)] = index
             except InvalidRequestError as exc:
-                results[index] = _error_output(f"invalid-{index}", exc)
+                results[index] = error_output(f"invalid-{index}", exc)
         while pending:
             for out in self.step():
                 if out.finished and out.request_id in pending:
@@ -264,19 +236,6 @@ class Engine:
             new_text=new_text,
             new_token_ids=new_ids,
         )
-
-
-def _error_output(request_id: str, exc: InvalidRequestError) -> RequestOutput:
-    return RequestOutput(
-        request_id=request_id,
-        prompt_token_ids=[],
-        text="",
-        token_ids=[],
-        finished=True,
-        finish_reason="error",
-        stats=RequestStats(),
-        error=str(exc),
-    )
 
 
 def encode_prompt(tokenizer, vocab_size: int, prompt: str | list[int], chat: bool = False) -> list[int]:

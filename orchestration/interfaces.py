@@ -1,76 +1,19 @@
-"""The small interface orchestration uses to talk to a model worker (in-process object or, later, a Ray actor)."""
+"""The drafter as the decoding core sees it (`DraftService` and its messages), and what runs generation
+(`GenerationBackend`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
-from mirrorspec.orchestration.acceptance import DraftTree
-from mirrorspec.orchestration.params import SamplingParams
+from mirrorspec.orchestration.draft_tree import DraftTree
+from mirrorspec.orchestration.outputs import RequestOutput
+from mirrorspec.params import SamplingParams, SpecParams
 
 
-@dataclass
-class EarlyExit:
-    """Mirror-SD's early exit: after `layer` decoder layers, the target's final norm and LM head (the logit lens)
-    give top-`kappa` candidates at the first `positions[r]` outputs of row r (root first); `callback` gets them
-    (per row: ids [P, kappa], log-probs [P, kappa]) while the upper layers still run."""
-
-    layer: int
-    positions: list[int]
-    kappa: int
-    callback: Callable[[list[tuple[torch.Tensor, torch.Tensor]]], None]
-    vocab: torch.Tensor | None = None  # restrict the exit head to these token ids (a cheaper head)
-
-
-class Worker(Protocol):
-    vocab_size: int
-    num_layers: int
-    exit_layer: int  # mirror's default early-exit layer
-    uses_features: bool  # a feature drafter: each fed token comes with a hidden state (see drafting.py)
-    vocabulary: list[int] | None  # the tokens a drafter can propose (None: the whole vocabulary)
-
-    def open(self, seq_id: int) -> None:
-        """Give a new sequence a KV slot."""
-
-    def release(self, seq_id: int) -> None:
-        """Free the sequence's slot."""
-
-    def length(self, seq_id: int) -> int:
-        """Number of committed tokens in the sequence's KV cache."""
-
-    def forward(
-        self,
-        seq_ids: list[int],
-        appends: list[list[int]],
-        nodes: list[list[int]] | None = None,
-        parents: list[list[int]] | None = None,
-        features: list[torch.Tensor] | None = None,
-    ) -> list[torch.Tensor]:
-        """Commit `appends`, add speculative `nodes` (parent -1 = child of the last committed token);
-        per row: logits for the last appended token (if any), then for each new node."""
-
-    def forward_hidden(
-        self,
-        seq_ids: list[int],
-        appends: list[list[int]],
-        nodes: list[list[int]] | None = None,
-        parents: list[list[int]] | None = None,
-        features: list[torch.Tensor] | None = None,
-        early_exit: EarlyExit | None = None,
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """`forward` plus, per row, the final hidden state of every new token (appends, then nodes)."""
-
-    def commit(self, paths: dict[int, list[int]]) -> None:
-        """Keep one root-first path of speculative nodes per sequence; drop the other nodes."""
-
-    def clear_speculation(self, seq_id: int) -> None:
-        """Drop every speculative node of the sequence."""
-
-
-# ------------------------------------------------------------------------------------- the drafter's side
 @dataclass
 class OpenSpec:
     seq_id: int
@@ -107,13 +50,16 @@ class ExitCandidates:
     logprobs: torch.Tensor  # [positions, kappa]
 
 
+@runtime_checkable
 class DraftService(Protocol):
-    """The drafter as the scheduler sees it: in-process (orchestration/drafter_session.py) or across the gRPC
-    speculation channel (orchestration/remote_drafter.py). Any call may raise: the scheduler then decodes
-    without drafts and later calls `reset` and reopens its sequences."""
+    """The drafter as the scheduler sees it: in-process (orchestration/drafter_session.py over a drafter model,
+    orchestration/diffusion_draft.py for a block-diffusion drafter) or across the gRPC speculation channel
+    (speculation/remote_drafter.py). Any call may raise: the scheduler then decodes without drafts and later calls
+    `reset` and reopens its sequences."""
 
-    uses_features: bool
+    uses_features: bool  # each report carries the target's hidden states (a feature drafter)
     vocabulary: list[int] | None  # the only tokens the drafter can propose (None: the target's whole vocabulary)
+    drafts_by_diffusion: bool  # a block-diffusion drafter (serves `diffusion-draft`); else an AR one
 
     def open(self, specs: list[OpenSpec]) -> None: ...
 
@@ -124,7 +70,35 @@ class DraftService(Protocol):
         ({}: the target goes on without them; the late answer is dropped), and None (nothing sent, the reports
         stay pending) while that answer is outstanding. An in-process drafter always answers."""
 
-    def early_exit(self, candidates: list[ExitCandidates]) -> None: ...
+    def early_exit(self, candidates: list[ExitCandidates]) -> None:
+        """Mirror-SD: the target's early-exit candidates for the window it is verifying now."""
+
+    def prepare_pending(self) -> None:
+        """Work the last answer left for later (feeding a reused window), done off the target's critical path;
+        a drafter's server calls it right after sending each answer."""
 
     def reset(self) -> None:
         """Forget every sequence (after a failure); the next calls start afresh."""
+
+
+class LocalDraftService(DraftService, Protocol):
+    """A DraftService computing in this process: it also counts its compute time (the channel's server reports
+    it with each answer, then zeroes it)."""
+
+    busy_s: float  # compute seconds since last zeroed
+    propose_s: float  # ... of which inside `propose`
+
+
+class GenerationBackend(Protocol):
+    """Where generation runs, as the CLI, the bench and the batch job see it: the in-process Engine
+    (orchestration/engine.py), a target dialing a served drafter (cluster/actors.py: TargetActor) or a pipeline
+    of Ray actors (cluster/pipeline.py)."""
+
+    def generate(self, prompts: list, sampling: SamplingParams | list[SamplingParams] | None = None,
+                 spec: SpecParams | None = None, *, chat: bool = False) -> list[RequestOutput]: ...
+
+    def stream(self, prompt, sampling: SamplingParams | None = None, spec: SpecParams | None = None, *,
+               chat: bool = False) -> Iterator[RequestOutput]: ...
+
+    def shutdown(self) -> None:
+        """Free what it holds (actors, channels); nothing for an in-process engine."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from mirrorspec.orchestration.params import SamplingParams
+from mirrorspec.params import SamplingParams
 
 
 def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

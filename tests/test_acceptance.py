@@ -2,7 +2,8 @@
 
 import torch
 
-from mirrorspec.orchestration.acceptance import DraftTree, verify_greedy, verify_sampling
+from mirrorspec.orchestration.acceptance import verify_greedy, verify_sampling
+from mirrorspec.orchestration.draft_tree import DraftTree
 
 
 def tree(tokens, parents, proposals=None):

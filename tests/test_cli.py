@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from mirrorspec.cluster.launch import SECRET_ENV
-from mirrorspec.orchestration.cli import main
+from mirrorspec.cli.main import main
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,9 @@ import pytest
 import torch
 import transformers
 
-from mirrorspec.orchestration.diffusion import DiffusionDecoder, DiffusionParams
-from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.orchestration.diffusion import DiffusionDecoder
+from mirrorspec.params import DiffusionParams
+from mirrorspec.errors import InvalidRequestError
 from mirrorspec.workers.diffusion_model import ContextKV, DiffusionLM, DllmMeta, load_dllm, save_dllm
 
 VOCAB = 64
@@ -193,7 +194,7 @@ def dllm_folder(tmp_path_factory):
 
 @pytest.mark.real_model
 def test_cli_generates_with_a_diffusion_model(dllm_folder, capsys):
-    from mirrorspec.orchestration.cli import main
+    from mirrorspec.cli.main import main
 
     assert main(["generate", "Count to five.", "--chat", "--method", "diffusion", "--target", dllm_folder,
                  "--strategy", "low-confidence", "--max-new-tokens", "16", "--block-length", "8", "--steps", "8",
@@ -212,7 +213,7 @@ def test_cli_generates_with_a_diffusion_model(dllm_folder, capsys):
     (["--threshold", "0"], "threshold"),
 ])
 def test_cli_diffusion_errors_name_the_field(dllm_folder, extra, field, capsys):
-    from mirrorspec.orchestration.cli import main
+    from mirrorspec.cli.main import main
 
     target = [] if field == "target" else ["--target", dllm_folder]
     assert main(["generate", "hi", "--method", "diffusion", "--max-new-tokens", "16", *target, *extra]) == 2
@@ -223,7 +224,7 @@ def test_cli_diffusion_errors_name_the_field(dllm_folder, extra, field, capsys):
 def test_train_dllm_then_bench_it(tmp_path):
     """A few training steps end to end (the shipped model's command is in its training_report.json), then the
     speed-quality bench over two settings."""
-    from mirrorspec.orchestration.cli import main
+    from mirrorspec.cli.main import main
 
     folder = tmp_path / "dllm"
     assert main(["train-dllm", "--out", str(folder), "--steps", "3", "--batch", "8", "--eval-every", "3",
@@ -241,7 +242,7 @@ def test_train_dllm_then_bench_it(tmp_path):
 
 
 def test_bench_settings_are_checked():
-    from mirrorspec.bench.diffusion import parse_setting
+    from mirrorspec.bench.diffusion_bench import parse_setting
 
     base = DiffusionParams(gen_length=16, block_length=16)
     assert parse_setting("threshold:threshold=0.7+early_commit=1", base).early_commit is True

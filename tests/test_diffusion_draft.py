@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from helpers import tiny_engine, tiny_model
-from mirrorspec.orchestration.acceptance import ROOT
+from mirrorspec.orchestration.draft_tree import ROOT
 from mirrorspec.orchestration.diffusion_draft import DiffusionDraftService, lattice_tree
 from mirrorspec.orchestration.engine import Engine
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.workers.diffusion_model import DiffusionLM, DllmMeta
 
 VOCAB = 96

@@ -7,7 +7,7 @@ import torch
 
 from helpers import tiny_model, worker
 from mirrorspec.orchestration.engine import Engine
-from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.training import data, trainer
 from mirrorspec.training.trainer import TrainConfig, multipass_mask, train
 from mirrorspec.workers.drafter_model import Drafter, DrafterWorker, new_drafter

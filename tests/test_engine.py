@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from helpers import tiny_engine, tiny_model
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.params import SamplingParams, SpecParams
 
 VOCAB = 96
 SPECS = [
@@ -179,7 +179,7 @@ def test_failing_drafter_falls_back_without_losing_tokens(target, fail_calls, me
     sampling = SamplingParams(max_new_tokens=20, ignore_eos=True)
     ar = [o.token_ids for o in tiny_engine(target, None).generate(ps, sampling)]
     engine = tiny_engine(target, target)
-    session = engine.scheduler.drafter
+    session = engine.drafter
     session.drafter = FlakyDrafter(session.drafter, fail_calls)
     outs = engine.generate(ps, sampling, SpecParams(method=method, gamma=3))
     assert [o.token_ids for o in outs] == ar

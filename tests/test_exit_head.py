@@ -7,7 +7,7 @@ import torch
 
 from helpers import tiny_engine, tiny_model, worker
 from mirrorspec.orchestration.engine import Engine
-from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.workers.exit_head import ExitHead, ExitHeadMeta, fit
 
 

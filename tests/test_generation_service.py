@@ -17,10 +17,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from helpers import wait_until, worker
 from mirrorspec.orchestration.engine import Engine
-from mirrorspec.orchestration.engine_loop import EngineLoop
-from mirrorspec.orchestration.generation_service import GenerationService, Limits, ServedModel
-from mirrorspec.orchestration.grpc_server import GenerationServer, ServerLimits, ServerSecurity
-from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.serving.engine_loop import EngineLoop
+from mirrorspec.serving.generation_service import GenerationService, Limits, ServedModel
+from mirrorspec.serving.grpc_server import GenerationServer, ServerLimits, ServerSecurity
+from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.protos import generation_pb2 as pb
 from mirrorspec.protos import generation_pb2_grpc as pb_grpc
 from mirrorspec.workers.models import LoadedModel, load_tokenizer, resolve_model_dir
@@ -315,7 +315,7 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, 
                       "drafter: {resources: {CPU: 0.5}, threads: 1}}\n")
     env = {**os.environ, "MS_TOKEN": TOKEN, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     monkeypatch.setenv("MS_TOKEN", TOKEN)  # for `mirrorspec scale` in this process
-    proc = subprocess.Popen([sys.executable, "-m", "mirrorspec.orchestration.cli", "serve", "--config", str(config),
+    proc = subprocess.Popen([sys.executable, "-m", "mirrorspec.cli.main", "serve", "--config", str(config),
                              "--drafter", "default", "--max-batch", "2", "--threads", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

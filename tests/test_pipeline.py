@@ -9,8 +9,8 @@ from helpers import tiny_model
 from mirrorspec.cluster.config import ClusterConfig, ProjectConfig, RoleConfig
 from mirrorspec.cluster.pipeline import Pipeline
 from mirrorspec.orchestration.engine import EngineConfig
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.params import SamplingParams, SpecParams
 from test_sampling_law import LENGTH, SETTINGS, VOCAB, empirical_law, exact_ar_law, tv, tv_bound
 
 BENCH_PROMPTS = Path(__file__).resolve().parents[1] / "bench" / "prompts" / "spec_bench_mini.jsonl"
@@ -100,7 +100,7 @@ def test_killing_the_drafter_mid_generation_loses_nothing(ray_cluster):
 
 @pytest.mark.real_model
 def test_cli_generate_mirror_runs_on_two_actors_and_equals_ar(ray_cluster, capsys):
-    from mirrorspec.orchestration.cli import main
+    from mirrorspec.cli.main import main
 
     args = ["generate", "Name three colours of the rainbow.", "--chat", "--max-new-tokens", "12", "--json"]
     assert main(args + ["--method", "ar", "--ray", "never"]) == 0

@@ -5,11 +5,12 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from mirrorspec.bench.harness import load_prompts
-from mirrorspec.orchestration.engine import Engine, EngineConfig
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.orchestration.engine import EngineConfig
+from mirrorspec.orchestration.factory import build_engine
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.workers.default_model import ensure_default_model
-from mirrorspec.workers.factory import DEFAULT_DIFFUSION_DRAFTER_DIR, DEFAULT_DRAFTER_DIR
+from mirrorspec.orchestration.factory import DEFAULT_DIFFUSION_DRAFTER_DIR, DEFAULT_DRAFTER_DIR
 
 
 pytestmark = pytest.mark.real_model
@@ -23,13 +24,13 @@ SPECS = {
 
 @pytest.fixture(scope="module")
 def engine():
-    return Engine.from_config(EngineConfig(drafter="self", max_batch=4))
+    return build_engine(EngineConfig(drafter="self", max_batch=4))
 
 
 @pytest.fixture(scope="module")
 def trained_engine():
     """The shipped feature drafter (drafters/smollm2-135m-feature) with the default target."""
-    return Engine.from_config(EngineConfig(drafter="default", max_batch=4))
+    return build_engine(EngineConfig(drafter="default", max_batch=4))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_trained_drafter_is_token_identical_to_ar(trained_engine, bench_prompts,
 
 def test_diffusion_drafter_is_token_identical_to_ar(bench_prompts, ar_outputs):
     """The shipped block-diffusion drafter (drafters/smollm2-135m-ddraft): one forward drafts the whole tree."""
-    engine = Engine.from_config(EngineConfig(drafter=str(DEFAULT_DIFFUSION_DRAFTER_DIR), max_batch=4))
+    engine = build_engine(EngineConfig(drafter=str(DEFAULT_DIFFUSION_DRAFTER_DIR), max_batch=4))
     spec = SpecParams(method="diffusion-draft", tree_depth=4, tree_topk=3, tree_nodes=10)
     outs = engine.generate(bench_prompts, SamplingParams(max_new_tokens=NEW_TOKENS), spec, chat=True)
     assert [o.token_ids for o in outs] == ar_outputs
@@ -101,7 +102,7 @@ def test_drafter_with_another_tokenizer_is_refused(tmp_path):
                                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8192)
                      ).save_pretrained(folder)
     with pytest.raises(InvalidRequestError) as err:
-        Engine.from_config(EngineConfig(drafter=str(folder)))
+        build_engine(EngineConfig(drafter=str(folder)))
     assert err.value.field == "drafter" and "tokenizer" in str(err.value)
 
 
@@ -117,5 +118,5 @@ def test_drafter_with_another_tokenizer_is_refused(tmp_path):
 )
 def test_bad_engine_config_names_the_field(config, field):
     with pytest.raises(InvalidRequestError) as err:
-        Engine.from_config(config)
+        build_engine(config)
     assert err.value.field == field

@@ -12,9 +12,9 @@ from mirrorspec.cluster.config import ClusterConfig, ProjectConfig, RoleConfig
 from mirrorspec.cluster.replicas import (ReplicaActor, ReplicaLost, ReplicaRouter, actor_replica,
                                          pipeline_replica)
 from mirrorspec.orchestration.engine import EngineConfig
-from mirrorspec.orchestration.engine_loop import QueueFull
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.serving.engine_loop import QueueFull
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.params import SamplingParams, SpecParams
 
 pytestmark = pytest.mark.real_model
 

@@ -17,7 +17,7 @@ import torch
 from helpers import reference_logits, tiny_engine, tiny_model
 from mirrorspec.orchestration import scheduler
 from mirrorspec.orchestration.acceptance import Verdict
-from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.orchestration.sampling import probabilities
 
 VOCAB, LENGTH, N, DELTA = 4, 3, 12000, 1e-3

@@ -10,18 +10,18 @@ import pytest
 import torch
 
 from helpers import tiny_engine, tiny_model, worker
-from mirrorspec.orchestration import wire
-from mirrorspec.orchestration.acceptance import DraftTree
+from mirrorspec.speculation import wire
+from mirrorspec.orchestration.draft_tree import DraftTree
 from mirrorspec.orchestration.drafter_session import DrafterSession
 from mirrorspec.orchestration.engine import Engine
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.grpc_server import bearer
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.protos.gate import bearer
 from mirrorspec.orchestration.interfaces import ExitCandidates, OpenSpec, Proposal, Report
-from mirrorspec.orchestration.params import SamplingParams, SpecParams
-from mirrorspec.orchestration.remote_drafter import RemoteDrafter
+from mirrorspec.params import SamplingParams, SpecParams
+from mirrorspec.speculation.remote_drafter import RemoteDrafter
 from mirrorspec.protos import speculation_pb2 as pb
 from mirrorspec.protos import speculation_pb2_grpc as pb_grpc
-from mirrorspec.workers.drafter_service import serve
+from mirrorspec.speculation.drafter_server import serve
 
 VOCAB = 96
 SECRET = "channel-secret"

@@ -14,9 +14,10 @@ import pytest
 from helpers import wait_until
 from mirrorspec.cluster.config import ClusterConfig, ProjectConfig, RoleConfig
 from mirrorspec.cluster.pipeline import Pipeline, TargetGroupError
-from mirrorspec.orchestration.engine import Engine, EngineConfig
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.orchestration.engine import EngineConfig
+from mirrorspec.orchestration.factory import build_engine
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.workers.model_worker import greedy_logits
 
 BENCH_PROMPTS = Path(__file__).resolve().parents[1] / "bench" / "prompts" / "spec_bench_mini.jsonl"
@@ -35,7 +36,7 @@ def tp2(ray_cluster):
 @pytest.fixture(scope="module")
 def single():
     """The same target unsplit, in this process: the reference."""
-    return Engine.from_config(EngineConfig(target="default", drafter=None, max_batch=4))
+    return build_engine(EngineConfig(target="default", drafter=None, max_batch=4))
 
 
 @pytest.mark.real_model

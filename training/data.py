@@ -38,7 +38,7 @@ class Sequence:
 
 def generate_responses(engine, prompts: list[dict], out_dir: Path, *, max_new_tokens: int, batch: int) -> None:
     """Append greedy answers for prompts not yet answered to responses.jsonl (resumable)."""
-    from mirrorspec.orchestration.params import SamplingParams, SpecParams
+    from mirrorspec.params import SamplingParams, SpecParams
 
     path = out_dir / RESPONSES
     done = sum(1 for _ in path.open()) if path.exists() else 0

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 import transformers
 
-from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.errors import InvalidRequestError
 from mirrorspec.training import data
-from mirrorspec.training.pipeline import TOKENIZER_FILES
+from mirrorspec.training.train_drafter import TOKENIZER_FILES
 from mirrorspec.training.trainer import soft_targets
 from mirrorspec.workers.diffusion_model import DiffusionLM, DllmMeta, save_dllm
 from mirrorspec.workers.drafter_model import Drafter

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from mirrorspec.orchestration.diffusion import DiffusionOutput, DiffusionParams
-from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.params import DiffusionParams
+from mirrorspec.workers.diffusion_model import DiffusionOutput
 
 MODEL_TYPE = "diffusion_gemma"
 _MASK_ONLY = {"strategy": "threshold", "threshold": 0.9, "factor": 1.0, "adaptive_blocks": False,

@@ -13,14 +13,14 @@ right by one (Dream's `generation_utils.py`); LLaDA-style ones predict position 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.cache_utils import Cache
 
-from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.errors import InvalidRequestError
 from mirrorspec.workers.models import load_tokenizer, parse_dtype, resolve_model_dir
 
 META_FILE = "mirrorspec_dllm.json"
@@ -39,6 +39,21 @@ class DllmMeta:
     # > 0: a block-diffusion drafter (orchestration/diffusion_draft.py): committed tokens attend causally, and a
     # window of this many masks after them attends to them and to itself. 0: a dLLM with full attention.
     draft_window: int = 0
+
+
+@dataclass
+class DiffusionOutput:
+    """What decoding one sequence gave (orchestration/diffusion.py, or a DiffusionGemma's own sampler)."""
+
+    token_ids: list[int]
+    finish_reason: str  # eos | length
+    forwards: int  # model forwards this sequence took part in
+    blocks: list[int] = field(default_factory=list)  # committed block lengths, in order
+    seconds: float = 0.0
+
+    @property
+    def forwards_per_token(self) -> float:
+        return self.forwards / max(1, len(self.token_ids))
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from mirrorspec.orchestration.interfaces import EarlyExit
+from mirrorspec.workers.interface import EarlyExit
 from mirrorspec.workers import attention
 from mirrorspec.workers.exit_head import ExitHead
 from mirrorspec.workers.kv_cache import ForwardPlan, KVCache, KVLayout

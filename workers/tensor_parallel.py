@@ -19,8 +19,8 @@ import threading
 import torch
 import torch.distributed as dist
 
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.interfaces import EarlyExit
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.workers.interface import EarlyExit
 from mirrorspec.workers.model_worker import ModelWorker
 from mirrorspec.workers.models import LoadedModel
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.errors import InvalidRequestError
 from mirrorspec.training import data
 from mirrorspec.training.prompt_bank import generate_prompts
 from mirrorspec.training.trainer import TrainConfig, train
@@ -49,16 +49,17 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train_drafter(args: argparse.Namespace) -> int:
-    from mirrorspec.orchestration.engine import Engine, EngineConfig
+    from mirrorspec.orchestration.engine import EngineConfig
+    from mirrorspec.orchestration.factory import build_engine
     from mirrorspec.workers.default_model import cache_dir
-    from mirrorspec.workers.factory import eos_token_ids
+    from mirrorspec.orchestration.factory import eos_token_ids
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if not 0.0 < args.eval_fraction < 0.5:
         raise InvalidRequestError("eval_fraction", "must be in (0, 0.5)")
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    engine = Engine.from_config(EngineConfig(target=args.target, max_batch=args.gen_batch, cpu_linear="auto"))
+    engine = build_engine(EngineConfig(target=args.target, max_batch=args.gen_batch, cpu_linear="auto"))
     target = engine.target.loaded
     data_dir = Path(args.data) if args.data else cache_dir() / "drafter-data" / target.path.name
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +67,7 @@ def cmd_train_drafter(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    prompts = generate_prompts(args.prompts, seed=cfg.seed)
+    prompts = generate_prompts(args.prompts)  # fixed data: the same prompt set whatever the seed
     data.generate_responses(engine, prompts, data_dir, max_new_tokens=args.max_new_tokens, batch=args.gen_batch)
     responses = data.read_responses(data_dir)[: args.prompts]
     data.label_sequences(target.model, responses, data_dir)

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import grpc
 
-from mirrorspec.orchestration.engine import RequestOutput, encode_prompt
-from mirrorspec.orchestration.engine_loop import CANCELLED, TIME_LIMIT, QueueFull, Stopping
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.orchestration.engine import encode_prompt
+from mirrorspec.orchestration.outputs import RequestOutput
+from mirrorspec.serving.engine_loop import CANCELLED, TIME_LIMIT, QueueFull, Stopping
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.protos import generation_pb2 as pb
 from mirrorspec.protos import generation_pb2_grpc as pb_grpc
 

@@ -12,11 +12,16 @@ import math
 
 import torch
 
-from mirrorspec.orchestration.acceptance import ROOT, DraftTree
-from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.orchestration.draft_tree import ROOT, DraftTree
+from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.interfaces import ExitCandidates, OpenSpec, Proposal, Report
-from mirrorspec.orchestration.params import SamplingParams
+from mirrorspec.params import SamplingParams
 from mirrorspec.protos import speculation_pb2 as pb
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # hidden states of a long prompt batch travel in one Propose
+# Both ends of the channel take messages up to that size.
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
 
 
 def _check_ids(ids, vocab_size: int, where: str) -> list[int]:

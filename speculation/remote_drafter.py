@@ -16,16 +16,14 @@ import time
 
 import grpc
 
-from mirrorspec.orchestration import wire
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.grpc_server import bearer
+from mirrorspec.speculation import wire
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.protos.gate import bearer
 from mirrorspec.orchestration.interfaces import ExitCandidates, OpenSpec, Proposal, Report
 from mirrorspec.protos import speculation_pb2 as pb
 from mirrorspec.protos import speculation_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
-
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class DrafterError(RuntimeError):
@@ -66,17 +64,14 @@ class _Stream:
 
 
 class RemoteDrafter:
-    """A DraftService over gRPC (the drafter side runs workers/drafter_service.py)."""
+    """A DraftService over gRPC (the drafter side runs speculation/drafter_server.py)."""
 
     def __init__(self, address: str, *, vocab_size: int, secret: str, connect_timeout_s: float = 30.0,
                  reply_timeout_s: float = 10.0) -> None:
         self.address = address
         self._metadata = bearer(secret)  # the channel's shared secret, on every call
         self.reply_timeout_s = reply_timeout_s
-        self._channel = grpc.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ])
+        self._channel = grpc.insecure_channel(address, options=wire.CHANNEL_OPTIONS)
         self._stub = pb_grpc.SpeculationStub(self._channel)
         try:
             info = self._stub.Describe(pb.DescribeRequest(), timeout=connect_timeout_s, wait_for_ready=True,
@@ -122,6 +117,9 @@ class RemoteDrafter:
 
     def early_exit(self, candidates: list[ExitCandidates]) -> None:
         self._open_stream().send(early_exit=wire.encode_early_exit(candidates))
+
+    def prepare_pending(self) -> None:
+        """Nothing to do here: the drafter's server prepares after each answer, on its own side."""
 
     def propose(self, reports: list[Report], patience_s: float | None = None) -> dict[int, Proposal] | None:
         """The next drafts; {} when the drafter did not answer within `patience_s` (it will, and that answer is

@@ -1,7 +1,7 @@
 """The drafter's gRPC server: the speculation channel's drafter end, next to the drafter model.
 
-One `DrafterSession` serves one target stream at a time; a new stream replaces the old one (the target
-reconnects after a failure and reopens its sequences). Messages must arrive with consecutive `seq` numbers: a
+One local draft service (a DrafterSession, or a block-diffusion drafter's) serves one target stream at a time; a
+new stream replaces the old one (the target reconnects after a failure and reopens its sequences). Messages must arrive with consecutive `seq` numbers: a
 repeated (stale) or skipped (out-of-order) one is refused with an Error naming `seq`, and nothing is applied.
 Every Propose is answered at once; the answer's window is then prepared for the next early exit while the target
 runs its lower layers, so that work stays off the target's critical path.
@@ -15,20 +15,18 @@ from concurrent import futures
 
 import grpc
 
-from mirrorspec.orchestration import wire
-from mirrorspec.orchestration.drafter_session import DrafterSession
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.grpc_server import Gate
+from mirrorspec.speculation import wire
+from mirrorspec.orchestration.interfaces import LocalDraftService
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.protos.gate import Gate
 from mirrorspec.protos import speculation_pb2 as pb
 from mirrorspec.protos import speculation_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # hidden states of a long prompt batch travel in one Propose
-
 
 class DrafterService(pb_grpc.SpeculationServicer):
-    def __init__(self, session: DrafterSession, *, vocab_size: int, feature_size: int) -> None:
+    def __init__(self, session: LocalDraftService, *, vocab_size: int, feature_size: int) -> None:
         self.session = session
         self.vocab_size = vocab_size
         self.feature_size = feature_size
@@ -38,7 +36,7 @@ class DrafterService(pb_grpc.SpeculationServicer):
     def Describe(self, request: pb.DescribeRequest, context) -> pb.DrafterInfo:
         return pb.DrafterInfo(uses_features=self.session.uses_features, feature_size=self.feature_size,
                               vocabulary=self.session.vocabulary or [], vocab_size=self.vocab_size,
-                              drafts_by_diffusion=getattr(self.session, "drafts_by_diffusion", False))
+                              drafts_by_diffusion=self.session.drafts_by_diffusion)
 
     def Ping(self, request: pb.PingMessage, context) -> pb.PingMessage:
         return pb.PingMessage()
@@ -91,14 +89,12 @@ class DrafterService(pb_grpc.SpeculationServicer):
         return None
 
 
-def serve(session: DrafterSession, *, vocab_size: int, feature_size: int, secret: str, host: str = "127.0.0.1",
+def serve(session: LocalDraftService, *, vocab_size: int, feature_size: int, secret: str, host: str = "127.0.0.1",
           port: int = 0) -> tuple[grpc.Server, str]:
     """Start the speculation server on host:port (0: any free port); return it and its address. Every call must
     carry the channel's shared `secret` (UNAUTHENTICATED otherwise)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=[Gate(secret)], options=[
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ])
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=[Gate(secret)],
+                         options=wire.CHANNEL_OPTIONS)
     pb_grpc.add_SpeculationServicer_to_server(
         DrafterService(session, vocab_size=vocab_size, feature_size=feature_size), server)
     bound = server.add_insecure_port(f"{host}:{port}")

@@ -13,8 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.orchestration.params import METHODS, SamplingParams, SpecParams
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.methods import DIFFUSION_DRAFTER, ENGINE_METHODS, METHODS
+from mirrorspec.params import SamplingParams, SpecParams
 
 logger = logging.getLogger("mirrorspec")
 
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate for one prompt or a JSONL file of prompts")
     gen.add_argument("prompt", nargs="?", help="the prompt (or use --input)")
-    gen.add_argument("--method", help=f"{' | '.join(METHODS)} | diffusion")
+    gen.add_argument("--method", help=" | ".join(METHODS))
     gen.add_argument("--stream", action="store_true", help="print tokens as they are accepted")
     gen.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, stats")
     gen.add_argument("--input", help="JSONL file: one {\"prompt\": ...} per line (optional per-line sampling keys)")
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_args(gen)
     _add_spec_args(gen)
     _add_sampling_args(gen)
-    from mirrorspec.orchestration.diffusion_cli import add_diffusion_args
+    from mirrorspec.cli.generate_diffusion import add_diffusion_args
 
     add_diffusion_args(gen)
 
@@ -89,13 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(bench)
 
     train = sub.add_parser("train-drafter", help="distil a drafter for a target (self-distillation)")
-    from mirrorspec.training.pipeline import add_train_args
+    from mirrorspec.training.train_drafter import add_train_args
 
     add_train_args(train)
 
     bench_dllm = sub.add_parser("bench-diffusion", help="speed-quality table of diffusion strategies on the "
                                                         "synthetic tasks")
-    from mirrorspec.bench.diffusion import add_bench_diffusion_args
+    from mirrorspec.bench.diffusion_bench import add_bench_diffusion_args
 
     add_bench_diffusion_args(bench_dllm)
 
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument("--port", type=int, help="port (default: serve.port; 0 = any free port)")
     _add_engine_args(service)
     _add_spec_args(service)
-    service.add_argument("--method", help=f"the default method of requests that name none ({' | '.join(METHODS)})")
+    service.add_argument("--method", help=f"the default method of requests that name none ({' | '.join(ENGINE_METHODS)})")
 
     scale = sub.add_parser("scale", help="set (or read, with 0) the replica count of a running `mirrorspec serve`")
     scale.add_argument("replicas", type=int, help="replicas to serve with (0: only print the count and load)")
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--tls-ca", help="PEM of the CA that signed the server's certificate (a TLS server)")
 
     head = sub.add_parser("train-exit-head", help="fit the early-exit head that mirror's early exit uses")
-    from mirrorspec.training.exit_head import add_exit_head_args
+    from mirrorspec.training.train_exit_head import add_exit_head_args
 
     add_exit_head_args(head)
     return parser
@@ -193,13 +194,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise InvalidRequestError("output", "--input needs --output FILE")
     engine_config, spec, cluster = resolve_config(args)
     sampling = sampling_from_args(args)
-    if spec.method == "diffusion":
-        from mirrorspec.orchestration.diffusion_cli import cmd_generate_diffusion
+    spec.validate(engine_config.max_spec_nodes)
+    if spec.mode.diffusion_target:
+        from mirrorspec.cli.generate_diffusion import cmd_generate_diffusion
 
         return cmd_generate_diffusion(args, engine_config)
-    spec.validate(engine_config.max_spec_nodes)
-    if spec.method == "diffusion-draft":
-        from mirrorspec.workers.factory import resolve_drafter
+    if spec.mode.drafter == DIFFUSION_DRAFTER:
+        from mirrorspec.orchestration.factory import resolve_drafter
 
         engine_config = dataclasses.replace(engine_config, drafter=resolve_drafter(engine_config, spec.method))
     from mirrorspec.cluster.launch import open_engine
@@ -208,8 +209,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         return _generate(engine, args, sampling, spec)
     finally:
-        if hasattr(engine, "shutdown"):
-            engine.shutdown()
+        engine.shutdown()
 
 
 def _generate(engine, args: argparse.Namespace, sampling: SamplingParams, spec: SpecParams) -> int:
@@ -284,11 +284,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "generate":
             return cmd_generate(args)
         if args.command == "train-drafter":
-            from mirrorspec.training.pipeline import cmd_train_drafter
+            from mirrorspec.training.train_drafter import cmd_train_drafter
 
             return cmd_train_drafter(args)
         if args.command == "bench-diffusion":
-            from mirrorspec.bench.diffusion import cmd_bench_diffusion
+            from mirrorspec.bench.diffusion_bench import cmd_bench_diffusion
 
             return cmd_bench_diffusion(args)
         if args.command == "scale":
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return cmd_train_dllm(args)
         if args.command == "train-exit-head":
-            from mirrorspec.training.exit_head import cmd_train_exit_head
+            from mirrorspec.training.train_exit_head import cmd_train_exit_head
 
             return cmd_train_exit_head(args)
         engine_config, spec, cluster = resolve_config(args)

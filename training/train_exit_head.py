@@ -68,7 +68,7 @@ def cmd_train_exit_head(args: argparse.Namespace) -> int:
     layers = target.config.num_hidden_layers
     layer = args.layer or layers // 2
     if not 1 <= layer < layers:
-        from mirrorspec.orchestration.errors import InvalidRequestError
+        from mirrorspec.errors import InvalidRequestError
 
         raise InvalidRequestError("layer", f"must be in [1, {layers - 1}], got {layer}")
     data_dir = Path(args.data) if args.data else cache_dir() / "drafter-data" / target.path.name

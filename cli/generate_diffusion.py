@@ -6,9 +6,10 @@ import argparse
 import json
 import sys
 
-from mirrorspec.orchestration.diffusion import CACHES, STRATEGIES, DiffusionDecoder, DiffusionParams
+from mirrorspec.orchestration.diffusion import DiffusionDecoder
+from mirrorspec.params import CACHES, STRATEGIES, DiffusionParams
 from mirrorspec.orchestration.engine import EngineConfig, encode_prompt
-from mirrorspec.orchestration.errors import InvalidRequestError
+from mirrorspec.errors import InvalidRequestError
 from mirrorspec.workers.diffusion_gemma import is_diffusion_gemma
 from mirrorspec.workers.models import resolve_model_dir
 
@@ -47,7 +48,7 @@ def params_from_args(args: argparse.Namespace, default_block: int | None = None)
 
 def cmd_generate_diffusion(args: argparse.Namespace, engine: EngineConfig) -> int:
     from mirrorspec.workers.diffusion_model import load_dllm
-    from mirrorspec.workers.factory import eos_token_ids
+    from mirrorspec.orchestration.factory import eos_token_ids
 
     if args.prompt is None:
         raise InvalidRequestError("prompt", "--method diffusion takes one prompt (no --input yet)")

@@ -1,17 +1,24 @@
-"""Build the target and drafter workers an Engine needs from an EngineConfig."""
+"""The composition root: load the models an EngineConfig names into workers, and build an Engine over them.
+
+The one module of the decoding core that loads models; everything else in orchestration/ sees workers through
+workers/interface.py. The Ray actors (cluster/actors.py) call `build_target` and `build_drafter` to hold one role
+each; `build_engine` holds both in this process.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
-from mirrorspec.orchestration.engine import SELF_DRAFTER, EngineConfig
-from mirrorspec.orchestration.errors import InvalidRequestError
-from mirrorspec.workers import cpu_linear as fast_cpu_linear
+import torch
+
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.methods import DIFFUSION_DRAFTER, METHODS
 from mirrorspec.orchestration.diffusion_draft import DiffusionDraftService
+from mirrorspec.orchestration.engine import SELF_DRAFTER, Engine, EngineConfig
 from mirrorspec.orchestration.interfaces import DraftService
+from mirrorspec.workers import cpu_linear as fast_cpu_linear
 from mirrorspec.workers.diffusion_model import is_dllm_folder, load_dllm
 from mirrorspec.workers.drafter_model import Drafter, DrafterWorker, is_drafter_folder
 from mirrorspec.workers.exit_head import ExitHead, is_exit_head_folder
@@ -36,15 +43,6 @@ DEFAULT_DRAFTER_DIR = Path(__file__).resolve().parents[1] / "drafters" / "smollm
 DEFAULT_DIFFUSION_DRAFTER_DIR = Path(__file__).resolve().parents[1] / "drafters" / "smollm2-135m-ddraft"
 # Made by `mirrorspec train-exit-head` (command in its exit_head.json).
 DEFAULT_EXIT_HEAD_DIR = Path(__file__).resolve().parents[1] / "drafters" / "smollm2-135m-exit-head"
-
-
-@dataclass
-class BuiltWorkers:
-    target: ModelWorker
-    drafter: ModelWorker | DraftService | None
-    tokenizer: object
-    eos_ids: list[int]
-    max_model_len: int
 
 
 def eos_token_ids(loaded: LoadedModel) -> list[int]:
@@ -85,7 +83,8 @@ def resolve_drafter(config: EngineConfig, method: str | None = None) -> str | No
     if config.target != DEFAULT:
         raise InvalidRequestError("drafter", "'default' names the shipped drafter of the default target; "
                                              "give a drafter folder (or 'self') for this target")
-    folder = DEFAULT_DIFFUSION_DRAFTER_DIR if method == "diffusion-draft" else DEFAULT_DRAFTER_DIR
+    by_diffusion = method is not None and METHODS[method].drafter == DIFFUSION_DRAFTER
+    folder = DEFAULT_DIFFUSION_DRAFTER_DIR if by_diffusion else DEFAULT_DRAFTER_DIR
     if not folder.is_dir():
         raise InvalidRequestError("drafter", f"the shipped default drafter is missing ({folder})")
     return str(folder)
@@ -170,13 +169,14 @@ def build_target(config: EngineConfig, group: GroupSpec | None = None) -> tuple[
     return ModelWorker(target, exit_head=head, **worker_sizes(config, target.config)[1]), target
 
 
-def build_workers(config: EngineConfig) -> BuiltWorkers:
+def build_engine(config: EngineConfig) -> Engine:
+    """An Engine over the models `config` names, loaded in this process (the composition root of one process)."""
+    config.validate()
+    if config.threads:
+        torch.set_num_threads(config.threads)
     target_worker, target = build_target(config)
     # After the target: a bad target folder is reported as the target's error, not as a drafter mismatch.
-    return BuiltWorkers(
-        target=target_worker,
-        drafter=build_drafter(config, target),
-        tokenizer=target.tokenizer,
-        eos_ids=eos_token_ids(target),
-        max_model_len=worker_sizes(config, target.config)[0],
-    )
+    drafter = build_drafter(config, target)
+    return Engine(target_worker, drafter, tokenizer=target.tokenizer, eos_ids=eos_token_ids(target),
+                  max_model_len=worker_sizes(config, target.config)[0], max_batch=config.max_batch,
+                  max_spec_nodes=config.max_spec_nodes, seed=config.seed)

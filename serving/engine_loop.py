@@ -16,8 +16,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from mirrorspec.orchestration.engine import Engine, RequestOutput
-from mirrorspec.orchestration.params import SamplingParams, SpecParams
+from mirrorspec.orchestration.engine import Engine
+from mirrorspec.orchestration.outputs import RequestOutput
+from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.orchestration.stats import RequestStats
 
 logger = logging.getLogger(__name__)
