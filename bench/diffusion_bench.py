@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from mirrorspec.params import DiffusionParams
 from mirrorspec.errors import InvalidRequestError
+from mirrorspec.params import DiffusionParams
 
 DEFAULT_SETTINGS = ("low-confidence,low-confidence:steps=8,threshold:threshold=0.9,threshold:threshold=0.7,"
                     "threshold:threshold=0.5,factor:factor=1,threshold:threshold=0.9+early_commit=1")

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from mirrorspec.orchestration.drafter_session import DrafterSession
 from mirrorspec.methods import AR_DRAFTER, DIFFUSION_DRAFTER, ENGINE_METHODS, METHODS
+from mirrorspec.orchestration.drafter_session import DrafterSession
 from mirrorspec.params import SamplingParams, SpecParams
 
 HF_ASSISTED = "hf-assisted"

@@ -6,10 +6,10 @@ import argparse
 import json
 import sys
 
-from mirrorspec.orchestration.diffusion import DiffusionDecoder
-from mirrorspec.params import CACHES, STRATEGIES, DiffusionParams
-from mirrorspec.orchestration.engine import EngineConfig, encode_prompt
 from mirrorspec.errors import InvalidRequestError
+from mirrorspec.orchestration.diffusion import DiffusionDecoder
+from mirrorspec.orchestration.engine import EngineConfig, encode_prompt
+from mirrorspec.params import CACHES, STRATEGIES, DiffusionParams
 from mirrorspec.workers.diffusion_gemma import is_diffusion_gemma
 from mirrorspec.workers.models import resolve_model_dir
 
@@ -47,8 +47,8 @@ def params_from_args(args: argparse.Namespace, default_block: int | None = None)
 
 
 def cmd_generate_diffusion(args: argparse.Namespace, engine: EngineConfig) -> int:
-    from mirrorspec.workers.diffusion_model import load_dllm
     from mirrorspec.orchestration.factory import eos_token_ids
+    from mirrorspec.workers.diffusion_model import load_dllm
 
     if args.prompt is None:
         raise InvalidRequestError("prompt", "--method diffusion takes one prompt (no --input yet)")

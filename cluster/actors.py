@@ -13,9 +13,9 @@ import os
 import torch
 
 from mirrorspec.cluster.config import RoleConfig
+from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.drafter_session import as_draft_service
 from mirrorspec.orchestration.engine import Engine, EngineConfig
-from mirrorspec.errors import InvalidRequestError
 from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.speculation.remote_drafter import RemoteDrafter
 from mirrorspec.workers.model_worker import greedy_logits
@@ -35,8 +35,8 @@ def pin(role: RoleConfig) -> None:
 class DrafterActor:
     def __init__(self, engine: EngineConfig, role: RoleConfig, *, secret: str, host: str = "127.0.0.1",
                  port: int = 0, branch_budget: int = 8) -> None:
-        from mirrorspec.speculation.drafter_server import serve
         from mirrorspec.orchestration.factory import build_drafter
+        from mirrorspec.speculation.drafter_server import serve
         from mirrorspec.workers.models import load_model_info
 
         pin(role)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from mirrorspec.orchestration.engine import EngineConfig
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.methods import METHODS
+from mirrorspec.orchestration.engine import EngineConfig
 from mirrorspec.params import SpecParams
 
 CONFIG_ENV = "MIRRORSPEC_CONFIG"

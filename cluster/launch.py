@@ -13,8 +13,8 @@ import sys
 import threading
 
 from mirrorspec.cluster.config import ClusterConfig, ProjectConfig
-from mirrorspec.orchestration.engine import EngineConfig
 from mirrorspec.errors import InvalidRequestError
+from mirrorspec.orchestration.engine import EngineConfig
 from mirrorspec.params import SpecParams
 
 

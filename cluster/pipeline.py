@@ -12,11 +12,17 @@ import logging
 import secrets
 from collections.abc import Iterator
 
+import ray
+from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
 from mirrorspec.cluster.actors import DrafterActor, TargetActor, TargetRankActor
 from mirrorspec.cluster.config import ProjectConfig, RoleConfig
 from mirrorspec.cluster.ray_cluster import connect
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.params import SamplingParams, SpecParams
+from mirrorspec.workers.models import load_model_info
+from mirrorspec.workers.tensor_parallel import GroupSpec, check_tp_size, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +45,9 @@ class Pipeline:
                  target_concurrency: int = 2) -> None:
         """`target_actor` (with `target_kwargs`) is rank 0's class: a TargetActor, or a subclass that serves
         requests (cluster/replicas.py) and so needs more concurrent calls."""
-        import ray
-        from ray.util.placement_group import placement_group
-
         cluster, engine = config.cluster, config.engine
         tp = cluster.tp_size
         if tp > 1:  # before any actor starts: a rank without heads is a configuration error
-            from mirrorspec.workers.models import load_model_info
-            from mirrorspec.workers.tensor_parallel import check_tp_size
-
             check_tp_size(tp, load_model_info(engine.target).config)
         connect(cluster)
         roles = [cluster.rank_role(r) for r in range(tp)] + ([cluster.drafter] if engine.drafter else [])
@@ -83,15 +83,11 @@ class Pipeline:
             raise
 
     def _on(self, bundle: int, role: RoleConfig) -> dict:
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
         strategy = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=bundle)
         return {"scheduling_strategy": strategy, **actor_options(role)}
 
     def _start_target(self) -> None:
         """The target's actors: rank 0 (the step loop) and, under tensor parallelism, ranks 1..N-1."""
-        import ray
-
         engine, cluster = self._engine, self._cluster
         groups = _group_specs(cluster.tp_size, "nccl" if engine.device.startswith("cuda") else "gloo")
         self.followers = [ray.remote(TargetRankActor).options(**self._on(r, cluster.rank_role(r))).remote(
@@ -107,8 +103,6 @@ class Pipeline:
 
     def restart_target(self) -> None:
         """A fresh target group after a rank died (same placement; the drafter stays and serves it anew)."""
-        import ray
-
         for actor in (self.target, *self.followers):
             ray.kill(actor, no_restart=True)
         self._down = None
@@ -119,8 +113,6 @@ class Pipeline:
         """Whether every target rank still runs, without calling any: a follower's loop call ends only when its
         rank dies (or rank 0 stops it at shutdown). A serving router's health probe reads it, since rank 0 alone
         may still answer while it waits in a collective for a dead rank."""
-        import ray
-
         if self._down:
             return False
         return not self._follow_refs or not ray.wait(self._follow_refs, num_returns=1, timeout=0)[0]
@@ -128,8 +120,6 @@ class Pipeline:
     def _watch(self, refs: dict, *, fetch: bool = True) -> list:
         """ray.get of each ref (mapped to who computes it), but when a target rank dies the whole group ends at
         once, with an error that names the rank, instead of the others waiting in a collective for ever."""
-        import ray
-
         if self._down:
             raise TargetGroupError(self._down)
         loops = {ref: f"target rank {r}" for r, ref in enumerate(self._follow_refs, 1)}
@@ -151,8 +141,6 @@ class Pipeline:
         return [results[r] for r in refs]
 
     def _fail(self, who: str, exc: Exception | None) -> None:
-        import ray
-
         cause = None if exc is None else (exc.__cause__ or exc)
         for actor in (getattr(self, "target", None), *self.followers):
             if actor is not None:
@@ -168,14 +156,10 @@ class Pipeline:
 
     def generate(self, prompts: list, sampling: SamplingParams | list[SamplingParams] | None = None,
                  spec: SpecParams | None = None, *, chat: bool = False) -> list:
-        import ray
-
         return self.get(self.target.generate.remote(prompts, sampling, spec, chat))
 
     def stream(self, prompt, sampling: SamplingParams | None = None, spec: SpecParams | None = None, *,
                chat: bool = False) -> Iterator:
-        import ray
-
         outputs = self.target.stream.options(num_returns="streaming").remote(prompt, sampling, spec, chat)
         while True:
             self._watch({outputs: "target rank 0"}, fetch=False)  # until the next output is ready
@@ -195,19 +179,13 @@ class Pipeline:
 
     def progress(self) -> int:
         """Drafts the target has received so far."""
-        import ray
-
         return self.get(self.target.progress.remote())
 
     def channel_stats(self) -> dict:
-        import ray
-
         return self.get(self.target.channel_stats.remote())
 
     def round_trip_s(self) -> float | None:
         """The speculation channel's own latency, measured from the target actor."""
-        import ray
-
         return self.get(self.target.round_trip_s.remote())
 
     def probe_logits(self, token_ids: list[int], steps: int = 0):
@@ -216,19 +194,13 @@ class Pipeline:
 
     def kill_target_rank(self, rank: int) -> None:
         """Kill one rank of the target group (what a crashed device does), for tests and drills."""
-        import ray
-
         ray.kill(self.target if rank == 0 else self.followers[rank - 1], no_restart=True)
 
     def kill_drafter(self) -> None:
-        import ray
-
         if self.drafter is not None:
             ray.kill(self.drafter, no_restart=True)
 
     def shutdown(self) -> None:
-        import ray
-
         target = getattr(self, "target", None)
         if target is not None and not self._down and self._follow_refs:
             # Let rank 0 stop its followers' loops; then kill everything regardless.
@@ -253,8 +225,6 @@ def _check_resources(roles: list[RoleConfig], offered: dict) -> None:
 
 def _group_specs(tp: int, backend: str) -> list:
     """Each target rank's place in the group (None for a single rank: no group at all)."""
-    from mirrorspec.workers.tensor_parallel import GroupSpec, free_port
-
     if tp == 1:
         return [None]
     port = free_port()

@@ -26,8 +26,8 @@ from mirrorspec.cluster.config import AutoscalePolicy, ProjectConfig
 from mirrorspec.orchestration.engine import Engine, EngineConfig
 from mirrorspec.orchestration.factory import build_engine
 from mirrorspec.orchestration.outputs import RequestOutput
-from mirrorspec.serving.engine_loop import EngineLoop, Handle, QueueFull, Stopping
 from mirrorspec.params import SamplingParams, SpecParams
+from mirrorspec.serving.engine_loop import EngineLoop, Handle, QueueFull, Stopping
 
 logger = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ import threading
 from pathlib import Path
 
 from mirrorspec.cluster.config import ProjectConfig
-from mirrorspec.orchestration.factory import build_engine
-from mirrorspec.serving.engine_loop import EngineLoop
 from mirrorspec.errors import InvalidRequestError
+from mirrorspec.methods import AR_DRAFTER, DIFFUSION_DRAFTER, drafted_by
+from mirrorspec.orchestration.factory import build_engine
+from mirrorspec.params import SamplingParams
+from mirrorspec.serving.engine_loop import EngineLoop
 from mirrorspec.serving.generation_service import AdminService, GenerationService, Limits, ServedModel
 from mirrorspec.serving.grpc_server import GenerationServer, ServerLimits, ServerSecurity
 from mirrorspec.serving.metrics import ServingMetrics
-from mirrorspec.methods import AR_DRAFTER, DIFFUSION_DRAFTER, drafted_by
-from mirrorspec.params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +120,9 @@ def scale_server(address: str, replicas: int, *, token_env: str | None = None, t
 
     import grpc
 
-    from mirrorspec.protos.gate import bearer
     from mirrorspec.protos import generation_pb2 as pb
     from mirrorspec.protos import generation_pb2_grpc as pb_grpc
+    from mirrorspec.protos.gate import bearer
 
     if replicas < 0:
         raise InvalidRequestError("replicas", f"must be >= 0, got {replicas}")

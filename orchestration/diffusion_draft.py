@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mirrorspec.orchestration.draft_tree import ROOT, DraftTree
 from mirrorspec.errors import InvalidRequestError
+from mirrorspec.orchestration.draft_tree import ROOT, DraftTree
 from mirrorspec.orchestration.interfaces import ExitCandidates, OpenSpec, Proposal, Report
 from mirrorspec.workers.diffusion_model import ContextKV, DiffusionLM, pad_contexts
 

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.draft_tree import ROOT, DraftTree
 from mirrorspec.orchestration.drafting import Branch, BranchJob, DraftJob, draft_trees, roll_out_branches
-from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.interfaces import DraftService, ExitCandidates, OpenSpec, Proposal, Report
-from mirrorspec.workers.interface import Worker
 from mirrorspec.params import SamplingParams
+from mirrorspec.workers.interface import Worker
 
 
 @dataclass

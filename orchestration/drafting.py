@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import torch
 
 from mirrorspec.orchestration.draft_tree import ROOT, DraftTree
-from mirrorspec.workers.interface import Worker
-from mirrorspec.params import SamplingParams
 from mirrorspec.orchestration.sampling import log_probabilities, probabilities, sample
+from mirrorspec.params import SamplingParams
+from mirrorspec.workers.interface import Worker
 
 
 @dataclass

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from mirrorspec.orchestration.engine import Engine
 from mirrorspec.orchestration.outputs import RequestOutput
-from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.orchestration.stats import RequestStats
+from mirrorspec.params import SamplingParams, SpecParams
 
 logger = logging.getLogger(__name__)
 

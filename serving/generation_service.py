@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import grpc
 
+from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.engine import encode_prompt
 from mirrorspec.orchestration.outputs import RequestOutput
-from mirrorspec.serving.engine_loop import CANCELLED, TIME_LIMIT, QueueFull, Stopping
-from mirrorspec.errors import InvalidRequestError
 from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.protos import generation_pb2 as pb
 from mirrorspec.protos import generation_pb2_grpc as pb_grpc
+from mirrorspec.serving.engine_loop import CANCELLED, TIME_LIMIT, QueueFull, Stopping
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mirrorspec.protos import generation_pb2 as pb
-from mirrorspec.protos.gate import SERVICE, Gate
 from mirrorspec.protos import generation_pb2_grpc as pb_grpc
+from mirrorspec.protos.gate import SERVICE, Gate
 
 logger = logging.getLogger(__name__)
 

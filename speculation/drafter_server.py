@@ -15,12 +15,12 @@ from concurrent import futures
 
 import grpc
 
-from mirrorspec.speculation import wire
-from mirrorspec.orchestration.interfaces import LocalDraftService
 from mirrorspec.errors import InvalidRequestError
-from mirrorspec.protos.gate import Gate
+from mirrorspec.orchestration.interfaces import LocalDraftService
 from mirrorspec.protos import speculation_pb2 as pb
 from mirrorspec.protos import speculation_pb2_grpc as pb_grpc
+from mirrorspec.protos.gate import Gate
+from mirrorspec.speculation import wire
 
 logger = logging.getLogger(__name__)
 

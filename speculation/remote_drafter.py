@@ -16,12 +16,12 @@ import time
 
 import grpc
 
-from mirrorspec.speculation import wire
 from mirrorspec.errors import InvalidRequestError
-from mirrorspec.protos.gate import bearer
 from mirrorspec.orchestration.interfaces import ExitCandidates, OpenSpec, Proposal, Report
 from mirrorspec.protos import speculation_pb2 as pb
 from mirrorspec.protos import speculation_pb2_grpc as pb_grpc
+from mirrorspec.protos.gate import bearer
+from mirrorspec.speculation import wire
 
 logger = logging.getLogger(__name__)
 

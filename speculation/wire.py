@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from mirrorspec.orchestration.draft_tree import ROOT, DraftTree
 from mirrorspec.errors import InvalidRequestError
+from mirrorspec.orchestration.draft_tree import ROOT, DraftTree
 from mirrorspec.orchestration.interfaces import ExitCandidates, OpenSpec, Proposal, Report
 from mirrorspec.params import SamplingParams
 from mirrorspec.protos import speculation_pb2 as pb

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from mirrorspec.cluster.launch import SECRET_ENV
 from mirrorspec.cli.main import main
+from mirrorspec.cluster.launch import SECRET_ENV
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ import pytest
 import torch
 import transformers
 
+from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.diffusion import DiffusionDecoder
 from mirrorspec.params import DiffusionParams
-from mirrorspec.errors import InvalidRequestError
 from mirrorspec.workers.diffusion_model import ContextKV, DiffusionLM, DllmMeta, load_dllm, save_dllm
 
 VOCAB = 64

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from helpers import tiny_engine, tiny_model
-from mirrorspec.orchestration.draft_tree import ROOT
-from mirrorspec.orchestration.diffusion_draft import DiffusionDraftService, lattice_tree
-from mirrorspec.orchestration.engine import Engine
 from mirrorspec.errors import InvalidRequestError
+from mirrorspec.orchestration.diffusion_draft import DiffusionDraftService, lattice_tree
+from mirrorspec.orchestration.draft_tree import ROOT
+from mirrorspec.orchestration.engine import Engine
 from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.workers.diffusion_model import DiffusionLM, DllmMeta
 

@@ -17,12 +17,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from helpers import wait_until, worker
 from mirrorspec.orchestration.engine import Engine
-from mirrorspec.serving.engine_loop import EngineLoop
-from mirrorspec.serving.generation_service import GenerationService, Limits, ServedModel
-from mirrorspec.serving.grpc_server import GenerationServer, ServerLimits, ServerSecurity
 from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.protos import generation_pb2 as pb
 from mirrorspec.protos import generation_pb2_grpc as pb_grpc
+from mirrorspec.serving.engine_loop import EngineLoop
+from mirrorspec.serving.generation_service import GenerationService, Limits, ServedModel
+from mirrorspec.serving.grpc_server import GenerationServer, ServerLimits, ServerSecurity
 from mirrorspec.workers.models import LoadedModel, load_tokenizer, resolve_model_dir
 
 TOKEN = "s3cret-token"

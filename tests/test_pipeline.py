@@ -8,8 +8,8 @@ import pytest
 from helpers import tiny_model
 from mirrorspec.cluster.config import ClusterConfig, ProjectConfig, RoleConfig
 from mirrorspec.cluster.pipeline import Pipeline
-from mirrorspec.orchestration.engine import EngineConfig
 from mirrorspec.errors import InvalidRequestError
+from mirrorspec.orchestration.engine import EngineConfig
 from mirrorspec.params import SamplingParams, SpecParams
 from test_sampling_law import LENGTH, SETTINGS, VOCAB, empirical_law, exact_ar_law, tv, tv_bound
 

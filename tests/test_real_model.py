@@ -5,12 +5,12 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from mirrorspec.bench.harness import load_prompts
+from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.engine import EngineConfig
 from mirrorspec.orchestration.factory import build_engine
-from mirrorspec.errors import InvalidRequestError
+from mirrorspec.orchestration.factory import DEFAULT_DIFFUSION_DRAFTER_DIR, DEFAULT_DRAFTER_DIR
 from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.workers.default_model import ensure_default_model
-from mirrorspec.orchestration.factory import DEFAULT_DIFFUSION_DRAFTER_DIR, DEFAULT_DRAFTER_DIR
 
 
 pytestmark = pytest.mark.real_model

@@ -11,10 +11,10 @@ from helpers import wait_until
 from mirrorspec.cluster.config import ClusterConfig, ProjectConfig, RoleConfig
 from mirrorspec.cluster.replicas import (ReplicaActor, ReplicaLost, ReplicaRouter, actor_replica,
                                          pipeline_replica)
-from mirrorspec.orchestration.engine import EngineConfig
-from mirrorspec.serving.engine_loop import QueueFull
 from mirrorspec.errors import InvalidRequestError
+from mirrorspec.orchestration.engine import EngineConfig
 from mirrorspec.params import SamplingParams, SpecParams
+from mirrorspec.serving.engine_loop import QueueFull
 
 pytestmark = pytest.mark.real_model
 

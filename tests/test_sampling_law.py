@@ -17,8 +17,8 @@ import torch
 from helpers import reference_logits, tiny_engine, tiny_model
 from mirrorspec.orchestration import scheduler
 from mirrorspec.orchestration.acceptance import Verdict
-from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.orchestration.sampling import probabilities
+from mirrorspec.params import SamplingParams, SpecParams
 
 VOCAB, LENGTH, N, DELTA = 4, 3, 12000, 1e-3
 PROMPT = [1, 2, 3]

@@ -10,18 +10,18 @@ import pytest
 import torch
 
 from helpers import tiny_engine, tiny_model, worker
-from mirrorspec.speculation import wire
+from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.draft_tree import DraftTree
 from mirrorspec.orchestration.drafter_session import DrafterSession
 from mirrorspec.orchestration.engine import Engine
-from mirrorspec.errors import InvalidRequestError
-from mirrorspec.protos.gate import bearer
 from mirrorspec.orchestration.interfaces import ExitCandidates, OpenSpec, Proposal, Report
 from mirrorspec.params import SamplingParams, SpecParams
-from mirrorspec.speculation.remote_drafter import RemoteDrafter
 from mirrorspec.protos import speculation_pb2 as pb
 from mirrorspec.protos import speculation_pb2_grpc as pb_grpc
+from mirrorspec.protos.gate import bearer
+from mirrorspec.speculation import wire
 from mirrorspec.speculation.drafter_server import serve
+from mirrorspec.speculation.remote_drafter import RemoteDrafter
 
 VOCAB = 96
 SECRET = "channel-secret"

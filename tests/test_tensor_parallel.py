@@ -14,9 +14,9 @@ import pytest
 from helpers import wait_until
 from mirrorspec.cluster.config import ClusterConfig, ProjectConfig, RoleConfig
 from mirrorspec.cluster.pipeline import Pipeline, TargetGroupError
+from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.engine import EngineConfig
 from mirrorspec.orchestration.factory import build_engine
-from mirrorspec.errors import InvalidRequestError
 from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.workers.model_worker import greedy_logits
 

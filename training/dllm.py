@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 import transformers
 
+from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.diffusion import DiffusionDecoder
 from mirrorspec.params import DiffusionParams
-from mirrorspec.errors import InvalidRequestError
 from mirrorspec.training.dllm_drafter import add_adapt_args, cmd_adapt_drafter
 from mirrorspec.training.synthetic_tasks import TASKS, Example, examples, make_example
 from mirrorspec.workers.diffusion_model import DiffusionLM, DllmMeta, bidirectional_logits, save_dllm

@@ -51,8 +51,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 def cmd_train_drafter(args: argparse.Namespace) -> int:
     from mirrorspec.orchestration.engine import EngineConfig
     from mirrorspec.orchestration.factory import build_engine
-    from mirrorspec.workers.default_model import cache_dir
     from mirrorspec.orchestration.factory import eos_token_ids
+    from mirrorspec.workers.default_model import cache_dir
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from mirrorspec.workers.interface import EarlyExit
 from mirrorspec.workers import attention
 from mirrorspec.workers.exit_head import ExitHead
+from mirrorspec.workers.interface import EarlyExit
 from mirrorspec.workers.kv_cache import ForwardPlan, KVCache, KVLayout
 from mirrorspec.workers.models import LoadedModel
 
