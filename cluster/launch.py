@@ -15,6 +15,7 @@ import threading
 from mirrorspec.cluster.config import ClusterConfig, ProjectConfig
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.engine import EngineConfig
+from mirrorspec.orchestration.interfaces import GenerationBackend
 from mirrorspec.params import SpecParams
 
 
@@ -31,8 +32,9 @@ def speculation_secret() -> str:
     return secret
 
 
-def open_engine(engine: EngineConfig, spec: SpecParams, cluster: ClusterConfig, *, on_ray: bool):
-    """An object with generate/stream (and, across two roles, channel_stats/round_trip_s/shutdown)."""
+def open_engine(engine: EngineConfig, spec: SpecParams, cluster: ClusterConfig, *, on_ray: bool) -> GenerationBackend:
+    """Where generation runs for this configuration (across two roles it also has channel_stats and
+    round_trip_s)."""
     if on_ray:
         from mirrorspec.cluster.pipeline import Pipeline
 

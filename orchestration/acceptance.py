@@ -14,7 +14,7 @@ is then distributed exactly as the target's (transformed) distribution given the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 

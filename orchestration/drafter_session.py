@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mirrorspec.errors import InvalidRequestError
-from mirrorspec.orchestration.draft_tree import ROOT, DraftTree
+from mirrorspec.orchestration.draft_tree import ROOT
 from mirrorspec.orchestration.drafting import Branch, BranchJob, DraftJob, draft_trees, roll_out_branches
 from mirrorspec.orchestration.interfaces import DraftService, ExitCandidates, OpenSpec, Proposal, Report
 from mirrorspec.params import SamplingParams

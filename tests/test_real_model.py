@@ -8,7 +8,7 @@ from mirrorspec.bench.harness import load_prompts
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.engine import EngineConfig
 from mirrorspec.orchestration.factory import build_engine
-from mirrorspec.orchestration.factory import DEFAULT_DIFFUSION_DRAFTER_DIR, DEFAULT_DRAFTER_DIR
+from mirrorspec.orchestration.factory import DEFAULT_DIFFUSION_DRAFTER_DIR
 from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.workers.default_model import ensure_default_model
 
