@@ -66,7 +66,7 @@ class ClusterConfig:
     # process: the target runs in this process and dials it; no Ray.
     drafter_address: str | None = None
     reply_timeout_s: float = 10.0  # the target waits this long for a draft, then decodes without one
-    branch_budget: int = 8  # mirror: branches rolled out per step over the whole batch
+    branch_budget: int = 8  # mirror: branches per step over the greedy rows (a sampled row: one, batch-independent)
 
     def validate(self) -> "ClusterConfig":
         if self.ray not in ("auto", "always", "never"):

@@ -59,19 +59,26 @@ def verify_sampling(tree: DraftTree, target_probs: torch.Tensor, generator: torc
             if q > 0.0 and uniform(generator) * q < p:  # u < p / q, without dividing
                 accepted = child
                 break
-            if proposal is None:
-                residual = residual.clone()
-                residual[token] = 0.0
-            else:
-                residual = torch.clamp(residual - proposal, min=0.0)
-            total = float(residual.sum())
-            if total <= 0.0:
+            updated = residual_after_rejection(residual, token, proposal)
+            if updated is None:
                 # Only possible when P <= Q everywhere, i.e. P == Q: then the child above is accepted with
                 # probability 1 and this line is unreachable except through rounding; fall back to P.
                 residual = target_probs[_row(node)]
                 break
-            residual = residual / total
+            residual = updated
         if accepted is None:
             return Verdict(path, sample(residual, generator))
         path.append(accepted)
         node = accepted
+
+
+def residual_after_rejection(residual: torch.Tensor, token: int, proposal: torch.Tensor | None) -> torch.Tensor | None:
+    """norm(max(0, P - Q)) once the child that proposed `token` from Q was rejected (a deterministic child's Q is
+    the point mass on `token`: zero it and renormalise); None when nothing is left."""
+    if proposal is None:
+        residual = residual.clone()
+        residual[token] = 0.0
+    else:
+        residual = torch.clamp(residual - proposal, min=0.0)
+    total = float(residual.sum())
+    return residual / total if total > 0.0 else None

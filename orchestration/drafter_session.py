@@ -94,7 +94,8 @@ class DrafterSession:
         self.uses_features = drafter.uses_features
         self.vocabulary = drafter.vocabulary
         self.max_spec_nodes = max_spec_nodes
-        self.branch_budget = branch_budget  # branches per step over the whole batch (fewer each at larger batch)
+        # Branches per step over the batch's greedy rows (fewer each at larger batch); a sampled row rolls out one.
+        self.branch_budget = branch_budget
         self._seqs: dict[int, _State] = {}
         self.busy_s = 0.0  # compute time since the owner last read it
         self.propose_s = 0.0  # ... of which inside `propose`
@@ -280,10 +281,14 @@ class DrafterSession:
         self._feed_tails([(cand.seq_id, state) for cand, state in live])
         jobs: list[BranchJob] = []
         keys: list[tuple[int, int, int]] = []
-        per_seq = max(1, self.branch_budget // max(1, len(live)))
+        shared = max(1, self.branch_budget // max(1, len(live)))
         for cand, state in live:
             window = state.window
             room = (self.max_spec_nodes - state.spec) // len(window.tokens)
+            # A sampled row draws its branches from its own random stream, and its later drafts (so its output)
+            # depend on those draws: their number must not depend on the batch. It rolls out its likeliest
+            # outcome only; greedy rows share the budget (their output is the target's argmax whatever the drafts).
+            per_seq = shared if state.sampling.greedy else 1
             for r, token in self._likely_outcomes(window, cand, min(per_seq, room)):
                 anchor, hidden = window.anchor(r)
                 jobs.append(BranchJob(cand.seq_id, anchor, hidden, token, len(window.tokens), state.sampling,

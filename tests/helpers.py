@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Callable
 
@@ -43,6 +44,17 @@ def tiny_model(family: str = "llama", vocab: int = 64, seed: int = 0, sharpness:
         model.get_output_embeddings().weight.mul_(sharpness)
     model.requires_grad_(False)
     apply_cpu_linear(model, cpu_linear)
+    return LoadedModel(path=None, model=model, tokenizer=None)
+
+
+def noisy_copy(loaded: LoadedModel, noise: float, seed: int = 0) -> LoadedModel:
+    """The same model with Gaussian noise of `noise` times each weight tensor's own spread added: a drafter that
+    agrees with it often but not always, so drafts are accepted to various depths and then rejected."""
+    model = copy.deepcopy(loaded.model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * param.std() * noise)
     return LoadedModel(path=None, model=model, tokenizer=None)
 
 
