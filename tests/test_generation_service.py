@@ -53,8 +53,8 @@ class Served:
     """One engine loop and one server; `stop()` tears both down."""
 
     def __init__(self, tokenizer, *, security=ServerSecurity(), limits=Limits(max_prompt_tokens=64,
-                 max_new_tokens=64), max_in_flight=4, server_limits=ServerLimits()):
-        self.models = tiny_pair(tokenizer)
+                 max_new_tokens=64), max_in_flight=4, server_limits=ServerLimits(), models=None):
+        self.models = models or tiny_pair(tokenizer)
         self.loop = EngineLoop(tiny_engine_of(self.models, tokenizer), max_in_flight=max_in_flight)
         self.up = threading.Event()
         self.up.set()
@@ -96,17 +96,23 @@ def params(**kw):
 def test_unary_batch_is_the_engine_output_for_every_method(stub, served, tokenizer):
     texts = ["Hello there", "Why is the sky blue?", "1 2 3"]
     # the served engine belongs to its loop's thread: the reference comes from an engine of its own
-    reference = tiny_engine_of(served.models, tokenizer).generate(texts, SamplingParams(max_new_tokens=12),
-                                                                  SpecParams(method="ar"))
-    for method in (pb.AR, pb.CHAIN, pb.TREE, pb.METHOD_DEFAULT):
+    engine = tiny_engine_of(served.models, tokenizer)
+    reference = engine.generate(texts, SamplingParams(max_new_tokens=12), SpecParams(method="ar"))
+    for method, name in ((pb.AR, "ar"), (pb.CHAIN, "chain"), (pb.TREE, "tree"), (pb.METHOD_DEFAULT, "chain")):
         reply = stub.Generate(pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text=t) for t in texts],
                                                           params=params(method=method)), metadata=AUTH)
         assert [list(r.token_ids) for r in reply.responses] == [o.token_ids for o in reference]
-        for r, ref in zip(reply.responses, reference):
+        # The statistics on the wire are the engine's: the same method in process counts the same.
+        same = engine.generate(texts, SamplingParams(max_new_tokens=12), SpecParams(method=name, gamma=3))
+        for r, ref, local in zip(reply.responses, reference, same):
             assert r.text == ref.text and r.generated_token_count == len(ref.token_ids)
-            assert r.stop_reason in (pb.MAX_TOKENS, pb.EOS_TOKEN) and r.speculation.target_forwards >= 1
-            if method in (pb.CHAIN, pb.TREE, pb.METHOD_DEFAULT):
-                assert r.speculation.drafts >= 1 and r.speculation.tau >= 1.0
+            assert r.stop_reason in (pb.MAX_TOKENS, pb.EOS_TOKEN)
+            s = local.stats
+            assert (r.speculation.target_forwards, r.speculation.drafts, r.speculation.drafted,
+                    r.speculation.accepted) == (s.target_forwards, s.drafts, s.drafted, s.accepted)
+            assert list(r.speculation.accepted_per_position) == s.accepted_per_position
+            assert r.speculation.tau == pytest.approx(r.generated_token_count / r.speculation.target_forwards)
+            assert (r.speculation.drafts > 0) == (name != "ar")
 
 
 def test_streaming_sends_each_step_and_ends_with_the_stop_reason(stub):
@@ -143,11 +149,38 @@ def test_time_limit_ends_the_request_with_what_it_has(stub):
     assert reply.responses[0].generated_token_count < 64
 
 
-def test_min_new_tokens_reaches_the_engine(stub):
-    reply = stub.Generate(pb.BatchedGenerationRequest(
-        requests=[pb.GenerationRequest(text="Hi")], params=params(max_new_tokens=30, stopping={"min_new_tokens": 30})),
-        metadata=AUTH)
-    assert reply.responses[0].generated_token_count == 30
+def eos_early(models, tokenizer, prompt: str, at: int) -> None:
+    """Make the models say EOS where the target would say its `at`-th token after `prompt` (greedy): the EOS row
+    of each output head becomes a copy of that token's row, a little larger."""
+    (out,) = tiny_engine_of(models, tokenizer).generate([prompt], SamplingParams(max_new_tokens=at + 1),
+                                                        SpecParams(method="ar"))
+    token = out.token_ids[at]
+    with torch.no_grad():
+        for loaded in models:
+            head = loaded.model.lm_head.weight
+            head[tokenizer.eos_token_id] = head[token] * 1.05
+
+
+def test_min_new_tokens_holds_back_an_eos_that_comes_early(tokenizer):
+    models = tiny_pair(tokenizer)
+    eos_early(models, tokenizer, "Hi", at=3)
+    served = Served(tokenizer, models=models)
+    channel = grpc.insecure_channel(served.server.address)
+    try:
+        stub = pb_grpc.GenerationServiceStub(channel)
+
+        def generate(**stopping):
+            return stub.Generate(pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text="Hi")],
+                                                             params=params(max_new_tokens=30, stopping=stopping)))
+
+        free = generate().responses[0]
+        assert free.stop_reason == pb.EOS_TOKEN and free.generated_token_count <= 4
+        held = generate(min_new_tokens=30).responses[0]
+        assert held.stop_reason == pb.MAX_TOKENS and held.generated_token_count == 30
+        assert tokenizer.eos_token_id not in held.token_ids
+    finally:
+        channel.close()
+        served.stop()
 
 
 @pytest.mark.parametrize("request_, field", [
