@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -73,6 +74,11 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
         self.default_sampling = sampling
         self.default_spec = spec
         self.limits = limits
+        self._draining = threading.Event()
+
+    def drain(self) -> None:
+        """Take no new request from now on (UNAVAILABLE: the client retries elsewhere); those in flight finish."""
+        self._draining.set()
 
     # ------------------------------------------------------------------------------------ RPCs
     def Generate(self, request: pb.BatchedGenerationRequest, context) -> pb.BatchedGenerationResponse:
@@ -151,6 +157,8 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
     def _submit(self, ids: list[int], sampling: SamplingParams, spec: SpecParams, time_limit: float | None,
                 field: str):
         """Hand the request to the backend; its checks (context length, draft size) name the client's fields."""
+        if self._draining.is_set():
+            raise Stopping("the server is shutting down")
         try:
             return self.backend.submit(ids, sampling, spec, time_limit_s=time_limit)
         except InvalidRequestError as exc:
@@ -243,7 +251,9 @@ class AdminService(pb_grpc.AdminServiceServicer):
 
 
 class _status:
-    """Turns the service's exceptions into the RPC's status (the server itself keeps serving)."""
+    """Turns the service's exceptions into the RPC's status (the server itself keeps serving): bad input ->
+    INVALID_ARGUMENT, a full queue -> RESOURCE_EXHAUSTED, draining or a lost replica -> UNAVAILABLE (retryable),
+    anything else -> INTERNAL without its details. GeneratorExit (a client that left a stream) passes."""
 
     def __init__(self, context) -> None:
         self.context = context
@@ -260,4 +270,7 @@ class _status:
             self.context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"queue full: {exc}")
         if isinstance(exc, Stopping):
             self.context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        if isinstance(exc, Exception):  # a bug or a broken model: the client learns nothing of the server's insides
+            logger.error("unexpected error answering an RPC", exc_info=(kind, exc, tb))
+            self.context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
         return False

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from mirrorspec.protos import generation_pb2 as pb
 from mirrorspec.protos import generation_pb2_grpc as pb_grpc
 from mirrorspec.protos.gate import SERVICE, Gate
+from mirrorspec.serving.generation_service import GenerationService
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class ServerLimits:
 class GenerationServer:
     """The running server: its address, its health, and a graceful stop."""
 
-    def __init__(self, servicer: pb_grpc.GenerationServiceServicer, *, host: str, port: int,
+    def __init__(self, servicer: GenerationService, *, host: str, port: int,
                  security: ServerSecurity, limits: ServerLimits, is_up: Callable[[], bool],
                  admin: pb_grpc.AdminServiceServicer | None = None, health_period_s: float = 0.5) -> None:
         self.server = grpc.server(
@@ -54,6 +55,7 @@ class GenerationServer:
             maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
             options=[("grpc.max_receive_message_length", limits.max_message_bytes),
                      ("grpc.max_send_message_length", limits.max_message_bytes)])
+        self.servicer = servicer
         pb_grpc.add_GenerationServiceServicer_to_server(servicer, self.server)
         names = [SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
         if admin is not None:
@@ -97,8 +99,10 @@ class GenerationServer:
                 last = up
 
     def drain(self) -> None:
-        """Report NOT_SERVING (load balancers stop sending) before the backend stops taking requests."""
+        """Report NOT_SERVING (load balancers stop sending) and refuse new requests (UNAVAILABLE) before the
+        backend drains the ones in flight."""
         self._draining.set()
+        self.servicer.drain()
         self._set_health(False)
 
     def stop(self, grace_s: float = 5.0) -> None:

@@ -2,6 +2,7 @@
 SmolLM2 tokenizer: unary, streaming, cancellation, deadlines, time limits, auth, TLS, health, reflection, limits
 and bad requests (each answered INVALID_ARGUMENT naming the field, while the server keeps serving)."""
 
+import copy
 import datetime
 import ipaddress
 import re
@@ -21,7 +22,7 @@ from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.protos import generation_pb2 as pb
 from mirrorspec.protos import generation_pb2_grpc as pb_grpc
 from mirrorspec.serving.engine_loop import EngineLoop
-from mirrorspec.serving.generation_service import GenerationService, Limits, ServedModel
+from mirrorspec.serving.generation_service import AdminService, GenerationService, Limits, ServedModel
 from mirrorspec.serving.grpc_server import GenerationServer, ServerLimits, ServerSecurity
 from mirrorspec.workers.models import LoadedModel, load_tokenizer, resolve_model_dir
 
@@ -55,6 +56,7 @@ class Served:
     def __init__(self, tokenizer, *, security=ServerSecurity(), limits=Limits(max_prompt_tokens=64,
                  max_new_tokens=64), max_in_flight=4, server_limits=ServerLimits(), models=None):
         self.models = models or tiny_pair(tokenizer)
+        tokenizer = self.models[0].tokenizer
         self.loop = EngineLoop(tiny_engine_of(self.models, tokenizer), max_in_flight=max_in_flight)
         self.up = threading.Event()
         self.up.set()
@@ -62,7 +64,7 @@ class Served:
         service = GenerationService(self.loop, model, sampling=SamplingParams(max_new_tokens=16),
                                     spec=SpecParams(method="chain", gamma=3), limits=limits)
         self.server = GenerationServer(service, host="127.0.0.1", port=0, security=security, limits=server_limits,
-                                       is_up=self.up.is_set, health_period_s=0.05)
+                                       is_up=self.up.is_set, admin=AdminService(self.loop), health_period_s=0.05)
 
     def stop(self):
         self.server.stop(0)
@@ -286,6 +288,38 @@ def test_a_full_queue_answers_resource_exhausted_and_others_finish(tokenizer):
         served.stop()
 
 
+def test_a_broken_model_answers_internal_and_keeps_its_secrets(tokenizer):
+    """An error the service did not expect (here: a model folder whose chat template fails) is INTERNAL, with a
+    generic message: the client learns nothing of the server's insides; the server keeps serving."""
+    broken = copy.deepcopy(tokenizer)
+    broken.chat_template = "{{ raise_exception('template at /srv/models/secret-path is broken') }}"
+    models = [LoadedModel(path=None, model=m.model, tokenizer=broken) for m in tiny_pair(tokenizer)]
+    served = Served(tokenizer, models=models)
+    channel = grpc.insecure_channel(served.server.address)
+    try:
+        stub = pb_grpc.GenerationServiceStub(channel)
+        request = pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text="Hi")],
+                                              params=params(max_new_tokens=4, chat=True))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Generate(request)
+        assert err.value.code() == grpc.StatusCode.INTERNAL
+        assert "secret" not in err.value.details() and "Traceback" not in err.value.details()
+        plain = stub.Generate(pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text="Hi")],
+                                                          params=params(max_new_tokens=4)))
+        assert plain.responses[0].generated_token_count == 4
+    finally:
+        channel.close()
+        served.stop()
+
+
+def test_scaling_a_server_without_replicas_is_a_failed_precondition(served):
+    admin = pb_grpc.AdminServiceStub(grpc.insecure_channel(served.server.address))
+    with pytest.raises(grpc.RpcError) as err:
+        admin.Scale(pb.ScaleRequest(replicas=2), metadata=AUTH)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and err.value.details().startswith("replicas:")
+    assert admin.Scale(pb.ScaleRequest(replicas=0), metadata=AUTH).replicas == 1  # reading the load is fine
+
+
 def test_tls_server_answers_a_tls_client_only(tokenizer, tmp_path):
     cert, key = _self_signed()
     served = Served(tokenizer, security=ServerSecurity(tls_cert=cert, tls_key=key))
@@ -407,6 +441,10 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, 
         first = next(stream)
         proc.send_signal(signal.SIGTERM)
         wait_until(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING)  # at once, while it drains
+        with pytest.raises(grpc.RpcError) as err:  # a new request while draining: retry elsewhere
+            stub.Generate(pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text="Hi")]), metadata=AUTH,
+                          timeout=30)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in err.value.details()
         rest = list(stream)
         assert len(first.token_ids) + sum(len(p.token_ids) for p in rest) == 48
         assert rest[-1].stop_reason == pb.MAX_TOKENS

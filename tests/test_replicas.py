@@ -4,6 +4,7 @@ that is a whole Mirror-SD pipeline."""
 
 import threading
 
+import grpc
 import pytest
 import ray
 
@@ -14,7 +15,11 @@ from mirrorspec.cluster.replicas import (ReplicaActor, ReplicaLost, ReplicaRoute
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.engine import EngineConfig
 from mirrorspec.params import SamplingParams, SpecParams
+from mirrorspec.protos import generation_pb2 as pb
+from mirrorspec.protos import generation_pb2_grpc as pb_grpc
 from mirrorspec.serving.engine_loop import QueueFull
+from mirrorspec.serving.generation_service import GenerationService, Limits, ServedModel
+from mirrorspec.serving.grpc_server import GenerationServer, ServerLimits, ServerSecurity
 
 pytestmark = pytest.mark.real_model
 
@@ -111,6 +116,25 @@ def test_bad_requests_full_replicas_and_a_dead_replica_come_back_as_errors(ray_c
             for _ in doomed:
                 pass
         wait_until(lambda: router.load()["up"], 120, period_s=0.5)  # down until the replacement has loaded
+        # The same over gRPC: a stream whose replica dies mid-way ends UNAVAILABLE (a client retries that).
+        server = GenerationServer(
+            GenerationService(router, ServedModel("smol", tokenizer, len(tokenizer), 2048, None, ("chain",)),
+                              sampling=SamplingParams(max_new_tokens=16), spec=SPEC, limits=Limits()),
+            host="127.0.0.1", port=0, security=ServerSecurity(), limits=ServerLimits(), is_up=lambda: True)
+        try:
+            stub = pb_grpc.GenerationServiceStub(grpc.insecure_channel(server.address))
+            stream = stub.GenerateStream(pb.SingleGenerationRequest(
+                request=pb.GenerationRequest(text="Count to twenty."),
+                params=pb.Parameters(chat=True, stopping=pb.StoppingCriteria(max_new_tokens=40, min_new_tokens=40))),
+                timeout=120)
+            next(stream)
+            ray.kill(router._live[0].actor)
+            with pytest.raises(grpc.RpcError) as err:
+                list(stream)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "died" in err.value.details()
+        finally:
+            server.stop(0)
+        wait_until(lambda: router.load()["up"], 120, period_s=0.5)
         last = None
         for last in router.submit(prompt(tokenizer, "Hi"), SamplingParams(max_new_tokens=4), SPEC):
             pass
