@@ -72,6 +72,22 @@ def tiny_engine(target: LoadedModel, drafter: LoadedModel | None, *, max_batch: 
     )
 
 
+class FlakyDrafter:
+    """Wraps a worker; its forward raises on chosen calls (a drafter that dies or times out)."""
+
+    def __init__(self, inner, fail_calls):
+        self.inner, self.fail_calls, self.calls = inner, set(fail_calls), 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def forward_hidden(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls in self.fail_calls:
+            raise RuntimeError("drafter lost")
+        return self.inner.forward_hidden(*args, **kwargs)
+
+
 def reference_logits(loaded: LoadedModel, ids: list[int]) -> torch.Tensor:
     """Next-token logits recomputed from scratch by transformers' own forward."""
     with torch.no_grad():

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from helpers import noisy_copy, tiny_engine, tiny_model
+from helpers import FlakyDrafter, noisy_copy, tiny_engine, tiny_model
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.params import SamplingParams, SpecParams
 
@@ -206,22 +206,6 @@ def test_bad_input_names_the_field_and_the_batch_finishes(target, kwargs, field)
 def test_speculation_without_a_drafter_is_refused(target):
     with pytest.raises(InvalidRequestError, match="drafter"):
         tiny_engine(target, None).add_request([1, 2], SamplingParams(), SpecParams(method="tree"))
-
-
-class FlakyDrafter:
-    """Wraps a worker; its forward raises on chosen calls (a drafter that dies or times out)."""
-
-    def __init__(self, inner, fail_calls):
-        self.inner, self.fail_calls, self.calls = inner, set(fail_calls), 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def forward_hidden(self, *args, **kwargs):
-        self.calls += 1
-        if self.calls in self.fail_calls:
-            raise RuntimeError("drafter lost")
-        return self.inner.forward_hidden(*args, **kwargs)
 
 
 @pytest.mark.parametrize("method", ["chain", "mirror"])

@@ -9,7 +9,7 @@ import grpc
 import pytest
 import torch
 
-from helpers import tiny_engine, tiny_model, worker
+from helpers import noisy_copy, tiny_engine, tiny_model, worker
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.draft_tree import DraftTree
 from mirrorspec.orchestration.drafter_session import DrafterSession
@@ -167,6 +167,40 @@ def test_a_dead_drafter_server_costs_speed_not_tokens(models, served):
     assert [outs[i].token_ids for i in ids] == ar
     assert all(o.stats.fallback_steps > 0 for o in outs.values())
     assert all(o.stats.drafts > 0 for o in outs.values())  # drafted before the drafter died
+
+
+def test_a_drafter_that_dies_mid_stream_and_comes_back_is_rejoined(models):
+    """Sampling, streaming: the drafter's server stops mid-stream, the target decodes alone (no token lost or
+    repeated: the chunks are the answer), then a drafter serves again at the same address and the target, after
+    its back-off, reopens its sequence there and drafts again."""
+    target, drafter = models
+
+    def start(port: int = 0):
+        return serve(DrafterSession(worker(noisy_copy(target, 0.4, seed=2), 8, 400, 64), max_spec_nodes=64),
+                     vocab_size=VOCAB, feature_size=0, secret=SECRET, port=port)
+
+    server, address = start()
+    remote = RemoteDrafter(address, vocab_size=VOCAB, secret=SECRET, reply_timeout_s=5)
+    engine = Engine(worker(target, 4, 400, 64), remote, max_batch=4, max_model_len=300)
+    sampling = SamplingParams(max_new_tokens=200, temperature=0.8, seed=9, ignore_eos=True)
+    chunks, phase, back_at = [], "up", None
+    try:
+        for out in engine.stream(prompts(1, seed=6)[0], sampling, SpecParams("chain", gamma=3)):
+            chunks.append(out)
+            if phase == "up" and remote.proposes >= 3:
+                server.stop(0)  # the drafter dies mid-stream
+                phase = "down"
+            elif phase == "down" and out.stats.fallback_steps > 0:
+                server, _ = start(int(address.rsplit(":", 1)[1]))  # and comes back where it was
+                phase, back_at = "back", remote.proposes
+    finally:
+        server.stop(0)
+        remote.close()
+    final = chunks[-1]
+    assert phase == "back" and final.finished
+    assert [t for c in chunks for t in c.new_token_ids] == final.token_ids and len(final.token_ids) == 200
+    assert final.stats.fallback_steps > 0
+    assert remote.proposes > back_at + 3 and engine.scheduler.drafter_failures == 0  # rejoined, drafting again
 
 
 class SlowSession(DrafterSession):
