@@ -199,6 +199,7 @@ class ReplicaRouter:
         self._live: list[Replica] = []
         self._wanted = replicas
         self._next_index = 0
+        self.retirements: list[tuple[int, int]] = []  # (replica index, requests it finished while retiring)
         self.scale(replicas)
 
     @property
@@ -281,6 +282,7 @@ class ReplicaRouter:
         try:
             held = ray.get(replica.actor.drain.remote())
             logger.info("replica %d retired after finishing %d requests", replica.index, held)
+            self.retirements.append((replica.index, held))
         except ray.exceptions.RayActorError:
             logger.error("replica %d died while retiring", replica.index)
         replica.close()

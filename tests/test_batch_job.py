@@ -1,42 +1,58 @@
-"""The batch job on the session's Ray cluster: a rerun after an interrupted run answers only the missing rows,
-so every row is answered exactly once, and the answers equal a clean run's."""
+"""The batch job on the session's Ray cluster: a rerun after a run that was killed (its process, mid-job)
+answers only the missing rows, so every row is answered exactly once, and the answers equal a clean run's."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
+from helpers import wait_until
 from mirrorspec.cluster import batch_job
 
 pytestmark = pytest.mark.real_model
 
 
-def run(tmp_path, out_name: str, extra=()) -> dict:
-    args = batch_job.build_parser().parse_args(["--input", str(tmp_path / "prompts.jsonl"), "--output",
-                                                str(tmp_path / out_name), "--max-new-tokens", "6", "--method", "ar",
-                                                "--replicas", "1", "--batch-size", "3", "--merge", *extra])
-    return batch_job.run(args)
+def job_args(tmp_path, out_name: str) -> list[str]:
+    return ["--input", str(tmp_path / "prompts.jsonl"), "--output", str(tmp_path / out_name), "--max-new-tokens",
+            "6", "--method", "ar", "--replicas", "1", "--batch-size", "3", "--merge"]
+
+
+def run(tmp_path, out_name: str) -> dict:
+    return batch_job.run(batch_job.build_parser().parse_args(job_args(tmp_path, out_name)))
 
 
 def answers(folder) -> list[dict]:
     return [json.loads(line) for line in (folder / "answers.jsonl").read_text().splitlines()]
 
 
-def test_a_rerun_answers_only_what_is_missing(ray_cluster, tmp_path):
-    rows = [{"id": f"q{i}", "prompt": f"Name a fruit that starts with the letter {chr(65 + i)}."} for i in range(9)]
+def test_a_rerun_after_a_killed_job_answers_only_what_is_missing(ray_cluster, tmp_path):
+    rows = [{"id": f"q{i:02d}", "prompt": f"Name a fruit that starts with the letter {chr(65 + i)}."}
+            for i in range(24)]
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     clean = run(tmp_path, "clean")
-    assert clean["answered"] == 9 and clean["rows_this_run"] == 9
+    assert clean["answered"] == 24 and clean["rows_this_run"] == 24
     reference = {a["id"]: a["token_ids"] for a in answers(tmp_path / "clean")}
-    # An interrupted run: its completed part files survive (here: the clean run's first one), a half-written
-    # temporary file does not count.
+    # The same job as its own process on the same cluster, killed (SIGKILL) once it has written a part file.
     interrupted = tmp_path / "resumed"
-    interrupted.mkdir()
-    first = sorted((tmp_path / "clean").glob("part-*.jsonl"))[0]
-    kept = {json.loads(line)["id"] for line in first.read_text().splitlines()}
-    (interrupted / first.name).write_text(first.read_text())
-    (interrupted / ".tmp-partial-1").write_text('{"id": "q0", "text": "trunc')
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    job = subprocess.Popen([sys.executable, "-m", "mirrorspec.cluster.batch_job", *job_args(tmp_path, "resumed")],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: job.poll() is not None or any(interrupted.glob(batch_job.PART_GLOB)), 240,
+                   "the job wrote no part file", period_s=0.05)
+        assert job.poll() is None, job.stderr.read()  # still running: the kill lands mid-job
+        job.send_signal(signal.SIGKILL)
+        job.wait(timeout=30)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    kept = batch_job.finished_ids(interrupted)
+    assert 0 < len(kept) < 24
     resumed = run(tmp_path, "resumed")
-    assert resumed["resumed_from"] == len(kept) and resumed["rows_this_run"] == 9 - len(kept)
+    assert resumed["resumed_from"] == len(kept) and resumed["rows_this_run"] == 24 - len(kept)
     merged = answers(interrupted)
     assert sorted(a["id"] for a in merged) == sorted(r["id"] for r in rows)  # each row once
     assert {a["id"]: a["token_ids"] for a in merged} == reference

@@ -58,16 +58,16 @@ def test_scaling_up_and_down_during_a_load_run_drops_nothing(ray_cluster, tokeni
         outputs: dict[int, list[int]] = {}
         errors: list[BaseException] = []
 
-        def client(i: int) -> None:
+        def client(i: int, spec: SpecParams) -> None:
             try:
                 last = None
-                for last in router.submit(prompt(tokenizer, texts[i]), SamplingParams(max_new_tokens=24), SPEC):
+                for last in router.submit(prompt(tokenizer, texts[i]), SamplingParams(max_new_tokens=24), spec):
                     pass
                 outputs[i] = last.token_ids
             except BaseException as exc:  # noqa: BLE001 - every failure is a dropped request
                 errors.append(exc)
 
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(10)]
+        threads = [threading.Thread(target=client, args=(i, SPEC)) for i in range(10)]
         for t in threads[:5]:
             t.start()
         router.scale(2)  # while the first five run
@@ -78,16 +78,26 @@ def test_scaling_up_and_down_during_a_load_run_drops_nothing(ray_cluster, tokeni
         for t in threads:
             t.join(timeout=300)
         assert not errors and sorted(outputs) == list(range(10))
-        # Every answer is the target's own greedy answer, wherever it ran: here checked against `ar` on a replica
-        # that is a whole Mirror-SD pipeline (drafter in its own actor), and against `mirror` on it.
+        wait_until(lambda: router.retirements, 60, "the replica did not retire")
+        ((_, held),) = router.retirements
+        assert held > 0  # it did hold requests when it was asked to go, and finished them
+        # Every answer is the target's own greedy answer: `ar` on the remaining replica gives the same tokens.
+        chained, outputs = dict(outputs), {}
+        threads = [threading.Thread(target=client, args=(i, SpecParams(method="ar"))) for i in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert not errors and outputs == chained
+        # And on a replica that is a whole Mirror-SD pipeline (drafter in its own actor), `ar` and `mirror` too.
         pipelines = ReplicaRouter(start_mirror_pipeline, 1)
         try:
-            for i, method in ((0, "ar"), (7, "ar"), (7, "mirror")):
+            for i, method in ((0, "ar"), (7, "mirror")):
                 last = None
                 for last in pipelines.submit(prompt(tokenizer, texts[i]), SamplingParams(max_new_tokens=24),
                                              SpecParams(method=method, gamma=3)):
                     pass
-                assert last.token_ids == outputs[i], (i, method)
+                assert last.token_ids == chained[i], (i, method)
                 assert (last.stats.drafted > 0) == (method == "mirror")
         finally:
             pipelines.shutdown()
