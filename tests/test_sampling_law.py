@@ -92,15 +92,18 @@ def exact_ar_law(target, params: SamplingParams) -> Law:
     return law
 
 
-def sampled_law(target, drafter, spec: SpecParams, settings: dict, fail_calls=()) -> tuple[Law, list]:
-    """The law of N seeded generations; the drafter's forward fails on `fail_calls` (then the engine decodes
-    without drafts for a while and reopens its sequences)."""
-    engine = tiny_engine(target, drafter, max_batch=256, max_model_len=24, max_spec_nodes=16, eos_ids=[EOS])
-    if fail_calls:
-        session = engine.drafter
-        session.drafter = FlakyDrafter(session.drafter, fail_calls)
+def sampled_law(target, drafter, spec: SpecParams, settings: dict, fail_calls=(), generate=None) -> tuple[Law, list]:
+    """The law of N seeded generations by an in-process engine, whose drafter's forward fails on `fail_calls`
+    (then it decodes without drafts for a while and reopens its sequences), or by `generate(prompts, params, spec)`
+    (e.g. a pipeline of Ray actors)."""
+    if generate is None:
+        engine = tiny_engine(target, drafter, max_batch=256, max_model_len=24, max_spec_nodes=16, eos_ids=[EOS])
+        if fail_calls:
+            session = engine.drafter
+            session.drafter = FlakyDrafter(session.drafter, fail_calls)
+        generate = engine.generate
     params = [SamplingParams(max_new_tokens=LENGTH, seed=s, **settings) for s in range(N)]
-    outs = engine.generate([PROMPT] * N, params, spec)
+    outs = generate([PROMPT] * N, params, spec)
     counts: dict[tuple[int, ...], int] = {}
     for out in outs:
         key = tuple(out.token_ids) + (END,) * (LENGTH - len(out.token_ids))
