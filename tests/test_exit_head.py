@@ -9,6 +9,7 @@ from helpers import tiny_engine, tiny_model, worker
 from mirrorspec.orchestration.engine import Engine
 from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.workers.exit_head import ExitHead, ExitHeadMeta, fit
+from mirrorspec.workers.interface import EarlyExit
 
 
 def test_fit_recovers_an_affine_map_and_round_trips(tmp_path):
@@ -49,3 +50,26 @@ def worker_with_head(loaded, head):
     from mirrorspec.workers.model_worker import ModelWorker
 
     return ModelWorker(loaded, max_slots=4, capacity=193, max_spec_nodes=64, exit_head=head)
+
+
+def test_the_early_exit_gives_each_rows_logit_lens_top_kappa():
+    """Mid-forward, for every row: the top-kappa tokens and log-probabilities of the final norm and LM head
+    applied after `layer` layers, at exactly the row's first `positions[r]` outputs (the last committed token,
+    then the window), as transformers' own forward computes them."""
+    target = tiny_model("llama", 96, seed=3, sharpness=4.0)
+    w = worker(target, 4, 128, 16)
+    prompts, windows = [[5, 9, 14, 3], [7, 7, 20]], [[11, 40, 2], [33, 8]]
+    for seq, prompt in enumerate(prompts):
+        w.open(seq)
+        w.forward([seq], [prompt[:-1]])
+    got = []
+    w.forward_hidden([0, 1], [[p[-1]] for p in prompts], windows, [list(range(-1, len(x) - 1)) for x in windows],
+                     early_exit=EarlyExit(layer=1, positions=[4, 2], kappa=5, callback=got.extend))
+    for prompt, window, count, (ids, logprobs) in zip(prompts, windows, [4, 2], got):
+        with torch.no_grad():
+            states = target.model(torch.tensor([prompt + window]), output_hidden_states=True).hidden_states[1]
+            lens = target.model.lm_head(target.model.model.norm(states[0, len(prompt) - 1:][:count]))
+        expected = torch.topk(torch.log_softmax(lens.float(), dim=-1), 5, dim=-1)
+        assert ids.shape == (count, 5) and torch.equal(ids, expected.indices)
+        assert torch.allclose(logprobs, expected.values, atol=1e-4)
+
