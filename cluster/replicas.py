@@ -166,6 +166,7 @@ class RemoteHandle:
         self.replica = replica
         self.request_id = request_id
         self._done = False
+        self._released = False
 
     def __iter__(self) -> Iterator[RequestOutput]:
         try:
@@ -181,11 +182,18 @@ class RemoteHandle:
                     if out.finished:
                         self._done = True
         finally:
-            self.router.release(self.replica)
+            self._release()
 
     def cancel(self) -> None:
+        """Stop the request; its client reads no more of it (as a replica's drain assumes of a cancelled one)."""
         if not self._done:
             self.replica.actor.cancel.remote(self.request_id)
+        self._release()
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.router.release(self.replica)
 
 
 class ReplicaRouter:
@@ -195,6 +203,7 @@ class ReplicaRouter:
         self.start_replica = start_replica  # index -> a started Replica
         self.autoscaler: "Autoscaler | None" = None  # set when serve.autoscale owns the count
         self._lock = threading.Lock()
+        self._released = threading.Condition(self._lock)  # a client stopped reading a replica's request
         self._scaling = threading.Lock()  # one scale() at a time: a Scale call, the autoscaler, a replacement
         self._live: list[Replica] = []
         self._wanted = replicas
@@ -236,6 +245,15 @@ class ReplicaRouter:
     def release(self, replica: Replica) -> None:
         with self._lock:
             replica.in_flight -= 1
+            self._released.notify_all()
+
+    def _delivered(self, replica: Replica) -> None:
+        """After a drain: wait until every client has read its request's last output from `replica` (the answer
+        to the poll that fetched it may still be on its way), so that closing the replica cuts no answer off."""
+        with self._lock:
+            if not self._released.wait_for(lambda: replica.in_flight <= 0, timeout=FORGET_S):
+                logger.warning("replica %d closed with %d requests still read by clients", replica.index,
+                               replica.in_flight)
 
     def scale(self, replicas: int) -> None:
         """Start or retire replicas until `replicas` serve. Retired ones finish their requests first (in the
@@ -281,6 +299,7 @@ class ReplicaRouter:
     def _retire(self, replica: Replica) -> None:
         try:
             held = ray.get(replica.actor.drain.remote())
+            self._delivered(replica)
             logger.info("replica %d retired after finishing %d requests", replica.index, held)
             self.retirements.append((replica.index, held))
         except ray.exceptions.RayActorError:
@@ -312,6 +331,8 @@ class ReplicaRouter:
             self._wanted = 0  # no replacements from now on
         if drain:
             ray.get([r.actor.drain.remote() for r in live])
+            for replica in live:
+                self._delivered(replica)
         for replica in live:
             replica.close()
 

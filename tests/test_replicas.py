@@ -56,13 +56,15 @@ def test_scaling_up_and_down_during_a_load_run_drops_nothing(ray_cluster, tokeni
     try:
         texts = [f"Write one sentence about the number {i}." for i in range(10)]
         outputs: dict[int, list[int]] = {}
+        running_on: dict[int, int] = {}  # request -> replica index, once its first tokens came back
         errors: list[BaseException] = []
 
         def client(i: int, spec: SpecParams) -> None:
             try:
                 last = None
-                for last in router.submit(prompt(tokenizer, texts[i]), SamplingParams(max_new_tokens=24), spec):
-                    pass
+                handle = router.submit(prompt(tokenizer, texts[i]), SamplingParams(max_new_tokens=24), spec)
+                for last in handle:
+                    running_on.setdefault(i, handle.replica.index)
                 outputs[i] = last.token_ids
             except BaseException as exc:  # noqa: BLE001 - every failure is a dropped request
                 errors.append(exc)
@@ -74,7 +76,8 @@ def test_scaling_up_and_down_during_a_load_run_drops_nothing(ray_cluster, tokeni
         assert router.replicas == 2
         for t in threads[5:]:
             t.start()
-        router.scale(1)  # one replica retires with requests in flight: it finishes them first
+        wait_until(lambda: 1 in running_on.values(), 60, "nothing runs on the new replica")
+        router.scale(1)  # the new replica retires with requests in flight: it finishes them first
         for t in threads:
             t.join(timeout=300)
         assert not errors and sorted(outputs) == list(range(10))
