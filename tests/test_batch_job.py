@@ -30,10 +30,10 @@ def answers(folder) -> list[dict]:
 
 def test_a_rerun_after_a_killed_job_answers_only_what_is_missing(ray_cluster, tmp_path):
     rows = [{"id": f"q{i:02d}", "prompt": f"Name a fruit that starts with the letter {chr(65 + i)}."}
-            for i in range(24)]
+            for i in range(15)]
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     clean = run(tmp_path, "clean")
-    assert clean["answered"] == 24 and clean["rows_this_run"] == 24
+    assert clean["answered"] == 15 and clean["rows_this_run"] == 15
     reference = {a["id"]: a["token_ids"] for a in answers(tmp_path / "clean")}
     # The same job as its own process on the same cluster, killed (SIGKILL) once it has written a part file.
     interrupted = tmp_path / "resumed"
@@ -50,9 +50,9 @@ def test_a_rerun_after_a_killed_job_answers_only_what_is_missing(ray_cluster, tm
         if job.poll() is None:
             job.kill()
     kept = batch_job.finished_ids(interrupted)
-    assert 0 < len(kept) < 24
+    assert 0 < len(kept) < 15
     resumed = run(tmp_path, "resumed")
-    assert resumed["resumed_from"] == len(kept) and resumed["rows_this_run"] == 24 - len(kept)
+    assert resumed["resumed_from"] == len(kept) and resumed["rows_this_run"] == 15 - len(kept)
     merged = answers(interrupted)
     assert sorted(a["id"] for a in merged) == sorted(r["id"] for r in rows)  # each row once
     assert {a["id"]: a["token_ids"] for a in merged} == reference

@@ -48,8 +48,9 @@ SETTINGS = {
     "T=1,top_p=0.8": dict(temperature=1.0, top_p=0.8, ignore_eos=True),
     "T=0.9,top_k=3,eos,min_new=3": dict(temperature=0.9, top_k=3, min_new_tokens=3),
 }
+# Each method at least once, each setting at least once (a tree run costs twice a chain's: 35 s on 2 cores).
 CASES = [("chain", "T=0.6"), ("chain", "T=0.9,top_k=3,eos,min_new=3"), ("tree", "T=1,top_p=0.8"),
-         ("tree", "T=0.9,top_k=3,eos,min_new=3"), ("mirror", "T=1,top_p=0.8"), ("mirror", "T=0.6")]
+         ("mirror", "T=1,top_p=0.8")]
 FAILING = range(7, 100_000, 25)  # the drafter's forward calls that fail: one in 25 (every 5-6 steps here)
 
 Law = dict[tuple[int, ...], float]
@@ -219,7 +220,7 @@ def biased_residual(bias: float):
 
 @pytest.mark.parametrize("bug, method, setting", [
     (resample_from_target, "chain", "T=1,top_p=0.8"),
-    (no_sibling_renormalisation, "tree", "T=1,top_p=0.8"),
+    (no_sibling_renormalisation, "tree", "T=0.9,top_k=3,eos,min_new=3"),
 ], ids=["resample-from-target", "no-sibling-renormalisation"])
 def test_a_lossy_verifier_fails(models, monkeypatch, bug, method, setting):
     target, drafter = models
