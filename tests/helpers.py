@@ -88,6 +88,17 @@ class FlakyDrafter:
         return self.inner.forward_hidden(*args, **kwargs)
 
 
+def run_by_step(engine, ps, sampling, spec):
+    """Generate step by step: (each prompt's final output, per step the tokens each request committed in it)."""
+    ids = [engine.add_request(p, sampling, spec) for p in ps]
+    final, steps = {}, []
+    while engine.has_unfinished():
+        outs = engine.step()
+        steps.append({o.request_id: len(o.new_token_ids) for o in outs})
+        final.update({o.request_id: o for o in outs if o.finished})
+    return [final[i] for i in ids], steps
+
+
 def reference_logits(loaded: LoadedModel, ids: list[int]) -> torch.Tensor:
     """Next-token logits recomputed from scratch by transformers' own forward."""
     with torch.no_grad():

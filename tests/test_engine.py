@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from helpers import FlakyDrafter, noisy_copy, tiny_engine, tiny_model
+from helpers import FlakyDrafter, noisy_copy, run_by_step, tiny_engine, tiny_model
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.params import SamplingParams, SpecParams
 
@@ -28,17 +28,6 @@ def target():
 def prompts(n, seed=0):
     rng = random.Random(seed)
     return [[rng.randrange(VOCAB) for _ in range(rng.randint(1, 30))] for _ in range(n)]
-
-
-def run_by_step(engine, ps, sampling, spec):
-    """Generate step by step: (each prompt's final output, per step the tokens each request committed in it)."""
-    ids = [engine.add_request(p, sampling, spec) for p in ps]
-    final, steps = {}, []
-    while engine.has_unfinished():
-        outs = engine.step()
-        steps.append({o.request_id: len(o.new_token_ids) for o in outs})
-        final.update({o.request_id: o for o in outs if o.finished})
-    return [final[i] for i in ids], steps
 
 
 @pytest.mark.parametrize("drafter_kind", ["self", "noisy", "noisy-transposed-linear"])
