@@ -33,6 +33,9 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-batch", type=int, help="sequences decoded together")
     g.add_argument("--max-model-len", type=int, help="prompt + new tokens per sequence")
     g.add_argument("--threads", type=int, help="torch intra-op threads")
+    g.add_argument("--exact", action=argparse.BooleanOptionalAction, default=None,
+                   help="the target computes every token to the same bits alone, in a draft or in a batch: every "
+                        "method equals ar at any dtype (default: engine.exact)")
     g.add_argument("--ray", choices=("auto", "always", "never"),
                    help="run target and drafter as Ray actors (auto: for --method mirror); see cluster in ray_config.yaml")
     g.add_argument("--tp", dest="tp_size", type=int,
@@ -142,7 +145,7 @@ def resolve_config(args: argparse.Namespace):
         return {n: getattr(args, n, None) for n in names if getattr(args, n, None) is not None}
 
     engine = dataclasses.replace(config.engine, **given("target", "drafter", "dtype", "device", "drafter_device",
-                                                        "max_batch", "max_model_len", "threads"))
+                                                        "max_batch", "max_model_len", "threads", "exact"))
     if engine.drafter == "none":
         engine = dataclasses.replace(engine, drafter=None)
     spec = dataclasses.replace(config.speculation, **given("method", "gamma", "tree_depth", "tree_topk",

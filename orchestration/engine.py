@@ -38,6 +38,9 @@ class EngineConfig:
     threads: int | None = None
     seed: int = 0
     cpu_linear: str = "auto"  # auto | on | off: the few-row fp32 CPU matmul layout (workers/cpu_linear.py)
+    # The target computes every token's logits to the same bits decoded alone, in a draft or in a batch
+    # (workers/exact_linear.py, workers/exact_attention.py): outputs identical to `ar` at any dtype.
+    exact: bool = False
 
     def validate(self) -> "EngineConfig":
         for name in ("max_batch", "max_model_len", "max_spec_nodes"):
@@ -46,6 +49,8 @@ class EngineConfig:
                 raise InvalidRequestError(name, f"must be an integer >= 1, got {value!r}")
         if self.cpu_linear not in ("auto", "on", "off"):
             raise InvalidRequestError("cpu_linear", f"must be auto, on or off, got {self.cpu_linear!r}")
+        if not isinstance(self.exact, bool):
+            raise InvalidRequestError("exact", f"must be true or false, got {self.exact!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise InvalidRequestError("threads", f"must be an integer >= 1, got {self.threads!r}")
         return self

@@ -159,6 +159,9 @@ def build_drafter(config: EngineConfig, target: LoadedModel | ModelInfo) -> Mode
 def build_target(config: EngineConfig, group: GroupSpec | None = None) -> tuple[ModelWorker, LoadedModel]:
     """The target's worker; with `group`, this rank's tensor-parallel shard (the caller's process joins it)."""
     split = group is not None and group.world_size > 1
+    if split and config.exact:
+        raise InvalidRequestError("exact", "is not available with tensor parallelism yet: the ranks' all-reduce "
+                                           "adds partial sums in an order of its own")
     # AutoTP replaces the nn.Linear layers, so the transposed CPU matmul would only be undone.
     target = load_model(config.target, dtype=parse_dtype(config.dtype), device=parse_device(config.device),
                         field="target", cpu_linear="off" if split else config.cpu_linear)
@@ -166,7 +169,7 @@ def build_target(config: EngineConfig, group: GroupSpec | None = None) -> tuple[
         join_group(group)
         target = shard(target, group.world_size)
     head = resolve_exit_head(config, target.config.num_hidden_layers, target.config.hidden_size)
-    return ModelWorker(target, exit_head=head, **worker_sizes(config, target.config)[1]), target
+    return ModelWorker(target, exit_head=head, exact=config.exact, **worker_sizes(config, target.config)[1]), target
 
 
 def build_engine(config: EngineConfig) -> Engine:

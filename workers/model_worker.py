@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from mirrorspec.workers import attention
+from mirrorspec.workers import attention, exact_attention, exact_linear
 from mirrorspec.workers.exit_head import ExitHead
 from mirrorspec.workers.interface import EarlyExit
 from mirrorspec.workers.kv_cache import ForwardPlan, KVCache, KVLayout
@@ -21,7 +21,9 @@ class ModelWorker:
     vocabulary: list[int] | None = None  # tokens a drafter can propose (None: all; reduced-vocabulary drafters)
 
     def __init__(self, loaded: LoadedModel, *, max_slots: int, capacity: int, max_spec_nodes: int,
-                 exit_head: ExitHead | None = None) -> None:
+                 exit_head: ExitHead | None = None, exact: bool = False) -> None:
+        """`exact`: every token's logits are the same bits whether it is decoded alone, verified in a draft or
+        batched with other sequences (fixed-tile linears, canonical attention: workers/exact_*.py)."""
         self.loaded = loaded
         self.exit_head = exit_head
         self.model = loaded.model
@@ -43,9 +45,12 @@ class ModelWorker:
         self._decoder = self.model.base_model
         self._lm_head = self.model.get_output_embeddings()
         self._softcap = getattr(config, "final_logit_softcapping", None)
-        if config._attn_implementation == "sdpa":
+        if exact:
+            exact_linear.apply(self.model)
+            self.model.set_attn_implementation(exact_attention.NAME)
+        elif config._attn_implementation == "sdpa":
             self.model.set_attn_implementation(attention.NAME)
-        self._float_mask = config._attn_implementation != attention.NAME
+        self._float_mask = config._attn_implementation not in (attention.NAME, exact_attention.NAME)
         self._exit_rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # see _exit_vocab_rows
         self._windows = self._attention_windows(config)
 

@@ -1,0 +1,82 @@
+"""Attention that gives a token the same bits whether it is decoded alone, verified in a chain or a token tree, or
+computed next to other sequences in a batch.
+
+Fused kernels (PyTorch SDPA) choose their blocking from how many queries and keys a call has, and a tree puts a
+node's ancestors at other cache columns than decoding puts the same tokens: both change the order of floating
+point sums (bench/results/issue16-exactness-probe.md). Here each query's attention is one canonical computation
+over its visible keys in position order (a tree node: the committed prefix, then its ancestors by depth):
+
+  rank the visible keys 0..n-1; cut the ranks into blocks of BLOCK keys;
+  s = q . k per key, by a matrix product of fixed shape [heads per KV head, d] x [d, BLOCK] per block;
+  m = max s (order-free);  e = exp(s - m), 0 past the last visible key;
+  per block, [e | 1]-weighted sums of [v | 1] by a product of fixed shape [heads, BLOCK] x [BLOCK, d + 1]
+  (fp32), the blocks' partial sums added in block order; out = numerator / normaliser.
+
+Every product has the same shape whatever the batch, and blocks past a query's last key add exact zeros, so
+the result depends only on the query and its visible keys (Flash-Decoding's split-K with fixed splits, and the
+batch-invariant kernels of Thinking Machines' "Defeating nondeterminism in LLM inference", 2025, rest on the same
+idea; this is a plain PyTorch version of it, not their code).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+NAME = "mirrorspec_exact"
+BLOCK = 64
+
+
+def exact_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: torch.Tensor, dropout: float = 0.0, scaling: float | None = None,
+                    softcap: float | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """`query` [B, H, T, d]; `key`, `value` [B, KV, V, d] (the cache view); `attention_mask` [B, 1, T, V] bool,
+    True where a query may attend a key (sliding windows included). `softcap`: Gemma 2's logit soft-capping.
+    Returns [B, T, H, d] as transformers' attention functions do."""
+    batch, heads, queries, dim = query.shape
+    kv_heads = key.shape[1]
+    group = heads // kv_heads
+    scale = dim ** -0.5 if scaling is None else scaling
+    allowed = attention_mask[:, 0].to(key.device)  # [B, T, V]
+    counts = allowed.sum(-1)  # [B, T] visible keys per query
+    blocks = max(1, -(-int(counts.max()) // BLOCK))
+    width = blocks * BLOCK
+    columns = allowed.shape[-1]
+    # Visible columns first, in column order (= position order: a tree's ancestors come before their children).
+    order = torch.argsort((~allowed).long() * columns + torch.arange(columns, device=key.device), dim=-1)
+    if order.shape[-1] < width:
+        order = torch.cat([order, order[..., :1].expand(*order.shape[:-1], width - order.shape[-1])], dim=-1)
+    order = order[..., :width]  # [B, T, W]
+    visible = torch.arange(width, device=key.device) < counts[..., None]  # [B, T, W]
+
+    index = order[:, None, :, :, None].expand(batch, kv_heads, queries, width, dim)
+    keys = torch.gather(key[:, :, None].expand(batch, kv_heads, queries, columns, dim), 3, index)
+    values = torch.gather(value[:, :, None].expand(batch, kv_heads, queries, columns, dim), 3, index)
+    # [B, KV, T, blocks, BLOCK, d]
+    keys = keys.view(batch, kv_heads, queries, blocks, BLOCK, dim)
+    values = values.view(batch, kv_heads, queries, blocks, BLOCK, dim).float()
+    q = query.view(batch, kv_heads, group, queries, dim).transpose(2, 3)  # [B, KV, T, group, d]
+    # Per key, a dot product over d as an elementwise product summed along d: the same arithmetic for every key
+    # and every batch row (a batched matrix product's kernel may treat the matrices of a batch differently).
+    scores = (q[:, :, :, None, :, None, :].float() * keys[:, :, :, :, None].float()).sum(-1) * scale
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    seen = visible.view(batch, 1, queries, blocks, 1, BLOCK)
+    scores = scores.masked_fill(~seen, float("-inf"))
+    top = scores.amax(dim=(3, 5), keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a query with no visible key (padding)
+    weights = torch.exp(scores - top)  # 0 where not visible
+    ones = torch.ones(*values.shape[:-1], 1, dtype=values.dtype, device=values.device)
+    augmented = torch.cat([values, ones], dim=-1)  # [B, KV, T, blocks, BLOCK, d + 1]
+    partial = (weights[..., None] * augmented[:, :, :, :, None]).sum(-2)  # [B, KV, T, blocks, g, d + 1]
+    total = partial[:, :, :, 0]
+    for b in range(1, blocks):  # block order, whatever the batch's longest row
+        total = total + partial[:, :, :, b]
+    out = total[..., :dim] / total[..., dim:].clamp_min(torch.finfo(total.dtype).tiny)
+    # [B, KV, T, g, d] -> [B, T, H, d]
+    return out.permute(0, 2, 1, 3, 4).reshape(batch, queries, heads, dim).to(query.dtype), None
+
+
+AttentionInterface.register(NAME, exact_attention)
+AttentionMaskInterface.register(NAME, sdpa_mask)
