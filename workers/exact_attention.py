@@ -50,12 +50,11 @@ def exact_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
     order = order[..., :width]  # [B, T, W]
     visible = torch.arange(width, device=key.device) < counts[..., None]  # [B, T, W]
 
-    index = order[:, None, :, :, None].expand(batch, kv_heads, queries, width, dim)
-    keys = torch.gather(key[:, :, None].expand(batch, kv_heads, queries, columns, dim), 3, index)
-    values = torch.gather(value[:, :, None].expand(batch, kv_heads, queries, columns, dim), 3, index)
-    # [B, KV, T, blocks, BLOCK, d]
-    keys = keys.view(batch, kv_heads, queries, blocks, BLOCK, dim)
-    values = values.view(batch, kv_heads, queries, blocks, BLOCK, dim).float()
+    rows = torch.arange(batch, device=key.device)[:, None, None]
+    # [B, T, W, KV, d] -> [B, KV, T, blocks, BLOCK, d]
+    keys = key.transpose(1, 2)[rows, order].permute(0, 3, 1, 2, 4).reshape(batch, kv_heads, queries, blocks, BLOCK, dim)
+    values = value.transpose(1, 2)[rows, order].permute(0, 3, 1, 2, 4).reshape(
+        batch, kv_heads, queries, blocks, BLOCK, dim).float()
     q = query.view(batch, kv_heads, group, queries, dim).transpose(2, 3)  # [B, KV, T, group, d]
     # Per key, a dot product over d as an elementwise product summed along d: the same arithmetic for every key
     # and every batch row (a batched matrix product's kernel may treat the matrices of a batch differently).
