@@ -1,8 +1,9 @@
 """The drafter's gRPC server: the speculation channel's drafter end, next to the drafter model.
 
 One local draft service (a DrafterSession, or a block-diffusion drafter's) serves one target stream at a time; a
-new stream replaces the old one (the target reconnects after a failure and reopens its sequences). Messages must arrive with consecutive `seq` numbers: a
-repeated (stale) or skipped (out-of-order) one is refused with an Error naming `seq`, and nothing is applied.
+new stream replaces the old one (the target reconnects after a failure and reopens its sequences). Messages must
+arrive with consecutive `seq` numbers: a repeated (stale) or skipped (out-of-order) one is refused with an Error
+naming `seq`, and nothing is applied.
 Every Propose is answered at once; the answer's window is then prepared for the next early exit while the target
 runs its lower layers, so that work stays off the target's critical path.
 """
