@@ -42,19 +42,9 @@ def exact_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
     counts = allowed.sum(-1)  # [B, T] visible keys per query
     blocks = max(1, -(-int(counts.max()) // BLOCK))
     width = blocks * BLOCK
-    columns = allowed.shape[-1]
-    # Visible columns first, in column order (= position order: a tree's ancestors come before their children).
-    order = torch.argsort((~allowed).long() * columns + torch.arange(columns, device=key.device), dim=-1)
-    if order.shape[-1] < width:
-        order = torch.cat([order, order[..., :1].expand(*order.shape[:-1], width - order.shape[-1])], dim=-1)
-    order = order[..., :width]  # [B, T, W]
     visible = torch.arange(width, device=key.device) < counts[..., None]  # [B, T, W]
-
-    rows = torch.arange(batch, device=key.device)[:, None, None]
-    # [B, T, W, KV, d] -> [B, KV, T, blocks, BLOCK, d]
-    keys = key.transpose(1, 2)[rows, order].permute(0, 3, 1, 2, 4).reshape(batch, kv_heads, queries, blocks, BLOCK, dim)
-    values = value.transpose(1, 2)[rows, order].permute(0, 3, 1, 2, 4).reshape(
-        batch, kv_heads, queries, blocks, BLOCK, dim).float()
+    keys = _in_rank_order(key, allowed, counts, width).view(batch, kv_heads, -1, blocks, BLOCK, dim)
+    values = _in_rank_order(value, allowed, counts, width).view(batch, kv_heads, -1, blocks, BLOCK, dim).float()
     q = query.view(batch, kv_heads, group, queries, dim).transpose(2, 3)  # [B, KV, T, group, d]
     # Per key, a dot product over d as an elementwise product summed along d: the same arithmetic for every key
     # and every batch row (a batched matrix product's kernel may treat the matrices of a batch differently).
@@ -75,6 +65,22 @@ def exact_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
     out = total[..., :dim] / total[..., dim:].clamp_min(torch.finfo(total.dtype).tiny)
     # [B, KV, T, g, d] -> [B, T, H, d]
     return out.permute(0, 2, 1, 3, 4).reshape(batch, queries, heads, dim).to(query.dtype), None
+
+
+def _in_rank_order(tensor: torch.Tensor, allowed: torch.Tensor, counts: torch.Tensor, width: int) -> torch.Tensor:
+    """Each query's visible keys (or values) in position order, padded to `width`: [B, KV, T, W, d], or
+    [B, KV, 1, W, d] when every query sees columns 0..n-1 of its row (decoding, chains: one shared order, no copy
+    per query). Padding entries are never weighted."""
+    batch, kv_heads, columns, dim = tensor.shape
+    if torch.equal(allowed, torch.arange(columns, device=allowed.device) < counts[..., None]):
+        ranked = tensor[:, :, None, :width]
+        return torch.nn.functional.pad(ranked, (0, 0, 0, width - ranked.shape[3]))
+    # Visible columns first, in column order (= position order: a tree's ancestors come before their children).
+    order = torch.argsort((~allowed).long() * columns + torch.arange(columns, device=allowed.device), dim=-1)
+    if columns < width:
+        order = torch.cat([order, order[..., :1].expand(*order.shape[:-1], width - columns)], dim=-1)
+    rows = torch.arange(batch, device=allowed.device)[:, None, None]
+    return tensor.transpose(1, 2)[rows, order[..., :width]].permute(0, 3, 1, 2, 4)  # [B, T, W, KV, d] -> [B, KV, T, W, d]
 
 
 AttentionInterface.register(NAME, exact_attention)
