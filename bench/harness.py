@@ -3,12 +3,14 @@
 Protocol (after Spec-Bench, arXiv 2401.07851): greedy, chat template, one prompt at a time (or --batch-size N),
 one warm-up generation per method, wall time around each generation. Per method and category: tokens/s
 (sum of tokens / sum of seconds), tau (tokens per target forward, bonus included), acceptance rate, speedup over
-`ar`, and whether the output equals `ar`'s token for token (Spec-Bench's lossless check). `hf-assisted` is
-transformers' own assisted generation (`generate(..., assistant_model=...)`) with the same pair; its tau counts
-target forwards with a hook. `diffusion-draft` runs with its own drafter (--diffusion-drafter) on the same
+`ar`, and whether the output equals `ar`'s token for token (Spec-Bench's lossless check). `hf-generate` is
+transformers' plain greedy `generate` on a fresh, unmodified copy of the target (what a user has at hand);
+`hf-assisted` is its assisted generation (`generate(..., assistant_model=...)`) with the same pair; their tau
+counts target forwards with a hook. `diffusion-draft` runs with its own drafter (--diffusion-drafter) on the same
 target, in-process. A method can carry draft-shape options, e.g. `chain:gamma=3` or
 `tree:tree_depth=4+tree_topk=2`. The drafter's and the target's forward cost per token are timed on one thread.
-Writes JSON and a PNG plot.
+`--variants float32:fast,bfloat16:exact,...` runs it all once per dtype and exact setting, in one process and
+one run, and adds each target's verify cost curve (bench/verify_cost.py). Writes JSON and a PNG plot.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from mirrorspec.orchestration.drafter_session import DrafterSession
 from mirrorspec.params import SamplingParams, SpecParams
 
 HF_ASSISTED = "hf-assisted"
-BENCH_METHODS = (*ENGINE_METHODS, HF_ASSISTED)
+HF_GENERATE = "hf-generate"
+HF_METHODS = (HF_GENERATE, HF_ASSISTED)
+BENCH_METHODS = (*ENGINE_METHODS, *HF_METHODS)
 DEFAULT_PROMPTS = "spec_bench_mini.jsonl"
 
 
@@ -47,6 +51,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="prompts submitted together (continuous batching)")
     p.add_argument("--out", default="bench/results", help="folder for JSON and PNG")
     p.add_argument("--name", help="results file stem (default: bench-<timestamp>)")
+    p.add_argument("--variants", help="comma list of DTYPE:exact or DTYPE:fast (e.g. float32:fast,bfloat16:exact): "
+                                      "every method once per variant, in this run, with each target's verify cost")
 
 
 def load_prompts(path: str | None, per_category: int = 0) -> list[dict]:
@@ -120,7 +126,9 @@ def run_engine_method(engine, spec: SpecParams, prompts: list[dict], max_new: in
     return records
 
 
-def run_hf_assisted(target, drafter, tokenizer, prompts: list[dict], max_new: int, eos_ids: list[int], bar) -> list[Record]:
+def run_hf_generate(target, drafter, tokenizer, prompts: list[dict], max_new: int, eos_ids: list[int],
+                    bar) -> list[Record]:
+    """Greedy `target.generate`, assisted by `drafter` unless it is None."""
     calls = {"n": 0}
 
     def count(*_):
@@ -211,90 +219,124 @@ def plot(results: dict, path: Path) -> None:
 
 
 def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams, cluster) -> int:
-    from tqdm import tqdm
+    stem = args.name or time.strftime("bench-%Y%m%d-%H%M%S")
+    if args.variants:
+        from mirrorspec.bench.variants import run_variants
 
-    from mirrorspec.cluster.launch import open_engine
-    from mirrorspec.errors import InvalidRequestError
-    from mirrorspec.orchestration.engine import Engine
-    from mirrorspec.orchestration.factory import build_drafter, resolve_drafter
-
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    parsed = {label: parse_method(label, spec) for label in methods}
-    if "ar" not in methods:
-        methods.insert(0, "ar")  # the reference for speedup and equality
-        parsed["ar"] = ("ar", dataclasses.replace(spec, method="ar"))
-    if any(name == HF_ASSISTED for name, _ in parsed.values()) and args.batch_size != 1:
-        raise InvalidRequestError("batch_size", "hf-assisted only supports batch size 1 (a transformers limit)")
-    drafters = {METHODS[name].drafter for name, _ in parsed.values() if name in METHODS}
-    if AR_DRAFTER in drafters and not engine_config.drafter:
-        raise InvalidRequestError("drafter", "chain, tree and mirror need a drafter (--drafter DIR or self)")
-    prompts = load_prompts(args.prompts, args.per_category)
-    engine_config = dataclasses.replace(engine_config, max_batch=max(engine_config.max_batch, args.batch_size))
-    on_ray = any(cluster.uses_ray(name) for name, _ in parsed.values())
-    # One engine for every method: on Ray (or dialing a served drafter) `ar` runs on the target's role, and
-    # chain/tree/mirror across both roles, so that all share one placement.
-    engine = open_engine(engine_config, spec, cluster, on_ray=on_ray)
-    two_roles = on_ray or bool(cluster.drafter_address)
-    diffusion_engine = None
-    if DIFFUSION_DRAFTER in drafters:
-        if two_roles:
-            raise InvalidRequestError("methods", "diffusion-draft is benched in-process: use --ray never")
-        drafter = resolve_drafter(dataclasses.replace(engine_config, drafter=args.diffusion_drafter), "diffusion-draft")
-        # The same target worker, another drafter: methods run one after the other, so they share its KV cache.
-        diffusion_engine = Engine(engine.target, build_drafter(dataclasses.replace(engine_config, drafter=drafter),
-                                                               engine.target.loaded),
-                                  tokenizer=engine.tokenizer, eos_ids=engine.eos_ids,
-                                  max_model_len=engine.max_model_len, max_batch=engine_config.max_batch,
-                                  max_spec_nodes=engine.max_spec_nodes, seed=engine_config.seed)
-    # After the engine has loaded (and so checked) the target: the drafter's folder, for hf-assisted and the results.
-    engine_config = dataclasses.replace(engine_config, drafter=resolve_drafter(engine_config))
-    records: dict[str, list[Record]] = {}
-    channel: dict[str, dict] = {}
-    round_trip = engine.round_trip_s() if two_roles else None
+        return run_variants(args, engine_config, spec, cluster, stem)
+    run = BenchRun(args, engine_config, spec, cluster)
     try:
-        for label in methods:
-            name, method_spec = parsed[label]
-            with tqdm(total=len(prompts), desc=f"bench {label}", unit="prompt", file=sys.stderr) as bar:
-                if name == HF_ASSISTED:
-                    records[label] = _run_hf(engine, engine_config, cluster if two_roles else None, args, prompts, bar)
-                    continue
-                by_diffusion = METHODS[name].drafter == DIFFUSION_DRAFTER
-                records[label] = run_engine_method(diffusion_engine if by_diffusion else engine,
-                                                   method_spec, prompts, args.max_new_tokens, args.batch_size, bar)
-                if two_roles:
-                    channel[label] = channel_summary(engine.channel_stats(), round_trip, records[label])
+        for label in run.methods:
+            run.run(label)
     finally:
-        if two_roles:
-            engine.shutdown()
-    ref = records["ar"]
-    results = {
-        "target": str(engine_config.target),
-        "drafter": str(engine_config.drafter),
-        "diffusion_drafter": drafter if diffusion_engine is not None else None,
-        "threads": cluster.target.threads if two_roles else torch.get_num_threads(),
-        "placement": _placement(cluster) if two_roles else "in-process",
-        "tp_size": cluster.tp_size,
-        "device": engine_config.device,
-        "machine": platform.processor() or platform.machine(),
-        "max_new_tokens": args.max_new_tokens,
-        "batch_size": args.batch_size,
-        "spec": dataclasses.asdict(spec),
-        "hf_assistant": args.hf_assistant or str(engine_config.drafter),
-        "prompts": len(prompts),
-        "forward_cost_1_thread": None if two_roles else forward_cost(engine),
-        "channel_round_trip_ms": None if round_trip is None else round(round_trip * 1000, 3),
-        "methods": {m: summarize(rs, ref) for m, rs in records.items()},
-    }
-    for label, summary in channel.items():
-        results["methods"][label]["channel"] = summary
-    base = results["methods"]["ar"]
-    for summary in results["methods"].values():
-        for key, block in [("overall", summary["overall"]), *summary["categories"].items()]:
-            ref_block = base["overall"] if key == "overall" else base["categories"][key]
-            block["speedup_vs_ar"] = round(block["tokens_per_s"] / ref_block["tokens_per_s"], 3)
-    write_results(results, args.out, args.name or time.strftime("bench-%Y%m%d-%H%M%S"), plot)
+        run.close()
+    results = run.results()
+    write_results(results, args.out, stem, plot)
     _print_table(results)
     return 0
+
+
+class BenchRun:
+    """One engine (and, for diffusion-draft, a twin sharing its target) with the bench's prompts and methods;
+    `run` benches one method, `results` summarises those run so far."""
+
+    def __init__(self, args: argparse.Namespace, engine_config, spec: SpecParams, cluster) -> None:
+        from mirrorspec.cluster.launch import open_engine
+        from mirrorspec.errors import InvalidRequestError
+        from mirrorspec.orchestration.engine import Engine
+        from mirrorspec.orchestration.factory import build_drafter, resolve_drafter
+
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        self.parsed = {label: parse_method(label, spec) for label in methods}
+        if "ar" not in methods:
+            methods.insert(0, "ar")  # the reference for speedup and equality
+            self.parsed["ar"] = ("ar", dataclasses.replace(spec, method="ar"))
+        self.methods = methods
+        if any(name in HF_METHODS for name, _ in self.parsed.values()) and args.batch_size != 1:
+            raise InvalidRequestError("batch_size", "hf-generate and hf-assisted run one prompt at a time here")
+        drafters = {METHODS[name].drafter for name, _ in self.parsed.values() if name in METHODS}
+        if AR_DRAFTER in drafters and not engine_config.drafter:
+            raise InvalidRequestError("drafter", "chain, tree and mirror need a drafter (--drafter DIR or self)")
+        self.args, self.spec, self.cluster = args, spec, cluster
+        self.prompts = load_prompts(args.prompts, args.per_category)
+        engine_config = dataclasses.replace(engine_config, max_batch=max(engine_config.max_batch, args.batch_size))
+        on_ray = any(cluster.uses_ray(name) for name, _ in self.parsed.values())
+        # One engine for every method: on Ray (or dialing a served drafter) `ar` runs on the target's role, and
+        # chain/tree/mirror across both roles, so that all share one placement.
+        self.engine = open_engine(engine_config, spec, cluster, on_ray=on_ray)
+        self.two_roles = on_ray or bool(cluster.drafter_address)
+        self.diffusion_engine, self.diffusion_drafter = None, None
+        if DIFFUSION_DRAFTER in drafters:
+            if self.two_roles:
+                raise InvalidRequestError("methods", "diffusion-draft is benched in-process: use --ray never")
+            self.diffusion_drafter = resolve_drafter(dataclasses.replace(engine_config, drafter=args.diffusion_drafter),
+                                                     "diffusion-draft")
+            # The same target worker, another drafter: methods run one after the other, so they share its KV cache.
+            engine = self.engine
+            self.diffusion_engine = Engine(
+                engine.target, build_drafter(dataclasses.replace(engine_config, drafter=self.diffusion_drafter),
+                                             engine.target.loaded),
+                tokenizer=engine.tokenizer, eos_ids=engine.eos_ids, max_model_len=engine.max_model_len,
+                max_batch=engine_config.max_batch, max_spec_nodes=engine.max_spec_nodes, seed=engine_config.seed)
+        # After the engine has loaded (and so checked) the target: the drafter's folder, for hf-assisted and results.
+        self.engine_config = dataclasses.replace(engine_config, drafter=resolve_drafter(engine_config))
+        self.records: dict[str, list[Record]] = {}
+        self.channel: dict[str, dict] = {}
+        self.round_trip = self.engine.round_trip_s() if self.two_roles else None
+
+    def run(self, label: str) -> None:
+        from tqdm import tqdm
+
+        name, method_spec = self.parsed[label]
+        with tqdm(total=len(self.prompts), desc=f"bench {label}", unit="prompt", file=sys.stderr) as bar:
+            if name in HF_METHODS:
+                self.records[label] = _run_hf(self.engine_config, self.cluster if self.two_roles else None, self.args,
+                                              self.prompts, bar, assisted=name == HF_ASSISTED)
+                return
+            by_diffusion = METHODS[name].drafter == DIFFUSION_DRAFTER
+            self.records[label] = run_engine_method(self.diffusion_engine if by_diffusion else self.engine,
+                                                    method_spec, self.prompts, self.args.max_new_tokens,
+                                                    self.args.batch_size, bar)
+            if self.two_roles:
+                self.channel[label] = channel_summary(self.engine.channel_stats(), self.round_trip,
+                                                      self.records[label])
+
+    def close(self) -> None:
+        if self.two_roles:
+            self.engine.shutdown()
+
+    def results(self) -> dict:
+        config, cluster, two_roles = self.engine_config, self.cluster, self.two_roles
+        ref = self.records["ar"]
+        results = {
+            "target": str(config.target),
+            "drafter": str(config.drafter),
+            "diffusion_drafter": self.diffusion_drafter,
+            "dtype": None if two_roles else str(self.engine.target.model.dtype).removeprefix("torch."),
+            "exact": config.exact,
+            "threads": cluster.target.threads if two_roles else torch.get_num_threads(),
+            "placement": _placement(cluster) if two_roles else "in-process",
+            "tp_size": cluster.tp_size,
+            "device": config.device,
+            "machine": platform.processor() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "max_new_tokens": self.args.max_new_tokens,
+            "batch_size": self.args.batch_size,
+            "spec": dataclasses.asdict(self.spec),
+            "hf_assistant": self.args.hf_assistant or str(config.drafter),
+            "prompts": len(self.prompts),
+            "forward_cost_1_thread": None if two_roles else forward_cost(self.engine),
+            "channel_round_trip_ms": None if self.round_trip is None else round(self.round_trip * 1000, 3),
+            "methods": {m: summarize(rs, ref) for m, rs in self.records.items()},
+        }
+        for label, summary in self.channel.items():
+            results["methods"][label]["channel"] = summary
+        base = results["methods"]["ar"]
+        for summary in results["methods"].values():
+            for key, block in [("overall", summary["overall"]), *summary["categories"].items()]:
+                ref_block = base["overall"] if key == "overall" else base["categories"][key]
+                block["speedup_vs_ar"] = round(block["tokens_per_s"] / ref_block["tokens_per_s"], 3)
+        return results
 
 
 def write_results(results: dict, out: str, stem: str, plot_fn) -> None:
@@ -314,22 +356,20 @@ def _placement(cluster) -> dict:
     return roles
 
 
-def _run_hf(engine, engine_config, cluster, args, prompts: list[dict], bar) -> list[Record]:
-    """transformers' assisted generation in this process (on Ray: with the target actor's thread count, while
-    the actors idle)."""
+def _run_hf(engine_config, cluster, args, prompts: list[dict], bar, assisted: bool) -> list[Record]:
+    """transformers' `generate` (plain, or assisted by the drafter) on a fresh copy of the target with its stock
+    kernels, in this process (on Ray: with the target actor's thread count, while the actors idle)."""
     from mirrorspec.orchestration.factory import eos_token_ids
     from mirrorspec.workers.models import load_model, parse_device, parse_dtype
 
     threads = torch.get_num_threads()
-    if cluster is None:
-        target = engine.target.loaded
-    else:
-        target = load_model(engine_config.target, dtype=parse_dtype(engine_config.dtype),
-                            device=parse_device(engine_config.device), field="target", cpu_linear="off")
+    target = load_model(engine_config.target, dtype=parse_dtype(engine_config.dtype, device=engine_config.device),
+                        device=parse_device(engine_config.device), field="target", cpu_linear="off")
+    if cluster is not None:
         torch.set_num_threads(cluster.target.threads or threads)
     try:
-        assistant = _hf_assistant(engine_config, args.hf_assistant)
-        return run_hf_assisted(target.model, assistant, target.tokenizer, prompts, args.max_new_tokens,
+        assistant = _hf_assistant(engine_config, args.hf_assistant) if assisted else None
+        return run_hf_generate(target.model, assistant, target.tokenizer, prompts, args.max_new_tokens,
                                eos_token_ids(target), bar)
     finally:
         torch.set_num_threads(threads)
@@ -388,7 +428,8 @@ def _hf_assistant(engine_config, assistant: str | None):
     from mirrorspec.workers.models import load_model, parse_device, parse_dtype
 
     path = assistant or engine_config.drafter
-    dtype, device = parse_dtype(engine_config.dtype), parse_device(engine_config.device)
+    dtype = parse_dtype(engine_config.dtype, device=engine_config.device)
+    device = parse_device(engine_config.device)
     if path == SELF_DRAFTER:
         path = engine_config.target  # a separate copy: transformers keeps assistant state on the model object
     if is_drafter_folder(path):

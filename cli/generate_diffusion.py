@@ -74,7 +74,7 @@ def _generate_diffusion_gemma(args: argparse.Namespace, engine: EngineConfig, fo
     from mirrorspec.workers.diffusion_gemma import DiffusionGemmaLM
     from mirrorspec.workers.models import parse_dtype
 
-    model = DiffusionGemmaLM(folder, dtype=parse_dtype(engine.dtype), device=engine.device)
+    model = DiffusionGemmaLM(folder, dtype=parse_dtype(engine.dtype, device=engine.device), device=engine.device)
     params = params_from_args(args, default_block=model.canvas_length)
     ids = encode_prompt(model.tokenizer, model.vocab_size, args.prompt, args.chat)
     streaming = args.stream and not args.json

@@ -27,7 +27,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="path to ray_config.yaml (default: $MIRRORSPEC_CONFIG or ./ray_config.yaml)")
     g.add_argument("--target", help="target model: a local HF folder or 'default'")
     g.add_argument("--drafter", help="drafter model: a local HF folder, 'self', or 'none'")
-    g.add_argument("--dtype", help="float32 | bfloat16 | float16")
+    g.add_argument("--dtype", help="auto (bfloat16 where the device has native bf16, else float32) | float32 | "
+                                  "bfloat16 | float16")
     g.add_argument("--device", help="cpu | cuda | cuda:N")
     g.add_argument("--drafter-device", help="device of the drafter (default: --device)")
     g.add_argument("--max-batch", type=int, help="sequences decoded together")

@@ -22,7 +22,7 @@ from mirrorspec.cluster.ray_cluster import connect
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.workers.models import load_model_info
-from mirrorspec.workers.tensor_parallel import GroupSpec, check_tp_size, free_port
+from mirrorspec.workers.tensor_parallel import GroupSpec, check_tp_size, exact_with_tp_error, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class Pipeline:
         tp = cluster.tp_size
         if tp > 1:  # before any actor starts: a rank without heads is a configuration error
             check_tp_size(tp, load_model_info(engine.target).config)
+            if engine.exact:
+                raise exact_with_tp_error()
         connect(cluster)
         roles = [cluster.rank_role(r) for r in range(tp)] + ([cluster.drafter] if engine.drafter else [])
         _check_resources(roles, ray.cluster_resources())

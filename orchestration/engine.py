@@ -28,7 +28,7 @@ SELF_DRAFTER = "self"
 class EngineConfig:
     target: str = "default"  # a local HF folder, or "default" (the embedded SmolLM2-135M-Instruct)
     drafter: str | None = None  # a local HF folder, "self" (the target drafts for itself), or None
-    dtype: str = "float32"
+    dtype: str = "auto"  # bfloat16 where the device has native bf16 (workers/models.py has_native_bf16), else float32
     device: str = "cpu"
     drafter_device: str | None = None  # defaults to `device`
     exit_head: str | None = None  # mirror's early-exit head: a folder from train-exit-head, "default", or None
@@ -39,8 +39,9 @@ class EngineConfig:
     seed: int = 0
     cpu_linear: str = "auto"  # auto | on | off: the few-row fp32 CPU matmul layout (workers/cpu_linear.py)
     # The target computes every token's logits to the same bits decoded alone, in a draft or in a batch
-    # (workers/exact_linear.py, workers/exact_attention.py): outputs identical to `ar` at any dtype.
-    exact: bool = False
+    # (workers/exact_linear.py, workers/exact_attention.py): outputs identical to `ar` at any dtype. Off, the
+    # fastest kernels run and at half precision outputs may differ from `ar` where two tokens nearly tie.
+    exact: bool = True
 
     def validate(self) -> "EngineConfig":
         for name in ("max_batch", "max_model_len", "max_spec_nodes"):

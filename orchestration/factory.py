@@ -33,7 +33,7 @@ from mirrorspec.workers.models import (
     parse_device,
     parse_dtype,
 )
-from mirrorspec.workers.tensor_parallel import GroupSpec, join_group, shard
+from mirrorspec.workers.tensor_parallel import GroupSpec, exact_with_tp_error, join_group, shard
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def build_drafter(config: EngineConfig, target: LoadedModel | ModelInfo) -> Mode
     config = dataclasses.replace(config, drafter=resolve_drafter(config))
     if not config.drafter:
         return None
-    dtype = parse_dtype(config.dtype)
+    dtype = parse_dtype(config.dtype, device=config.drafter_device or config.device)
     max_model_len, sizes = worker_sizes(config, target.config)
     if config.drafter == SELF_DRAFTER:
         # The target drafts for itself: shared weights, a KV cache of its own. Useful to test losslessness with
@@ -160,10 +160,9 @@ def build_target(config: EngineConfig, group: GroupSpec | None = None) -> tuple[
     """The target's worker; with `group`, this rank's tensor-parallel shard (the caller's process joins it)."""
     split = group is not None and group.world_size > 1
     if split and config.exact:
-        raise InvalidRequestError("exact", "is not available with tensor parallelism yet: the ranks' all-reduce "
-                                           "adds partial sums in an order of its own")
+        raise exact_with_tp_error()
     # AutoTP replaces the nn.Linear layers, so the transposed CPU matmul would only be undone.
-    target = load_model(config.target, dtype=parse_dtype(config.dtype), device=parse_device(config.device),
+    target = load_model(config.target, dtype=parse_dtype(config.dtype, device=config.device), device=parse_device(config.device),
                         field="target", cpu_linear="off" if split else config.cpu_linear)
     if split:  # tp_size was checked against the KV heads before any rank started (cluster/pipeline.py)
         join_group(group)

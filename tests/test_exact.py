@@ -5,15 +5,22 @@ allclose); and so every method's greedy output equals `ar` token for token at ha
 import pytest
 import torch
 
-from helpers import noisy_copy, tiny_model
+from helpers import noisy_copy, tiny_engine, tiny_model
+from mirrorspec.bench.exactness import Probe, same_bits
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.orchestration.diffusion_draft import DiffusionDraftService
 from mirrorspec.orchestration.engine import Engine, EngineConfig
 from mirrorspec.orchestration.factory import build_target
 from mirrorspec.params import SamplingParams, SpecParams
+from mirrorspec.workers.diffusion_model import DiffusionLM, DllmMeta
 from mirrorspec.workers.model_worker import ModelWorker
+from mirrorspec.workers.models import has_native_bf16, parse_dtype
 
 VOCAB = 96
-PROMPTS = [[5, 9, 14, 3, 22, 7], [7, 7, 20, 41], [60, 2, 33, 19, 8, 8, 90, 11, 4]]
-CONTINUATIONS = [[11, 40, 2, 17, 63, 5, 30, 12, 9], [33, 8, 70, 1, 2, 3, 55, 21, 6], [19, 19, 4, 88, 3, 50, 7, 7, 2]]
+# Prompts of three lengths (one of two tokens: a one-token prefill), prefilled alone or together.
+PROMPTS = [[5, 9, 14, 3, 22, 7], [7, 20], [60, 2, 33, 19, 8, 8, 90, 11, 4]]
+PROBE = Probe(PROMPTS, [[11, 40, 2, 17, 63, 5, 30, 12, 9], [33, 8, 70, 1, 2, 3, 55, 21, 6],
+                        [19, 19, 4, 88, 3, 50, 7, 7, 2]], VOCAB)
 
 
 def cast(loaded, dtype):
@@ -25,94 +32,78 @@ def exact_worker(loaded) -> ModelWorker:
     return ModelWorker(loaded, max_slots=4, capacity=96, max_spec_nodes=16, exact=True)
 
 
-def prefilled(worker, seq: int) -> None:
-    worker.open(seq)
-    worker.forward([seq], [PROMPTS[seq][:-1]])
-
-
-def decoded(worker, seqs: list[int]) -> dict[int, torch.Tensor]:
-    """Each sequence's logits after each fed token, the sequences decoded together one token per step."""
-    for seq in seqs:
-        prefilled(worker, seq)
-    feeds = {s: [PROMPTS[s][-1]] + CONTINUATIONS[s] for s in seqs}
-    rows = {s: [] for s in seqs}
-    for step in range(len(feeds[seqs[0]])):
-        for seq, logits in zip(seqs, worker.forward(seqs, [[feeds[s][step]] for s in seqs])):
-            rows[seq].append(logits[0])
-    for seq in seqs:
-        worker.release(seq)
-    return {s: torch.stack(v) for s, v in rows.items()}
-
-
-def verified_in_chains(worker, seq: int, k: int) -> torch.Tensor:
-    prefilled(worker, seq)
-    feed = [PROMPTS[seq][-1]] + CONTINUATIONS[seq]
-    rows = []
-    for start in range(0, len(feed), k):
-        block = feed[start:start + k]
-        rows += worker.forward([seq], [block[:1]], [block[1:]], [list(range(-1, len(block) - 2))])[0]
-        worker.commit({seq: list(range(len(block) - 1))})
-    worker.release(seq)
-    return torch.stack(rows)
-
-
-def verified_in_a_tree(worker, seq: int) -> torch.Tensor:
-    """The continuation's first 4 tokens as a tree path; at each level two wrong siblings come first."""
-    prefilled(worker, seq)
-    nodes, parents, path, parent = [], [], [], -1
-    for token in CONTINUATIONS[seq][:4]:
-        for wrong in ((token + 1) % VOCAB, (token + 2) % VOCAB):
-            nodes.append(wrong)
-            parents.append(parent)
-        nodes.append(token)
-        parents.append(parent)
-        parent = len(nodes) - 1
-        path.append(parent)
-    logits = worker.forward([seq], [[PROMPTS[seq][-1]]], [nodes], [parents])[0]
-    worker.release(seq)
-    return logits[[0] + [1 + node for node in path]]
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("family", ["llama", "qwen3", "mistral", "gemma2"])
 def test_decode_chain_tree_and_batch_give_the_same_bits(family, dtype):
-    worker = exact_worker(cast(tiny_model(family, VOCAB, seed=4, sharpness=4.0), dtype))
-    alone = {s: decoded(worker, [s])[s] for s in range(3)}
-    together = decoded(worker, [0, 1, 2])
-    for seq in range(3):
-        assert torch.equal(together[seq], alone[seq]), seq
-    for k in (2, 4, 8):
-        assert torch.equal(verified_in_chains(worker, 1, k), alone[1]), k
-    assert torch.equal(verified_in_a_tree(worker, 2), alone[2][:5])
+    checks = same_bits(exact_worker(cast(tiny_model(family, VOCAB, seed=4, sharpness=4.0), dtype)), PROBE)
+    assert all(checks.values()), checks
+
+
+def test_the_checks_fail_on_the_stock_kernels():
+    """Negative control: the same checks on the fast path (SDPA, the BLAS's own row blocking) find differences."""
+    failed = [(family, dtype) for family in ("llama", "gemma2") for dtype in (torch.float32, torch.bfloat16)
+              if not all(same_bits(ModelWorker(cast(tiny_model(family, VOCAB, seed=4, sharpness=4.0), dtype),
+                                               max_slots=4, capacity=96, max_spec_nodes=16), PROBE).values())]
+    assert len(failed) >= 2, failed
 
 
 @pytest.mark.real_model
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_the_real_model_gives_the_same_bits(dtype):
     worker, _ = build_target(EngineConfig(dtype=dtype, max_batch=4, exact=True))
-    alone = {s: decoded(worker, [s])[s] for s in range(3)}
-    together = decoded(worker, [0, 1, 2])
-    assert all(torch.equal(together[s], alone[s]) for s in range(3))
-    assert torch.equal(verified_in_chains(worker, 1, 4), alone[1])
-    assert torch.equal(verified_in_a_tree(worker, 2), alone[2][:5])
+    checks = same_bits(worker, PROBE)
+    assert all(checks.values()), checks
 
 
-@pytest.mark.parametrize("spec", [SpecParams(method="chain", gamma=4), SpecParams(method="tree", tree_depth=4,
-                                  tree_topk=3, tree_nodes=10), SpecParams(method="mirror", gamma=3)],
-                         ids=lambda s: s.method)
+SPECS = [SpecParams(method="chain", gamma=4), SpecParams(method="tree", tree_depth=4, tree_topk=3, tree_nodes=10),
+         SpecParams(method="mirror", gamma=3), SpecParams(method="diffusion-draft", tree_depth=4, tree_topk=2,
+                                                          tree_nodes=8)]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.method)
 def test_every_method_equals_ar_in_bfloat16(spec):
     target = cast(tiny_model("llama", VOCAB, seed=1, sharpness=4.0), torch.bfloat16)
-    drafter = noisy_copy(target, 0.4, seed=2)
+    noisy = noisy_copy(target, 0.4, seed=2)
     sampling = SamplingParams(max_new_tokens=20, ignore_eos=True)
 
-    def engine(with_drafter: bool, batch: int) -> Engine:
-        return Engine(ModelWorker(target, max_slots=batch, capacity=160, max_spec_nodes=16, exact=True),
-                      ModelWorker(drafter, max_slots=batch, capacity=160, max_spec_nodes=16) if with_drafter else None,
-                      max_model_len=128, max_batch=batch, max_spec_nodes=16)
+    def drafter(batch: int):
+        if spec.method == "diffusion-draft":  # the noisy copy read as a block-diffusion drafter (causally)
+            meta = DllmMeta(mask_token_id=VOCAB - 1, shifted=True, draft_window=5)
+            return DiffusionDraftService(DiffusionLM(noisy.model, meta, own=True))
+        return ModelWorker(noisy, max_slots=batch, capacity=160, max_spec_nodes=16)
 
-    prompts = PROMPTS * 2
-    ar = [o.token_ids for o in engine(False, 1).generate(prompts, sampling)]
-    for batch in (1, 4):
-        outs = engine(True, batch).generate(prompts, sampling, spec)
-        assert [o.token_ids for o in outs] == ar
+    def engine(batch: int, with_drafter: bool = True) -> Engine:
+        return Engine(ModelWorker(target, max_slots=batch, capacity=160, max_spec_nodes=16, exact=True),
+                      drafter(batch) if with_drafter else None, max_model_len=128, max_batch=batch, max_spec_nodes=16)
+
+    prompts = PROMPTS * 3
+    ar = [o.token_ids for o in engine(1, with_drafter=False).generate(prompts, sampling)]
+    for batch in (1, 8):
+        outs = engine(batch).generate(prompts, sampling, spec)
+        assert [o.token_ids for o in outs] == ar, batch
         assert sum(o.stats.accepted for o in outs) > 0
+
+
+def test_the_sampling_law_holds_in_bfloat16():
+    """tests/test_sampling_law.py's check (every position and adjacent pair of 6000 seeded samples against ar's
+    exact law), on a bf16 target on the exact path."""
+    from test_sampling_law import EOS, SETTINGS, accepted_at_depth, exact_ar_law, excess, sampled_law
+
+    target = cast(tiny_model("llama", 4, seed=11, sharpness=6.0), torch.bfloat16)
+    drafter = noisy_copy(target, 0.3, seed=5)
+    settings = SETTINGS["T=0.6"]
+    law = exact_ar_law(target, SamplingParams(**settings))  # before the engine's worker switches the kernels
+    engine = tiny_engine(target, drafter, max_batch=256, max_model_len=24, max_spec_nodes=16, eos_ids=[EOS],
+                         exact=True)
+    seen, outs = sampled_law(target, drafter, SpecParams(method="chain", gamma=4), settings, generate=engine.generate)
+    assert excess(seen, law) <= 0.0
+    assert accepted_at_depth(outs, 3) > 0
+
+
+def test_dtype_auto_takes_bfloat16_only_where_it_is_native():
+    native = has_native_bf16(torch.device("cpu"))
+    assert parse_dtype("auto") == (torch.bfloat16 if native else torch.float32)
+    if torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2"):  # no AVX-512 at all: bf16 is emulated
+        assert not native
+    with pytest.raises(InvalidRequestError, match="dtype: unknown dtype 'half'; choose auto or one of"):
+        parse_dtype("half")

@@ -11,6 +11,7 @@ from mirrorspec.orchestration.factory import build_engine
 from mirrorspec.orchestration.factory import DEFAULT_DIFFUSION_DRAFTER_DIR
 from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.workers.default_model import ensure_default_model
+from mirrorspec.workers.models import DEFAULT, load_model
 
 
 pytestmark = pytest.mark.real_model
@@ -24,13 +25,14 @@ SPECS = {
 
 @pytest.fixture(scope="module")
 def engine():
-    return build_engine(EngineConfig(drafter="self", max_batch=4))
+    # float32 on any CPU (dtype auto would take bf16 on one with native bf16): compared with transformers below.
+    return build_engine(EngineConfig(drafter="self", max_batch=4, dtype="float32"))
 
 
 @pytest.fixture(scope="module")
 def trained_engine():
     """The shipped feature drafter (drafters/smollm2-135m-feature) with the default target."""
-    return build_engine(EngineConfig(drafter="default", max_batch=4))
+    return build_engine(EngineConfig(drafter="default", max_batch=4, dtype="float32"))
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +50,9 @@ def ar_outputs(engine, bench_prompts):
 
 
 def test_ar_matches_transformers_generate(engine, bench_prompts, ar_outputs):
-    """The engine's own KV cache and masks reproduce transformers' greedy decoding."""
-    model, tok = engine.target.model, engine.tokenizer
+    """The engine's own KV cache, masks and exact kernels reproduce transformers' greedy decoding (a fresh copy
+    of the model with its stock kernels)."""
+    model, tok = load_model(DEFAULT, dtype=torch.float32, cpu_linear="off").model, engine.tokenizer
     for prompt, ours in list(zip(bench_prompts, ar_outputs))[:3]:
         ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                       return_tensors="pt", return_dict=True)
@@ -72,7 +75,7 @@ def test_trained_drafter_is_token_identical_to_ar(trained_engine, bench_prompts,
 
 def test_diffusion_drafter_is_token_identical_to_ar(bench_prompts, ar_outputs):
     """The shipped block-diffusion drafter (drafters/smollm2-135m-ddraft): one forward drafts the whole tree."""
-    engine = build_engine(EngineConfig(drafter=str(DEFAULT_DIFFUSION_DRAFTER_DIR), max_batch=4))
+    engine = build_engine(EngineConfig(drafter=str(DEFAULT_DIFFUSION_DRAFTER_DIR), max_batch=4, dtype="float32"))
     spec = SpecParams(method="diffusion-draft", tree_depth=4, tree_topk=3, tree_nodes=10)
     outs = engine.generate(bench_prompts, SamplingParams(max_new_tokens=NEW_TOKENS), spec, chat=True)
     assert [o.token_ids for o in outs] == ar_outputs

@@ -21,7 +21,8 @@ from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.workers.model_worker import greedy_logits
 
 BENCH_PROMPTS = Path(__file__).resolve().parents[1] / "bench" / "prompts" / "spec_bench_mini.jsonl"
-ENGINE = EngineConfig(target="default", drafter="default", max_batch=4)
+# Split ranks add partial sums in an all-reduce of their own: the exact path is refused there (see below).
+ENGINE = EngineConfig(target="default", drafter="default", max_batch=4, exact=False, dtype="float32")
 TP2 = ClusterConfig(num_cpus=2, tp_size=2, target=RoleConfig(resources={"CPU": 0.5}, threads=1, cores=[0, 1]),
                     drafter=RoleConfig(resources={"CPU": 1}, threads=1, cores=[1]))
 
@@ -36,7 +37,7 @@ def tp2(ray_cluster):
 @pytest.fixture(scope="module")
 def single():
     """The same target unsplit, in this process: the reference."""
-    return build_engine(EngineConfig(target="default", drafter=None, max_batch=4))
+    return build_engine(EngineConfig(target="default", drafter=None, max_batch=4, exact=False, dtype="float32"))
 
 
 @pytest.mark.real_model
@@ -67,6 +68,12 @@ def test_tp_size_beyond_the_kv_heads_fails_before_any_rank_starts():
     # SmolLM2-135M has 3 KV heads: a 4th rank would hold none.
     config = ProjectConfig(engine=ENGINE, cluster=ClusterConfig(tp_size=4))
     with pytest.raises(InvalidRequestError, match="cluster.tp_size: 4 ranks but the target has 3 KV heads"):
+        Pipeline(config)
+
+
+def test_the_exact_path_with_tensor_parallelism_fails_before_any_rank_starts():
+    config = ProjectConfig(engine=EngineConfig(target="default", max_batch=4), cluster=ClusterConfig(tp_size=2))
+    with pytest.raises(InvalidRequestError, match="engine.exact: is not available with tensor parallelism"):
         Pipeline(config)
 
 

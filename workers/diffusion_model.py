@@ -216,7 +216,7 @@ def load_dllm(path: str, *, dtype: str = "float32", device: str = "cpu", trust_r
               field: str = "target") -> DiffusionLM:
     """A masked-diffusion LM from a local folder; anything else is refused, naming `field`."""
     folder = resolve_model_dir(path, field)
-    torch_dtype = parse_dtype(dtype)
+    torch_dtype = parse_dtype(dtype, device=device)
     if is_dllm_folder(folder):
         meta = DllmMeta(**json.loads((folder / META_FILE).read_text()))
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, local_files_only=True,

@@ -7,10 +7,10 @@ point sums (bench/results/issue16-exactness-probe.md). Here each query's attenti
 over its visible keys in position order (a tree node: the committed prefix, then its ancestors by depth):
 
   rank the visible keys 0..n-1; cut the ranks into blocks of BLOCK keys;
-  s = q . k per key, by a matrix product of fixed shape [heads per KV head, d] x [d, BLOCK] per block;
+  s = q . k per key, as an fp32 elementwise product summed over d (the same arithmetic for every key and row);
   m = max s (order-free);  e = exp(s - m), 0 past the last visible key;
-  per block, [e | 1]-weighted sums of [v | 1] by a product of fixed shape [heads, BLOCK] x [BLOCK, d + 1]
-  (fp32), the blocks' partial sums added in block order; out = numerator / normaliser.
+  per block, the e-weighted sum of v and the sum of e (fp32, over exactly BLOCK keys), the blocks' partial sums
+  added in block order; out = weighted sum / sum of weights.
 
 Every product has the same shape whatever the batch, and blocks past a query's last key add exact zeros, so
 the result depends only on the query and its visible keys (Flash-Decoding's split-K with fixed splits, and the
@@ -24,6 +24,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from mirrorspec.workers.exact_linear import PROMPT_ROWS
+
 NAME = "mirrorspec_exact"
 BLOCK = 64
 
@@ -33,12 +35,39 @@ def exact_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
                     softcap: float | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """`query` [B, H, T, d]; `key`, `value` [B, KV, V, d] (the cache view); `attention_mask` [B, 1, T, V] bool,
     True where a query may attend a key (sliding windows included). `softcap`: Gemma 2's logit soft-capping.
-    Returns [B, T, H, d] as transformers' attention functions do."""
+    Returns [B, T, H, d] as transformers' attention functions do.
+
+    Prompt rows (prefill; exact_linear.PROMPT_ROWS) only need to be the same bits whatever else shares the
+    forward, not the same as a decode step: each is attended alone by SDPA over exactly its own queries and keys
+    (a shape that depends on the prompt alone), far cheaper than the canonical per-query form."""
+    batch, queries = query.shape[0], query.shape[2]
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    allowed = attention_mask[:, 0].to(key.device)  # [B, T, V]
+    prompt = PROMPT_ROWS.get()
+    if prompt is None or softcap or prompt.numel() != batch * queries:
+        return _canonical(query, key, value, allowed, scale, softcap), None
+    prompt = prompt.view(batch, queries)
+    out = query.new_zeros(batch, queries, query.shape[1], query.shape[3])
+    for row in prompt[:, 0].nonzero().flatten().tolist():
+        count = int(prompt[row].sum())
+        mask = allowed[row, :count]  # [n, V]
+        width = int(mask.any(0).nonzero().max()) + 1  # up to the last key any of its queries sees
+        attended = torch.nn.functional.scaled_dot_product_attention(
+            query[row:row + 1, :, :count], key[row:row + 1, :, :width], value[row:row + 1, :, :width],
+            attn_mask=mask[None, None, :, :width], scale=scale, enable_gqa=True)
+        out[row, :count] = attended[0].transpose(0, 1)
+    steps = ~prompt[:, 0]
+    if bool(steps.any()):
+        out[steps] = _canonical(query[steps], key[steps], value[steps], allowed[steps], scale, softcap)
+    return out, None
+
+
+def _canonical(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor, scale: float,
+               softcap: float | None) -> torch.Tensor:
+    """Each query over its visible keys in the canonical blocked order (the module docstring): [B, T, H, d]."""
     batch, heads, queries, dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
-    scale = dim ** -0.5 if scaling is None else scaling
-    allowed = attention_mask[:, 0].to(key.device)  # [B, T, V]
     counts = allowed.sum(-1)  # [B, T] visible keys per query
     blocks = max(1, -(-int(counts.max()) // BLOCK))
     width = blocks * BLOCK
@@ -56,15 +85,14 @@ def exact_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
     top = scores.amax(dim=(3, 5), keepdim=True)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a query with no visible key (padding)
     weights = torch.exp(scores - top)  # 0 where not visible
-    ones = torch.ones(*values.shape[:-1], 1, dtype=values.dtype, device=values.device)
-    augmented = torch.cat([values, ones], dim=-1)  # [B, KV, T, blocks, BLOCK, d + 1]
-    partial = (weights[..., None] * augmented[:, :, :, :, None]).sum(-2)  # [B, KV, T, blocks, g, d + 1]
-    total = partial[:, :, :, 0]
+    partial = (weights[..., None] * values[:, :, :, :, None]).sum(-2)  # [B, KV, T, blocks, g, d]
+    norms = weights.sum(-1)  # [B, KV, T, blocks, g]
+    total, norm = partial[:, :, :, 0], norms[:, :, :, 0]
     for b in range(1, blocks):  # block order, whatever the batch's longest row
-        total = total + partial[:, :, :, b]
-    out = total[..., :dim] / total[..., dim:].clamp_min(torch.finfo(total.dtype).tiny)
+        total, norm = total + partial[:, :, :, b], norm + norms[:, :, :, b]
+    out = total / norm[..., None].clamp_min(torch.finfo(total.dtype).tiny)
     # [B, KV, T, g, d] -> [B, T, H, d]
-    return out.permute(0, 2, 1, 3, 4).reshape(batch, queries, heads, dim).to(query.dtype), None
+    return out.permute(0, 2, 1, 3, 4).reshape(batch, queries, heads, dim).to(query.dtype)
 
 
 def _in_rank_order(tensor: torch.Tensor, allowed: torch.Tensor, counts: torch.Tensor, width: int) -> torch.Tensor:

@@ -1,37 +1,131 @@
 """Linear layers whose every output row is the same bits however many rows a forward carries.
 
-A BLAS picks its kernel from the matrix shape: on this project's CPU an fp32 product of one row runs a GEMV and
-of two or more rows a GEMM, and their rounding differs (bench/results/issue16-exactness-probe.md). So a token's
-activations would depend on how many tokens share its forward: one (decoding) or many (verifying a draft,
-batching). Here every product runs in tiles of exactly TILE_ROWS rows (the last one zero-padded): each row is
-always computed by the same kernel on the same shape, so decode, verify and batch give the same bits. Rows are
-independent in a matrix product, so a row's result does not depend on the other rows of its tile.
+A BLAS picks its kernel from the matrix shape: on this project's CPU an fp32 product of one row runs a GEMV, of
+two or three rows one GEMM kernel and of four or more another, and their rounding differs
+(bench/results/issue16-exactness-probe.md). So a token's activations would depend on how many tokens share its
+forward: one (decoding) or many (verifying a draft, batching). A row stays the same bits if every product that
+computes it has the same shape, so each linear runs its rows in fixed tiles (the last one zero-padded; rows are
+independent in a matrix product, so a row's result does not depend on the other rows of its tile).
+
+Which kernel keeps rows invariant, and which is fastest, depends on the CPU, the BLAS and the dtype, so `apply`
+checks the candidates on each distinct weight shape at load, in a fixed order (fastest first where measured on
+this machine), and keeps the first whose rows are the same bits for every row count it tries:
+  native          F.linear as is: free where the BLAS is row-invariant already (bf16 through oneDNN here);
+  transposed 4    W @ X^T on rows padded to a multiple of 4, up to 8 at a time (MKL fp32 gives a row the same
+                  bits in a product of 4 or 8 rows, not of 1, 2-3 or 5-7): a decode step pays a 4-row product,
+                  about 1.3x the one-row one here (see workers/cpu_linear.py), and a chain of 3 drafts is free;
+  transposed 2    the same in tiles of 2 rows (2 and 3 share bits): decoding pays nothing, a k-token verify k/2;
+  4-row multiples F.linear on rows padded to a multiple of 4 (MKL gives a row the same bits in any such product);
+  one row         F.linear a row at a time: the same kernel for every row by construction, the last resort.
+Prompt tokens (prefill) take a kernel of their own, for long products (a prompt token is always computed as one,
+whatever shares its forward). The order is fixed, not timed, so that every engine on a machine picks the same.
 """
 
 from __future__ import annotations
 
+import logging
 import types
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-TILE_ROWS = 8  # a decode step pads 1 row to 8; a draft of up to 7 tokens plus its root fills one tile
+logger = logging.getLogger(__name__)
+
+# Rows the load-time check runs products of: 1..CHECK_ROWS (tiles at every position, a partial last tile), and
+# LONG_ROWS (past a prompt kernel's chunk).
+CHECK_ROWS = 17
+LONG_ROWS = 300
+
+
+@dataclass(frozen=True)
+class TileKernel:
+    """Rows padded (with zeros) to a multiple of `multiple`, then multiplied `chunk` rows at a time."""
+    name: str
+    multiple: int  # 0 = native: the input as it comes
+    chunk: int
+    transposed: bool  # W @ X^T instead of X @ W^T
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """`x` [N, in] -> [N, out]."""
+        if not self.multiple:
+            return nn.functional.linear(x, weight, bias)
+        count = x.shape[0]
+        pad = (-count) % self.multiple
+        if pad:
+            x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
+        if self.transposed:
+            tiles = [(weight @ tile.t()).t() for tile in x.split(self.chunk)]
+        else:
+            tiles = [nn.functional.linear(tile, weight) for tile in x.split(self.chunk)]
+        out = torch.cat(tiles)[:count]
+        return out + bias if bias is not None else out
+
+
+# Step rows (decode, verify: a few rows per sequence), fastest first where measured on this machine.
+STEP_KERNELS = (
+    TileKernel("native", 0, 0, False),
+    TileKernel("transposed, 4-row multiples", 4, 8, True),
+    TileKernel("transposed, 2-row tiles", 2, 2, True),
+    TileKernel("4-row multiples", 4, 16, False),
+    TileKernel("one row", 1, 1, False),
+)
+# Prompt rows (prefill: many rows at once); a prompt token is always computed by this kernel, whatever else
+# shares its forward, so it needs invariance only among prompt rows.
+PROMPT_KERNELS = (
+    TileKernel("native", 0, 0, False),
+    TileKernel("4-row multiples", 4, 256, False),
+    TileKernel("one row", 1, 1, False),
+)
+# Per forward, the flattened [B * T] mask of rows that are prompt tokens (None: none); set by the model worker
+# around its decoder call (workers/model_worker.py), so that the same modules serve drafters sharing them.
+PROMPT_ROWS: ContextVar[torch.Tensor | None] = ContextVar("prompt_rows", default=None)
+
+
+@torch.inference_mode()
+def is_row_invariant(kernel: TileKernel, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether every row of an N-row product equals that row computed alone, for N = 1..CHECK_ROWS and for
+    CHECK_ROWS rows at the head of a LONG_ROWS-row product."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(LONG_ROWS, weight.shape[1], generator=generator).to(weight.device, weight.dtype)
+    alone = torch.cat([kernel(x[row:row + 1], weight, bias) for row in range(CHECK_ROWS)])
+    counts = [*range(2, CHECK_ROWS + 1), LONG_ROWS]
+    return all(torch.equal(kernel(x[:count], weight, bias)[:CHECK_ROWS], alone[:count]) for count in counts)
+
+
+def choose(kernels: tuple[TileKernel, ...], weight: torch.Tensor, bias: torch.Tensor | None) -> TileKernel:
+    kernel = next((kernel for kernel in kernels if is_row_invariant(kernel, weight, bias)), None)
+    if kernel is None:  # even one row at a time differs between calls: the BLAS is not deterministic here
+        raise RuntimeError(f"exact: no linear kernel gives the same bits twice for a {tuple(weight.shape)} "
+                           f"{weight.dtype} weight on {weight.device}")
+    return kernel
 
 
 def _tiled_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     flat = x.reshape(-1, x.shape[-1])
-    rows = flat.shape[0]
-    pad = (-rows) % TILE_ROWS
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad, flat.shape[1])])
-    tiles = [nn.functional.linear(tile, self.weight, self.bias) for tile in flat.split(TILE_ROWS)]
-    out = torch.cat(tiles)[:rows]
+    prompt = PROMPT_ROWS.get()
+    if prompt is None or prompt.numel() != flat.shape[0]:
+        out = self.step_kernel(flat, self.weight, self.bias)
+    else:  # prompt rows and step rows each by their own kernel
+        out = flat.new_empty(flat.shape[0], self.weight.shape[0])
+        out[prompt] = self.prompt_kernel(flat[prompt], self.weight, self.bias)
+        if not bool(prompt.all()):
+            out[~prompt] = self.step_kernel(flat[~prompt], self.weight, self.bias)
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
-def apply(model: nn.Module) -> int:
-    """Switch every nn.Linear of `model` to fixed row tiles; returns how many were switched."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    for module in linears:
+def apply(model: nn.Module) -> dict[str, str]:
+    """Give every nn.Linear of `model` row-invariant step and prompt kernels (checked once per weight shape);
+    returns, per weight shape, the kernels chosen."""
+    chosen: dict[tuple, tuple[TileKernel, TileKernel]] = {}
+    for module in (m for m in model.modules() if isinstance(m, nn.Linear)):
+        weight = module.weight
+        key = (tuple(weight.shape), weight.dtype, weight.device, module.bias is not None)
+        if key not in chosen:
+            chosen[key] = (choose(STEP_KERNELS, weight, module.bias), choose(PROMPT_KERNELS, weight, module.bias))
+            logger.info("exact linear %s %s: steps %s, prompts %s", tuple(weight.shape), weight.dtype,
+                        chosen[key][0].name, chosen[key][1].name)
+        module.step_kernel, module.prompt_kernel = chosen[key]
         module.forward = types.MethodType(_tiled_forward, module)
-    return len(linears)
+    return {f"{k[0]} {k[1]}": f"steps: {v[0].name}; prompts: {v[1].name}" for k, v in chosen.items()}

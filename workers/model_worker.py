@@ -137,6 +137,7 @@ class ModelWorker:
                     self._early_exit(output, firsts, early_exit)
 
             hook = self._decoder.layers[early_exit.layer - 1].register_forward_hook(on_exit_layer)
+        prompt_rows = exact_linear.PROMPT_ROWS.set(_prompt_rows(appends, plan.input_ids.shape[1], self.device))
         try:
             hidden = self._decoder(
                 **self._inputs(plan, features),
@@ -146,6 +147,7 @@ class ModelWorker:
                 use_cache=True,
             ).last_hidden_state
         finally:
+            exact_linear.PROMPT_ROWS.reset(prompt_rows)
             if hook is not None:
                 hook.remove()
         self.cache.apply(plan, seq_ids, appends, nodes)
@@ -252,3 +254,15 @@ def greedy_logits(worker, token_ids: list[int], steps: int, seq_id: int = -1) ->
         return torch.stack(rows).cpu()
     finally:
         worker.release(seq_id)
+
+
+def _prompt_rows(appends: list[list[int]], width: int, device: torch.device) -> torch.Tensor | None:
+    """[B * width] bool: the tokens of appends of two or more tokens (prompts: the engine appends a step's
+    tokens one at a time and drafts as nodes), for the exact path's prompt kernel; None if there are none."""
+    if all(len(app) < 2 for app in appends):
+        return None
+    rows = torch.zeros(len(appends), width, dtype=torch.bool)
+    for r, app in enumerate(appends):
+        if len(app) >= 2:
+            rows[r, : len(app)] = True
+    return rows.flatten().to(device)

@@ -25,11 +25,26 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float16": torch.float16, "fp16": torch.float16}
 
 
-def parse_dtype(name: str, field: str = "dtype") -> torch.dtype:
+AUTO = "auto"
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix products run natively: CUDA with bf16, or a CPU with AVX-512-BF16 or AMX. Elsewhere
+    PyTorch emulates them and a product of several rows costs 4-7x its fp32 one (an AVX2 CPU:
+    bench/results/issue16-exactness-probe.md), so speculation's multi-token verify would lose its point."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def parse_dtype(name: str, field: str = "dtype", device: str = "cpu") -> torch.dtype:
+    """A dtype name; `auto` is bfloat16 where `device` has native bf16 and float32 elsewhere."""
+    if name.lower() == AUTO:
+        return torch.bfloat16 if has_native_bf16(parse_device(device)) else torch.float32
     try:
         return DTYPES[name.lower()]
     except KeyError:
-        raise InvalidRequestError(field, f"unknown dtype {name!r}; choose one of {sorted(set(DTYPES))}") from None
+        raise InvalidRequestError(field, f"unknown dtype {name!r}; choose auto or one of {sorted(set(DTYPES))}") from None
 
 
 def parse_device(name: str, field: str = "device") -> torch.device:

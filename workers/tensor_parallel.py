@@ -57,6 +57,12 @@ def check_tp_size(tp_size: int, config) -> None:
                                                      f"AutoTP would leave a rank without attention heads")
 
 
+def exact_with_tp_error() -> InvalidRequestError:
+    return InvalidRequestError("engine.exact", "is not available with tensor parallelism yet (the ranks' all-reduce "
+                                               "adds partial sums in an order of its own): set engine.exact: false "
+                                               "or pass --no-exact with cluster.tp_size > 1")
+
+
 def join_group(spec: GroupSpec) -> None:
     """Join the group: the environment DeepSpeed reads, then its distributed backend."""
     local_rank = spec.rank
