@@ -161,9 +161,11 @@ def build_target(config: EngineConfig, group: GroupSpec | None = None) -> tuple[
     split = group is not None and group.world_size > 1
     if split and config.exact:
         raise exact_with_tp_error()
-    # AutoTP replaces the nn.Linear layers, so the transposed CPU matmul would only be undone.
-    target = load_model(config.target, dtype=parse_dtype(config.dtype, device=config.device), device=parse_device(config.device),
-                        field="target", cpu_linear="off" if split else config.cpu_linear)
+    # AutoTP replaces the nn.Linear layers, and the exact path its kernels: the transposed CPU matmul would only
+    # be undone.
+    target = load_model(config.target, dtype=parse_dtype(config.dtype, device=config.device),
+                        device=parse_device(config.device), field="target",
+                        cpu_linear="off" if split or config.exact else config.cpu_linear)
     if split:  # tp_size was checked against the KV heads before any rank started (cluster/pipeline.py)
         join_group(group)
         target = shard(target, group.world_size)

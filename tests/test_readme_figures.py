@@ -543,6 +543,36 @@ def drafters_and_exit_head():
     ]
 
 
+EXACT_RUN = "issue16-exact-variants"
+VARIANT_LABELS = {"float32:fast": "fp32, fast", "float32:exact": "fp32, exact", "bfloat16:fast": "bf16, fast",
+                  "bfloat16:exact": "bf16, exact"}
+
+
+def exact_method_label(method: str, spec: dict) -> str:
+    if method.startswith("tree"):
+        return "`tree` ({tree_depth}, top-{tree_topk}, {tree_nodes})".format(
+            **{**spec, **dict(kv.split("=") for kv in method.partition(":")[2].split("+"))})
+    return {"ar": "`ar`", "chain:gamma=3": "`chain` g3", "hf-generate": "transformers `generate`"}[method]
+
+
+@claim
+def exact_variants_table():
+    """'Exact at any dtype' tables: issue16-exact-variants.json (one run: four engines, methods taking turns)."""
+    run = result(EXACT_RUN)
+    first = next(iter(run["variants"].values()))
+    rows = [Row(cells(VARIANT_LABELS[r["variant"]], exact_method_label(r["method"], first["spec"]),
+                      num(r["tokens_per_s"], 2), num(r["vs_first_ar"], 2) + "x",
+                      num(r["vs_hf_generate_fp32"], 2) + "x", num(r["tau"], 2), f"{r['equal_to_ar']}/{r['prompts']}"))
+            for r in run["summary"]]
+    for variant, v in run["variants"].items():
+        rows.append(Row(cells(VARIANT_LABELS[variant], *(num(ms, 1) for ms in v["verify_cost"]["ms"].values()),
+                              num(v["verify_cost"]["ratio"]["8"], 2) + "x")))
+    return rows + [Phrase(f"{same(*(v['prompts'] for v in run['variants'].values()))} prompts (one per category), "
+                          f"{same(*(v['max_new_tokens'] for v in run['variants'].values()))} new tokens, greedy, "
+                          f"batch 1, {same(*(v['threads'] for v in run['variants'].values()))} threads"),
+                   Phrase(f"--name {EXACT_RUN}`")]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The checker
 
