@@ -11,7 +11,7 @@ import torch
 TOKEN_COUNTS = (1, 2, 4, 8, 16, 32)
 
 
-def verify_cost_curves(workers: dict[str, object], context: int = 200, repeats: int = 7,
+def verify_cost_curves(workers: dict[str, object], context: int = 200, repeats: int = 5,
                        counts: tuple[int, ...] = TOKEN_COUNTS) -> dict[str, dict]:
     """Per worker, the median milliseconds of one forward carrying k new tokens (a chain draft of k - 1 behind
     the last committed token) after a `context`-token prefix; `ratio` is each against k = 1. The workers take
@@ -38,7 +38,7 @@ def verify_cost_curves(workers: dict[str, object], context: int = 200, repeats: 
     curves = {}
     for name, per_count in times.items():
         ms = {k: statistics.median(v) * 1000 for k, v in per_count.items()}
-        curves[name] = {"context": context, "threads": torch.get_num_threads(),
+        curves[name] = {"context": context, "threads": torch.get_num_threads(), "repeats": repeats,
                         "ms": {k: round(v, 3) for k, v in ms.items()},
                         "ratio": {k: round(v / ms[counts[0]], 3) for k, v in ms.items()}}
     return curves

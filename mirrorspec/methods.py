@@ -13,6 +13,7 @@ from mirrorspec.errors import InvalidRequestError
 # What kind of drafter a method drafts with.
 AR_DRAFTER = "ar"  # an autoregressive model (a trained drafter, any HF causal LM sharing the tokenizer, `self`)
 DIFFUSION_DRAFTER = "diffusion"  # a block-diffusion drafter (train-dllm --from-drafter)
+NGRAM_DRAFTER = "ngram"  # no model: continuations of the text itself (orchestration/ngram_draft.py), always there
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("tree", draft="tree", drafter=AR_DRAFTER),
     Method("mirror", draft="chain", drafter=AR_DRAFTER, early_exit=True, ray_by_default=True),
     Method("diffusion-draft", draft="tree", drafter=DIFFUSION_DRAFTER),
+    Method("ngram", draft="tree", drafter=NGRAM_DRAFTER),
     Method("diffusion", draft="none", drafter=None, diffusion_target=True),
 )}
 # What the speculative Engine runs (an autoregressive target, with or without a drafter).
@@ -46,5 +48,7 @@ def method(name: str) -> Method:
 
 
 def drafted_by(drafter_kind: str | None) -> tuple[str, ...]:
-    """The Engine's methods a drafter of this kind serves (None: no drafter), `ar` first."""
-    return ("ar", *(name for name in ENGINE_METHODS if drafter_kind and METHODS[name].drafter == drafter_kind))
+    """The Engine's methods with a drafter model of this kind (None: no drafter model), `ar` first; the
+    model-free ones run on every engine."""
+    kinds = {None, NGRAM_DRAFTER, drafter_kind}
+    return ("ar", *(name for name in ENGINE_METHODS if name != "ar" and METHODS[name].drafter in kinds))

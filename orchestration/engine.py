@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import torch
 
 from mirrorspec.errors import InvalidRequestError
-from mirrorspec.methods import AR_DRAFTER, DIFFUSION_DRAFTER
+from mirrorspec.methods import AR_DRAFTER, DIFFUSION_DRAFTER, NGRAM_DRAFTER
 from mirrorspec.orchestration.drafter_session import as_draft_service
 from mirrorspec.orchestration.interfaces import DraftService
+from mirrorspec.orchestration.ngram_draft import NgramDraftService
 from mirrorspec.orchestration.outputs import RequestOutput, error_output
 from mirrorspec.orchestration.scheduler import Scheduler
 from mirrorspec.orchestration.sequence import Sequence, TextTracker
@@ -80,7 +81,10 @@ class Engine:
         self.max_model_len = max_model_len
         self.max_spec_nodes = max_spec_nodes
         decode = None if tokenizer is None else (lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
-        self.scheduler = Scheduler(target, self.drafter, max_batch=max_batch, text=TextTracker(decode, self.eos_ids))
+        drafters: dict[str, DraftService] = {NGRAM_DRAFTER: NgramDraftService()}  # model-free: on every engine
+        if self.drafter is not None:
+            drafters[DIFFUSION_DRAFTER if self.drafter.drafts_by_diffusion else AR_DRAFTER] = self.drafter
+        self.scheduler = Scheduler(target, drafters, max_batch=max_batch, text=TextTracker(decode, self.eos_ids))
         self._seq_ids = itertools.count()
         self._seed_source = random.Random(seed)
         self._sequences: dict[str, Sequence] = {}
@@ -140,7 +144,7 @@ class Engine:
             raise InvalidRequestError("method", f"{mode.name} decodes a masked-diffusion target (mirrorspec generate "
                                                 f"--method diffusion --target DLLM_DIR); this engine's target is "
                                                 f"autoregressive")
-        if mode.drafter is None:
+        if mode.drafter in (None, NGRAM_DRAFTER):
             return
         if self.drafter is None:
             raise InvalidRequestError("drafter", f"method {mode.name!r} needs a drafter model; none is loaded")

@@ -14,6 +14,7 @@ from collections import deque
 
 import torch
 
+from mirrorspec.methods import AR_DRAFTER
 from mirrorspec.orchestration.acceptance import Verdict, verify_greedy, verify_sampling
 from mirrorspec.orchestration.draft_tree import DraftTree
 from mirrorspec.orchestration.drafter_guard import DrafterGuard
@@ -29,10 +30,14 @@ PREFILL_TOKEN_BUDGET = 4096
 
 
 class Scheduler:
-    def __init__(self, target: Worker, drafter: DraftService | None, *, max_batch: int, text: TextTracker) -> None:
+    def __init__(self, target: Worker, drafters: dict[str, DraftService], *, max_batch: int,
+                 text: TextTracker) -> None:
+        """`drafters`: by drafter kind (mirrorspec/methods.py), the services that draft for the rows whose method
+        drafts with that kind; each row talks to its own kind's service only."""
         self.target = target
-        self.drafter = None if drafter is None else DrafterGuard(drafter)
-        self.mirror = None if drafter is None else MirrorExit(target, self.drafter)
+        self.drafters = {kind: DrafterGuard(service) for kind, service in drafters.items()}
+        self.drafter = self.drafters.get(AR_DRAFTER)  # the drafter model Mirror-SD's early exit feeds
+        self.mirror = None if self.drafter is None else MirrorExit(target, self.drafter)
         self.max_batch = max_batch
         self.text = text
         self.waiting: deque[Sequence] = deque()
@@ -41,8 +46,8 @@ class Scheduler:
 
     @property
     def drafter_failures(self) -> int:
-        """Consecutive drafter failures (0: the drafter answers, or there is none)."""
-        return 0 if self.drafter is None else self.drafter.failures
+        """Consecutive failures of the most failing drafter (0: every drafter answers, or there is none)."""
+        return max((guard.failures for guard in self.drafters.values()), default=0)
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -66,8 +71,8 @@ class Scheduler:
     # --------------------------------------------------------------------------------------- step
     def step(self) -> list[Sequence]:
         """Run one decoding step; return the sequences that committed tokens (finished ones included)."""
-        if self.drafter is not None:
-            self.drafter.new_step()
+        for guard in self.drafters.values():
+            guard.new_step()
         self._admit()
         if not self.running:
             return []
@@ -128,18 +133,22 @@ class Scheduler:
                 seq.add_features(hid)
 
     def _wants_draft(self, seq: Sequence) -> bool:
-        return self.drafter is not None and seq.spec.mode.drafter is not None
+        return seq.spec.mode.drafter in self.drafters
 
     def _wants_features(self, seq: Sequence) -> bool:
-        return self._wants_draft(seq) and self.drafter.service.uses_features
+        return self._wants_draft(seq) and self.drafters[seq.spec.mode.drafter].service.uses_features
 
     # ---------------------------------------------------------------------------------- drafting
     def _propose(self, rows: list[Sequence]) -> None:
-        """Report the rows' verdicts to the drafter and take its next drafts (on failure: no drafts)."""
-        rows = [s for s in rows if self._wants_draft(s)]
-        if not rows or self.drafter.resting:
+        """Report the rows' verdicts to their drafters and take the next drafts (a drafter that fails: its rows
+        go without drafts for a while)."""
+        for kind, guard in self.drafters.items():
+            self._propose_with(guard, [s for s in rows if s.spec.mode.drafter == kind])
+
+    def _propose_with(self, guard: DrafterGuard, rows: list[Sequence]) -> None:
+        if not rows or guard.resting:
             return
-        service = self.drafter.service
+        service = guard.service
         reports = []
         try:
             joining = [s for s in rows if not s.sync.open]
@@ -149,16 +158,16 @@ class Scheduler:
                 for seq in joining:
                     seq.sync.open = True
             for seq in rows:
-                report = self._report(seq)
+                report = self._report(seq, service)
                 if report is not None:
                     reports.append(report)
             started = time.perf_counter()
-            proposals = self.drafter.propose(reports)
+            proposals = guard.propose(reports)
             self.timing.propose_s += time.perf_counter() - started
         except Exception:  # a failing drafter must never stop generation: decode without drafts for a while
-            self._drafter_failed(rows)
+            self._drafter_failed(guard, rows)
             return
-        self.drafter.succeeded()
+        guard.succeeded()
         if proposals is None:  # the drafter is still busy with an earlier report: these wait for the next call
             for seq in rows:
                 seq.stats.late_drafts += 1
@@ -175,7 +184,7 @@ class Scheduler:
             else:
                 seq.stats.late_drafts += 1  # this step goes without a draft; the drafter hears the verdict next
 
-    def _report(self, seq: Sequence) -> Report | None:
+    def _report(self, seq: Sequence, service: DraftService) -> Report | None:
         """What the drafter has not heard of this sequence yet, and the shape of the next draft (None: no draft
         this step)."""
         depth, topk, budget = seq.spec.shape()
@@ -183,27 +192,28 @@ class Scheduler:
         if depth < 1:
             return None
         features = None
-        if self.drafter.service.uses_features:
+        if service.uses_features:
             if seq.n_features == 0:  # a one-token prompt: no hidden state to draft from until a step ran
                 return None
             features = seq.features[seq.sync.reported_features : seq.n_features]
         return Report(seq.seq_id, seq.tokens[seq.sync.reported_tokens :], seq.sync.accepted_nodes, features,
                       depth, topk, max(depth, min(budget, depth * topk)), branches=seq.spec.mode.early_exit)
 
-    def _drafter_failed(self, rows: list[Sequence]) -> None:
-        self.drafter.failed()
+    def _drafter_failed(self, guard: DrafterGuard, rows: list[Sequence]) -> None:
+        guard.failed()
         for seq in self.running:
-            seq.sync.forget()
-            if self._wants_draft(seq) and seq in rows:
-                seq.stats.fallback_steps += 1
+            if self._wants_draft(seq) and self.drafters[seq.spec.mode.drafter] is guard:
+                seq.sync.forget()
+                if seq in rows:
+                    seq.stats.fallback_steps += 1
 
     def _time_target(self, started: float, ended: float) -> None:
         t = self.timing
         seconds = ended - started
         t.steps += 1
         t.target_s += seconds
-        if self.drafter is not None:
-            self.drafter.target_step_took(seconds)
+        for guard in self.drafters.values():
+            guard.target_step_took(seconds)
         window = None if self.mirror is None else self.mirror.window
         if window is not None:
             # The exit's logits/top-k are measured from the early-exit callback's start; the (tiny) logit-lens
@@ -233,9 +243,10 @@ class Scheduler:
             seq.stats.finish_time = time.perf_counter()
             self.running.remove(seq)
             self.target.release(seq.seq_id)
-        leaving = [s.seq_id for s in done if s.sync.open]
-        if leaving and self.drafter is not None:
-            try:
-                self.drafter.service.release(leaving)
-            except Exception:
-                self._drafter_failed([])
+        for kind, guard in self.drafters.items():
+            leaving = [s.seq_id for s in done if s.sync.open and s.spec.mode.drafter == kind]
+            if leaving:
+                try:
+                    guard.service.release(leaving)
+                except Exception:
+                    self._drafter_failed(guard, [])

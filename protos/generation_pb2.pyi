@@ -15,6 +15,7 @@ class DecodingMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TREE: _ClassVar[DecodingMethod]
     MIRROR: _ClassVar[DecodingMethod]
     DIFFUSION_DRAFT: _ClassVar[DecodingMethod]
+    NGRAM: _ClassVar[DecodingMethod]
 
 class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -31,6 +32,7 @@ CHAIN: DecodingMethod
 TREE: DecodingMethod
 MIRROR: DecodingMethod
 DIFFUSION_DRAFT: DecodingMethod
+NGRAM: DecodingMethod
 NOT_FINISHED: StopReason
 MAX_TOKENS: StopReason
 EOS_TOKEN: StopReason

@@ -29,7 +29,7 @@ from mirrorspec.serving.engine_loop import CANCELLED, TIME_LIMIT, QueueFull, Sto
 logger = logging.getLogger(__name__)
 
 METHOD_NAMES = {pb.AR: "ar", pb.CHAIN: "chain", pb.TREE: "tree", pb.MIRROR: "mirror",
-                pb.DIFFUSION_DRAFT: "diffusion-draft"}
+                pb.DIFFUSION_DRAFT: "diffusion-draft", pb.NGRAM: "ngram"}
 METHOD_ENUMS = {name: value for value, name in METHOD_NAMES.items()}
 STOP_REASONS = {"eos": pb.EOS_TOKEN, "length": pb.MAX_TOKENS, "stop": pb.STOP_SEQUENCE, TIME_LIMIT: pb.TIME_LIMIT,
                 CANCELLED: pb.CANCELLED, "abort": pb.CANCELLED, "error": pb.ERROR}

@@ -98,7 +98,7 @@ def test_bench_variants_compare_dtypes_and_exactness_in_one_run(tmp_path, capsys
     prompts.write_text("\n".join(json.dumps({"id": f"p{i}", "category": c, "prompt": p}) for i, (c, p) in enumerate(
         [("qa", "What is the capital of Italy?"), ("math", "What is 12 times 3?")])) + "\n")
     assert main(["bench", "--prompts", str(prompts), "--methods", "ar,chain:gamma=3,hf-generate",
-                 "--variants", "float32:fast,bfloat16:exact", "--max-new-tokens", "6", "--ray", "never",
+                 "--variants", "float32:fast,bfloat16:exact", "--max-new-tokens", "4", "--ray", "never",
                  "--out", str(tmp_path), "--name", "v"]) == 0
     results = json.loads((tmp_path / "v.json").read_text())
     assert (tmp_path / "v.png").stat().st_size > 10_000

@@ -60,7 +60,7 @@ class Served:
         self.loop = EngineLoop(tiny_engine_of(self.models, tokenizer), max_in_flight=max_in_flight)
         self.up = threading.Event()
         self.up.set()
-        model = ServedModel("tiny", tokenizer, len(tokenizer), 300, "tiny-drafter", ("ar", "chain", "tree"))
+        model = ServedModel("tiny", tokenizer, len(tokenizer), 300, "tiny-drafter", ("ar", "chain", "tree", "ngram"))
         service = GenerationService(self.loop, model, sampling=SamplingParams(max_new_tokens=16),
                                     spec=SpecParams(method="chain", gamma=3), limits=limits)
         self.server = GenerationServer(service, host="127.0.0.1", port=0, security=security, limits=server_limits,
@@ -268,7 +268,7 @@ def test_tokenize_and_model_info(stub, tokenizer):
     assert reply.responses[0].tokens == tokenizer.convert_ids_to_tokens(tokenizer.encode("Hello world"))
     info = stub.ModelInfo(pb.ModelInfoRequest(), metadata=AUTH)
     assert info.max_new_tokens == 64 and info.max_prompt_tokens == 64
-    assert set(info.methods) == {pb.AR, pb.CHAIN, pb.TREE}
+    assert set(info.methods) == {pb.AR, pb.CHAIN, pb.TREE, pb.NGRAM}
 
 
 def test_a_full_queue_answers_resource_exhausted_and_others_finish(tokenizer):

@@ -85,21 +85,32 @@ PROMPT_ROWS: ContextVar[torch.Tensor | None] = ContextVar("prompt_rows", default
 
 @torch.inference_mode()
 def is_row_invariant(kernel: TileKernel, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether every row of an N-row product equals that row computed alone, for N = 1..CHECK_ROWS and for
-    CHECK_ROWS rows at the head of a LONG_ROWS-row product."""
+    """Whether every row of an N-row product equals that row computed alone, for N = 1..CHECK_ROWS and, for a
+    kernel that takes more rows at once than that, for CHECK_ROWS rows at the head of a LONG_ROWS-row product."""
+    long = not kernel.chunk or kernel.chunk > CHECK_ROWS
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(LONG_ROWS, weight.shape[1], generator=generator).to(weight.device, weight.dtype)
+    x = torch.randn(LONG_ROWS if long else CHECK_ROWS, weight.shape[1], generator=generator)
+    x = x.to(weight.device, weight.dtype)
     alone = torch.cat([kernel(x[row:row + 1], weight, bias) for row in range(CHECK_ROWS)])
-    counts = [*range(2, CHECK_ROWS + 1), LONG_ROWS]
+    counts = [*range(2, CHECK_ROWS + 1), *([LONG_ROWS] if long else [])]
     return all(torch.equal(kernel(x[:count], weight, bias)[:CHECK_ROWS], alone[:count]) for count in counts)
 
 
+# Kernels chosen so far in this process, by (candidates, weight shape, dtype, device, bias): a second engine (or
+# replica) on the same weights' shapes pays no check, and picks what the first did.
+_chosen: dict[tuple, TileKernel] = {}
+
+
 def choose(kernels: tuple[TileKernel, ...], weight: torch.Tensor, bias: torch.Tensor | None) -> TileKernel:
-    kernel = next((kernel for kernel in kernels if is_row_invariant(kernel, weight, bias)), None)
-    if kernel is None:  # even one row at a time differs between calls: the BLAS is not deterministic here
-        raise RuntimeError(f"exact: no linear kernel gives the same bits twice for a {tuple(weight.shape)} "
-                           f"{weight.dtype} weight on {weight.device}")
-    return kernel
+    key = (kernels, tuple(weight.shape), weight.dtype, weight.device, bias is not None)
+    if key not in _chosen:
+        kernel = next((kernel for kernel in kernels if is_row_invariant(kernel, weight, bias)), None)
+        if kernel is None:  # even one row at a time differs between calls: the BLAS is not deterministic here
+            raise RuntimeError(f"exact: no linear kernel gives the same bits twice for a {tuple(weight.shape)} "
+                               f"{weight.dtype} weight on {weight.device}")
+        logger.info("exact linear %s %s: %s", tuple(weight.shape), weight.dtype, kernel.name)
+        _chosen[key] = kernel
+    return _chosen[key]
 
 
 def _tiled_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -107,25 +118,17 @@ def _tiled_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     prompt = PROMPT_ROWS.get()
     if prompt is None or prompt.numel() != flat.shape[0]:
         out = self.step_kernel(flat, self.weight, self.bias)
-    else:  # prompt rows and step rows each by their own kernel
+    else:  # prompt rows and step rows each by their own kernel (the prompts' chosen at the first prefill)
         out = flat.new_empty(flat.shape[0], self.weight.shape[0])
-        out[prompt] = self.prompt_kernel(flat[prompt], self.weight, self.bias)
+        out[prompt] = choose(PROMPT_KERNELS, self.weight, self.bias)(flat[prompt], self.weight, self.bias)
         if not bool(prompt.all()):
             out[~prompt] = self.step_kernel(flat[~prompt], self.weight, self.bias)
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
-def apply(model: nn.Module) -> dict[str, str]:
-    """Give every nn.Linear of `model` row-invariant step and prompt kernels (checked once per weight shape);
-    returns, per weight shape, the kernels chosen."""
-    chosen: dict[tuple, tuple[TileKernel, TileKernel]] = {}
+def apply(model: nn.Module) -> None:
+    """Give every nn.Linear of `model` row-invariant kernels: for steps chosen now, for prompts at the first
+    prefill (an LM head never sees one)."""
     for module in (m for m in model.modules() if isinstance(m, nn.Linear)):
-        weight = module.weight
-        key = (tuple(weight.shape), weight.dtype, weight.device, module.bias is not None)
-        if key not in chosen:
-            chosen[key] = (choose(STEP_KERNELS, weight, module.bias), choose(PROMPT_KERNELS, weight, module.bias))
-            logger.info("exact linear %s %s: steps %s, prompts %s", tuple(weight.shape), weight.dtype,
-                        chosen[key][0].name, chosen[key][1].name)
-        module.step_kernel, module.prompt_kernel = chosen[key]
+        module.step_kernel = choose(STEP_KERNELS, module.weight, module.bias)
         module.forward = types.MethodType(_tiled_forward, module)
-    return {f"{k[0]} {k[1]}": f"steps: {v[0].name}; prompts: {v[1].name}" for k, v in chosen.items()}
