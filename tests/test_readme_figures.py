@@ -573,6 +573,35 @@ def exact_variants_table():
                    Phrase(f"--name {EXACT_RUN}`")]
 
 
+NGRAM_RUN = "issue17-ngram"
+NGRAM_CATEGORIES = ("extraction", "summarization", "coding")
+
+
+def ngram_label(method: str) -> str:
+    if method == "ar":
+        return "`ar`"
+    if method.startswith("chain"):
+        return f"`chain` g{method.partition('=')[2]} (feature drafter)"
+    shape = dict(kv.split("=") for kv in method.partition(":")[2].split("+"))
+    return f"`ngram` (depth {shape['tree_depth']}, top-{shape['tree_topk']}, {shape['tree_nodes']} nodes)"
+
+
+@claim
+def ngram_table():
+    """'Model-free drafts' table: issue17-ngram.json (overall and the three copy-heavy categories)."""
+    run = result(NGRAM_RUN)
+    rows = []
+    for method, summary in run["methods"].items():
+        o = summary["overall"]
+        per_category = [num(summary["categories"][c]["speedup_vs_ar"], 2) + "x" for c in NGRAM_CATEGORIES]
+        rows.append(Row(cells(ngram_label(method), num(o["tau"], 2), num(o["tokens_per_s"], 2),
+                              num(o["speedup_vs_ar"], 2) + "x", *per_category, f"{o['equal_to_ar']}/{o['prompts']}")))
+    return rows + [Phrase(f"{run['prompts']} prompts ({run['prompts'] // 13} per category), {run['max_new_tokens']} new "
+                          f"tokens, greedy, batch {run['batch_size']}, {run['dtype']}, "
+                          f"{'exact' if run['exact'] else 'fast'} path, {run['threads']} threads"),
+                   Phrase(f"--name {NGRAM_RUN}`")]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The checker
 
