@@ -107,3 +107,19 @@ def test_dtype_auto_takes_bfloat16_only_where_it_is_native():
         assert not native
     with pytest.raises(InvalidRequestError, match="dtype: unknown dtype 'half'; choose auto or one of"):
         parse_dtype("half")
+
+
+def test_a_long_append_with_a_draft_in_one_forward_is_computed_whole():
+    """Not an engine path (prefills draft nothing), but the worker takes it: the appended tokens and the nodes
+    after them all get attention (computed by the step kernels), the same math as appending first."""
+    worker = exact_worker(tiny_model("llama", VOCAB, seed=4, sharpness=4.0))
+    prompt, draft = PROMPTS[2], [11, 40, 2]
+    worker.open(0)
+    together = worker.forward([0], [prompt], [draft], [[-1, 0, 1]])[0]
+    worker.release(0)
+    worker.open(0)
+    worker.forward([0], [prompt[:-1]])
+    apart = worker.forward([0], [prompt[-1:]], [draft], [[-1, 0, 1]])[0]
+    worker.release(0)
+    assert together.shape == apart.shape == (4, VOCAB)
+    assert torch.allclose(together, apart, atol=1e-4)

@@ -137,7 +137,8 @@ class ModelWorker:
                     self._early_exit(output, firsts, early_exit)
 
             hook = self._decoder.layers[early_exit.layer - 1].register_forward_hook(on_exit_layer)
-        prompt_rows = exact_linear.PROMPT_ROWS.set(_prompt_rows(appends, plan.input_ids.shape[1], self.device))
+        prompt_rows = exact_linear.PROMPT_ROWS.set(_prompt_rows(appends, nodes, plan.input_ids.shape[1],
+                                                                self.device))
         try:
             hidden = self._decoder(
                 **self._inputs(plan, features),
@@ -256,13 +257,15 @@ def greedy_logits(worker, token_ids: list[int], steps: int, seq_id: int = -1) ->
         worker.release(seq_id)
 
 
-def _prompt_rows(appends: list[list[int]], width: int, device: torch.device) -> torch.Tensor | None:
-    """[B * width] bool: the tokens of appends of two or more tokens (prompts: the engine appends a step's
-    tokens one at a time and drafts as nodes), for the exact path's prompt kernel; None if there are none."""
-    if all(len(app) < 2 for app in appends):
+def _prompt_rows(appends: list[list[int]], nodes: list[list[int]], width: int,
+                 device: torch.device) -> torch.Tensor | None:
+    """[B * width] bool: the tokens of rows that append two or more tokens and draft none (prefills: the engine
+    appends a step's tokens one at a time and drafts as nodes), for the exact path's prompt kernels; None if
+    there are none."""
+    prompts = [r for r, (app, nds) in enumerate(zip(appends, nodes)) if len(app) >= 2 and not nds]
+    if not prompts:
         return None
     rows = torch.zeros(len(appends), width, dtype=torch.bool)
-    for r, app in enumerate(appends):
-        if len(app) >= 2:
-            rows[r, : len(app)] = True
+    for r in prompts:
+        rows[r, : len(appends[r])] = True
     return rows.flatten().to(device)
