@@ -98,21 +98,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--prompts", type=int, default=10, help="bench prompts (token ids of the bench set's bytes)")
+    parser.add_argument("--prompts", type=int, default=10,
+                        help="bench prompts, the first of each category (token ids of the prompt's bytes)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--out", default="device_check.json")
     args = parser.parse_args()
     _import_checkout()
     import torch
 
+    from mirrorspec.bench.harness import load_prompts
     from mirrorspec.bench.verify_cost import verify_cost_curve
     from mirrorspec.workers.model_worker import ModelWorker
     from mirrorspec.workers.models import parse_device, parse_dtype
 
     device, dtype = parse_device(args.device), parse_dtype(args.dtype, device=args.device)
-    rows = [json.loads(line) for line in (ROOT / "bench" / "prompts" / "spec_bench_mini.jsonl").read_text().splitlines()]
+    rows = load_prompts(None, per_category=1)[:args.prompts]  # one per category
     # No tokenizer travels either: a prompt's UTF-8 bytes, offset past the special tokens, are its token ids.
-    prompts = [[b + 3 for b in row["prompt"].encode()][:200] for row in rows[:: max(1, len(rows) // args.prompts)]]
+    prompts = [[b + 3 for b in row["prompt"].encode()][:200] for row in rows]
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "dtype": str(dtype), "prompts": len(prompts),
               "max_new_tokens": args.max_new_tokens}

@@ -202,7 +202,7 @@ class Scheduler:
     def _drafter_failed(self, guard: DrafterGuard, rows: list[Sequence]) -> None:
         guard.failed()
         for seq in self.running:
-            if self._wants_draft(seq) and self.drafters[seq.spec.mode.drafter] is guard:
+            if self.drafters.get(seq.spec.mode.drafter) is guard:
                 seq.sync.forget()
                 if seq in rows:
                     seq.stats.fallback_steps += 1

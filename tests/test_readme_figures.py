@@ -596,8 +596,8 @@ def ngram_table():
         per_category = [num(summary["categories"][c]["speedup_vs_ar"], 2) + "x" for c in NGRAM_CATEGORIES]
         rows.append(Row(cells(ngram_label(method), num(o["tau"], 2), num(o["tokens_per_s"], 2),
                               num(o["speedup_vs_ar"], 2) + "x", *per_category, f"{o['equal_to_ar']}/{o['prompts']}")))
-    return rows + [Phrase(f"{run['prompts']} prompts ({run['prompts'] // 13} per category), {run['max_new_tokens']} new "
-                          f"tokens, greedy, batch {run['batch_size']}, {run['dtype']}, "
+    return rows + [Phrase(f"{run['prompts']} prompts ({run['prompts'] // 13} per category), "
+                          f"{run['max_new_tokens']} new tokens, greedy, batch {run['batch_size']}, {run['dtype']}, "
                           f"{'exact' if run['exact'] else 'fast'} path, {run['threads']} threads"),
                    Phrase(f"--name {NGRAM_RUN}`")]
 

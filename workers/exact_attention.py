@@ -108,7 +108,8 @@ def _in_rank_order(tensor: torch.Tensor, allowed: torch.Tensor, counts: torch.Te
     if columns < width:
         order = torch.cat([order, order[..., :1].expand(*order.shape[:-1], width - columns)], dim=-1)
     rows = torch.arange(batch, device=allowed.device)[:, None, None]
-    return tensor.transpose(1, 2)[rows, order[..., :width]].permute(0, 3, 1, 2, 4)  # [B, T, W, KV, d] -> [B, KV, T, W, d]
+    # [B, T, W, KV, d] -> [B, KV, T, W, d]
+    return tensor.transpose(1, 2)[rows, order[..., :width]].permute(0, 3, 1, 2, 4)
 
 
 AttentionInterface.register(NAME, exact_attention)

@@ -44,7 +44,8 @@ def parse_dtype(name: str, field: str = "dtype", device: str = "cpu") -> torch.d
     try:
         return DTYPES[name.lower()]
     except KeyError:
-        raise InvalidRequestError(field, f"unknown dtype {name!r}; choose auto or one of {sorted(set(DTYPES))}") from None
+        raise InvalidRequestError(field, f"unknown dtype {name!r}; choose auto or one of "
+                                         f"{sorted(set(DTYPES))}") from None
 
 
 def parse_device(name: str, field: str = "device") -> torch.device:
