@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 # (bench/results/issue16-exact-variants.json: 12.6 tok/s against `tree` 8.8 and `ar` 9.8).
 demo: $(STAMP)
 	$(BIN)/mirrorspec generate "Explain in three sentences why the sky is blue." \
-		--chat --method chain --gamma 3 --max-new-tokens 96 --stream
+		--chat --method chain --max-new-tokens 96 --stream
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15

@@ -8,7 +8,8 @@ transformers' plain greedy `generate` on a fresh, unmodified copy of the target 
 `hf-assisted` is its assisted generation (`generate(..., assistant_model=...)`) with the same pair; their tau
 counts target forwards with a hook. `diffusion-draft` runs with its own drafter (--diffusion-drafter) on the same
 target, in-process. A method can carry draft-shape options, e.g. `chain:gamma=3` or
-`tree:tree_depth=4+tree_topk=2`. The drafter's and the target's forward cost per token are timed on one thread.
+`tree:tree_depth=4+tree_topk=2+adaptive=off`. The drafter's and the target's forward cost per token are timed on
+one thread.
 `--variants float32:fast,bfloat16:exact,...` runs it all once per dtype and exact setting, in one process and
 one run, and adds each target's verify cost curve (bench/verify_cost.py). Writes JSON and a PNG plot.
 """
@@ -85,6 +86,8 @@ class Record:
     reused: int = 0  # mirror: windows taken from precomputed branches
     exit_checked: int = 0
     exit_covered: int = 0
+    predicted_accepted: float = 0.0  # the adaptive budget's estimate of `accepted`
+    unverified: int = 0  # drafted nodes the adaptive budget left out
 
 
 def parse_method(label: str, spec: SpecParams) -> tuple[str, SpecParams]:
@@ -95,12 +98,17 @@ def parse_method(label: str, spec: SpecParams) -> tuple[str, SpecParams]:
     if name not in BENCH_METHODS:
         raise InvalidRequestError("methods", f"unknown method {name!r}; choose from {', '.join(BENCH_METHODS)}")
     fields = {f.name for f in dataclasses.fields(SpecParams)} - {"method"}
-    values = {}
+    switches = {name for name in fields if isinstance(getattr(spec, name), bool)}
+    values: dict[str, int | bool] = {}
     for option in filter(None, options.split("+")):
         key, _, value = option.partition("=")
-        if key not in fields or not value.isdigit():
-            raise InvalidRequestError("methods", f"bad option {option!r} in {label!r}; use {sorted(fields)}=N")
-        values[key] = int(value)
+        if key in switches and value in ("on", "off"):
+            values[key] = value == "on"
+        elif key in fields - switches and value.isdigit():
+            values[key] = int(value)
+        else:
+            raise InvalidRequestError("methods", f"bad option {option!r} in {label!r}; use "
+                                                 f"{sorted(fields - switches)}=N or {sorted(switches)}=on|off")
     return name, dataclasses.replace(spec, method=name if name in ENGINE_METHODS else spec.method, **values)
 
 
@@ -121,7 +129,7 @@ def run_engine_method(engine, spec: SpecParams, prompts: list[dict], max_new: in
             records.append(Record(row["id"], row["category"], out.token_ids, seconds / len(chunk),
                                   st.target_forwards, st.drafted, st.accepted, st.drafts,
                                   list(st.accepted_per_position), st.reused_windows, st.exit_checked,
-                                  st.exit_covered))
+                                  st.exit_covered, st.predicted_accepted, st.unverified))
         bar.update(len(chunk))
     return records
 
@@ -174,6 +182,9 @@ def summarize(records: list[Record], reference: list[Record] | None) -> dict:
             "tau": round(tokens / forwards, 3) if forwards else None,
             "acceptance_rate": round(sum(r.accepted for r in rs) / drafted, 4) if drafted else None,
             "acceptance_by_position": [round(n / drafts, 4) for n in per_position] if drafts else None,
+            "accepted": sum(r.accepted for r in rs),
+            "predicted_accepted": round(sum(r.predicted_accepted for r in rs), 2),
+            "unverified": sum(r.unverified for r in rs),
         }
         if refs is not None:
             out["equal_to_ar"] = sum(a.tokens == b.tokens for a, b in zip(rs, refs))

@@ -53,6 +53,9 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tree-nodes", type=int, help="tree: nodes verified per step")
     g.add_argument("--exit-layer", type=int, help="mirror: the target's early-exit layer (default: half its layers)")
     g.add_argument("--kappa", type=int, help="mirror: early-exit candidates per window position")
+    g.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=None,
+                   help="verify only the part of each draft that pays at the current load (default on); "
+                        "--no-adaptive verifies every draft whole")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -150,7 +153,7 @@ def resolve_config(args: argparse.Namespace):
     if engine.drafter == "none":
         engine = dataclasses.replace(engine, drafter=None)
     spec = dataclasses.replace(config.speculation, **given("method", "gamma", "tree_depth", "tree_topk",
-                                                           "tree_nodes", "exit_layer", "kappa"))
+                                                           "tree_nodes", "exit_layer", "kappa", "adaptive"))
     cluster = dataclasses.replace(config.cluster, **given("ray", "drafter_address", "tp_size"))
     return engine.validate(), spec, cluster.validate()
 

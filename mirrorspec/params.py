@@ -10,9 +10,14 @@ from mirrorspec.errors import InvalidRequestError
 from mirrorspec.methods import Method, method
 
 
+GREEDY_BELOW = 1e-5  # temperatures under this decode greedily (see SamplingParams)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """How tokens are chosen and when generation stops. temperature 0 means greedy."""
+    """How tokens are chosen and when generation stops. temperature 0 means greedy, and so does any temperature
+    below GREEDY_BELOW: dividing logits by less overflows float32 into NaN, and the limit of sampling as the
+    temperature falls is greedy decoding anyway (vLLM draws the same line)."""
 
     temperature: float = 0.0
     top_k: int = 0  # 0 = no top-k filter
@@ -25,7 +30,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
 
     def validate(self) -> "SamplingParams":
         if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature < 0:
@@ -57,6 +62,8 @@ class SpecParams:
     next window for the likely outcomes while the target finishes (Mirror-SD).
     `diffusion-draft` has the shape of `tree`, drafted in one forward of a block-diffusion drafter (depth at most
     the drafter's window; a deeper tree is cut to it).
+    These shapes are the most a step drafts: with `adaptive` on, each step verifies only the part of the draft
+    that pays at the engine's current load (orchestration/spec_budget.py); off, every draft is verified whole.
     """
 
     method: str = "chain"
@@ -66,6 +73,7 @@ class SpecParams:
     tree_nodes: int = 24
     exit_layer: int | None = None
     kappa: int = 8
+    adaptive: bool = True
 
     @property
     def mode(self) -> Method:
@@ -82,6 +90,8 @@ class SpecParams:
         if nodes >= max_spec_nodes or depth * topk >= max_spec_nodes:
             name = "gamma" if mode.draft == "chain" else "tree_nodes"
             raise InvalidRequestError(name, f"a draft of this size exceeds the engine's max_spec_nodes={max_spec_nodes}")
+        if not isinstance(self.adaptive, bool):
+            raise InvalidRequestError("adaptive", f"must be true or false, got {self.adaptive!r}")
         if self.exit_layer is not None and (not isinstance(self.exit_layer, int) or self.exit_layer < 1):
             raise InvalidRequestError("exit_layer", f"must be an integer >= 1, got {self.exit_layer!r}")
         if mode.draft == "tree" and self.tree_nodes < self.tree_depth:

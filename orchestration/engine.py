@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator, Sequence as Seq
+from collections.abc import Callable, Iterator, Sequence as Seq
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +19,7 @@ from mirrorspec.orchestration.outputs import RequestOutput, error_output
 from mirrorspec.orchestration.scheduler import Scheduler
 from mirrorspec.orchestration.sequence import Sequence, TextTracker
 from mirrorspec.orchestration.stats import RequestStats
+from mirrorspec.orchestration.step_cost import MEASURE, StepCost, parse_step_cost
 from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.workers.interface import Worker
 
@@ -43,6 +44,10 @@ class EngineConfig:
     # (workers/exact_linear.py, workers/exact_attention.py): outputs identical to `ar` at any dtype. Off, the
     # fastest kernels run and at half precision outputs may differ from `ar` where two tokens nearly tie.
     exact: bool = True
+    # The target's forward cost by token count, which sizes each step's verified draft to the load
+    # (orchestration/spec_budget.py): auto (measured before the first drafting step), off (verify every draft
+    # whole), or a table {tokens: relative cost}.
+    step_cost: str | dict = MEASURE
 
     def validate(self) -> "EngineConfig":
         for name in ("max_batch", "max_model_len", "max_spec_nodes"):
@@ -55,6 +60,7 @@ class EngineConfig:
             raise InvalidRequestError("exact", f"must be true or false, got {self.exact!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise InvalidRequestError("threads", f"must be an integer >= 1, got {self.threads!r}")
+        parse_step_cost(self.step_cost)
         return self
 
 
@@ -71,8 +77,11 @@ class Engine:
         max_spec_nodes: int = 64,
         seed: int = 0,
         branch_budget: int = 8,
+        step_cost: StepCost | Callable[[], StepCost] | None = None,
     ) -> None:
-        """`drafter`: a DraftService, or a drafter model's Worker (run here, inside a DrafterSession)."""
+        """`drafter`: a DraftService, or a drafter model's Worker (run here, inside a DrafterSession).
+        `step_cost`: the target's cost curve for the adaptive budget, a probe that measures it when first needed,
+        or None to verify every draft whole (the default here; `build_engine` follows engine.step_cost)."""
         self.target = target
         self.drafter: DraftService | None = None if drafter is None else as_draft_service(
             drafter, max_spec_nodes=max_spec_nodes, branch_budget=branch_budget)
@@ -84,7 +93,8 @@ class Engine:
         drafters: dict[str, DraftService] = {NGRAM_DRAFTER: NgramDraftService()}  # model-free: on every engine
         if self.drafter is not None:
             drafters[DIFFUSION_DRAFTER if self.drafter.drafts_by_diffusion else AR_DRAFTER] = self.drafter
-        self.scheduler = Scheduler(target, drafters, max_batch=max_batch, text=TextTracker(decode, self.eos_ids))
+        self.scheduler = Scheduler(target, drafters, max_batch=max_batch, text=TextTracker(decode, self.eos_ids),
+                                   step_cost=step_cost)
         self._seq_ids = itertools.count()
         self._seed_source = random.Random(seed)
         self._sequences: dict[str, Sequence] = {}
@@ -245,6 +255,7 @@ class Engine:
             stats=seq.stats,
             new_text=new_text,
             new_token_ids=new_ids,
+            error=seq.error,
         )
 
 

@@ -8,7 +8,12 @@ each; `build_engine` holds both in this process.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
+import os
+import platform
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -18,10 +23,13 @@ from mirrorspec.methods import DIFFUSION_DRAFTER, METHODS
 from mirrorspec.orchestration.diffusion_draft import DiffusionDraftService
 from mirrorspec.orchestration.engine import SELF_DRAFTER, Engine, EngineConfig
 from mirrorspec.orchestration.interfaces import DraftService
+from mirrorspec.orchestration.step_cost import MEASURE, PROBE_COUNTS, StepCost, measure_step_cost, parse_step_cost
 from mirrorspec.workers import cpu_linear as fast_cpu_linear
+from mirrorspec.workers.default_model import cache_dir
 from mirrorspec.workers.diffusion_model import is_dllm_folder, load_dllm
 from mirrorspec.workers.drafter_model import Drafter, DrafterWorker, is_drafter_folder
 from mirrorspec.workers.exit_head import ExitHead, is_exit_head_folder
+from mirrorspec.workers.interface import Worker
 from mirrorspec.workers.model_worker import ModelWorker
 from mirrorspec.workers.models import (
     DEFAULT,
@@ -183,4 +191,36 @@ def build_engine(config: EngineConfig) -> Engine:
     drafter = build_drafter(config, target)
     return Engine(target_worker, drafter, tokenizer=target.tokenizer, eos_ids=eos_token_ids(target),
                   max_model_len=worker_sizes(config, target.config)[0], max_batch=config.max_batch,
-                  max_spec_nodes=config.max_spec_nodes, seed=config.seed)
+                  max_spec_nodes=config.max_spec_nodes, seed=config.seed,
+                  step_cost=step_cost_source(config, target_worker))
+
+
+def step_cost_source(config: EngineConfig, target: Worker) -> StepCost | Callable[[], StepCost] | None:
+    """The adaptive budget's cost curve as engine.step_cost asks: a table, none, or (auto) a probe of `target`
+    whose result is kept in the cache folder for this machine, model and kernels, so that it is measured once
+    (and every later engine there sizes its drafts alike). Delete the file to measure again."""
+    setting = parse_step_cost(config.step_cost)
+    if setting != MEASURE:
+        return setting
+    # At most one row's largest draft per probe, and room in the KV slot for the probe's tokens.
+    counts = tuple(k for k in PROBE_COUNTS if k <= config.max_spec_nodes + 1)
+    context = max(1, min(128, config.max_model_len - 32))
+    key = dict(target=str(config.target), dtype=config.dtype, device=config.device, exact=config.exact,
+               threads=torch.get_num_threads(), counts=counts, context=context, torch=torch.__version__,
+               cpu=torch.backends.cpu.get_cpu_capability(), cores=os.cpu_count(), host=platform.node())
+    path = cache_dir() / "step_cost" / f"{hashlib.sha1(json.dumps(key).encode()).hexdigest()[:16]}.json"
+
+    def probe() -> StepCost:
+        try:
+            return StepCost.from_points({int(k): v for k, v in json.loads(path.read_text())["cost"].items()})
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        cost = measure_step_cost(target, counts=counts, context=context)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": key, "cost": cost.as_dict()}, indent=1))
+        tmp.replace(path)
+        logger.info("measured the target's step cost %s (kept in %s)", cost.as_dict(), path)
+        return cost
+
+    return probe

@@ -15,6 +15,8 @@ works for any target, costs microseconds per step, and drafts nothing when the t
 
 from __future__ import annotations
 
+import math
+
 from mirrorspec.orchestration.draft_tree import ROOT, DraftTree
 from mirrorspec.orchestration.interfaces import ExitCandidates, OpenSpec, Proposal, Report
 
@@ -51,11 +53,15 @@ class NgramIndex:
 
     def draft(self, depth: int, topk: int, budget: int) -> DraftTree:
         """The continuations merged into a tree: at most `depth` levels, `topk` children per node and `budget`
-        nodes, in topological order (a node's parent comes before it)."""
+        nodes, in topological order (a node's parent comes before it). A node's log-probability is its share of
+        the occurrences that reach its parent, by Laplace's rule of succession ((n + 1) / (N + 2): a span seen
+        once continues as before with chance 2/3), which the adaptive budget reads as its chance of acceptance."""
         tree = DraftTree()
         children: dict[int, dict[int, int]] = {ROOT: {}}  # node -> {token: child node}
+        reached = {ROOT: 0}  # node -> occurrences whose continuation passes through it
         for continuation in self.continuations(depth):
             node = ROOT
+            reached[ROOT] += 1
             for token in continuation:
                 child = children[node].get(token)
                 if child is None:
@@ -65,10 +71,12 @@ class NgramIndex:
                     tree.tokens.append(token)
                     tree.parents.append(node)
                     tree.proposals.append(None)  # deterministic
-                    tree.logprobs.append(0.0)
                     children[node][token] = child
                     children[child] = {}
+                    reached[child] = 0
+                reached[child] += 1
                 node = child
+        tree.logprobs = [math.log((reached[n] + 1) / (reached[p] + 2)) for n, p in enumerate(tree.parents)]
         return tree
 
 

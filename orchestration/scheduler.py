@@ -1,7 +1,8 @@
 """Continuous batching: requests join and leave between steps; each step is one target forward for all of them.
 
-A step: admit waiting requests (prefill) and ask the drafter for their first drafts; verify every row's draft in
-one batched target forward (for `mirror` rows, the target's early exit goes to the drafter half-way through);
+A step: admit waiting requests (prefill) and ask the drafter for their first drafts; choose how much of each
+row's draft pays at this load (orchestration/spec_budget.py); verify that, for every row in one batched target
+forward (for `mirror` rows, the target's early exit goes to the drafter half-way through);
 accept per row (each row commits its own number of tokens); roll the target's KV cache back to the accepted path;
 stream the committed tokens; retire finished rows; report the verdicts to the drafter, which answers with the
 next drafts (for `mirror`, usually rolled out already while the target was finishing).
@@ -9,8 +10,10 @@ next drafts (for `mirror`, usually rolled out already while the target was finis
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
+from collections.abc import Callable
 
 import torch
 
@@ -22,18 +25,26 @@ from mirrorspec.orchestration.interfaces import DraftService, OpenSpec, Report
 from mirrorspec.orchestration.mirror import MirrorExit
 from mirrorspec.orchestration.sampling import probabilities
 from mirrorspec.orchestration.sequence import Sequence, TextTracker
+from mirrorspec.orchestration.spec_budget import RowDraft, path_estimates, plan, prune
 from mirrorspec.orchestration.stats import StepTiming
+from mirrorspec.orchestration.step_cost import StepCost
 from mirrorspec.workers.interface import Worker
+
+logger = logging.getLogger(__name__)
 
 # Padded tokens per prefill forward: joining prompts are prefilled in groups of about this size.
 PREFILL_TOKEN_BUDGET = 4096
+# The most steps a row goes without drafting after the budget cut its whole drafts (until a row leaves the batch).
+MAX_IDLE_STEPS = 16
 
 
 class Scheduler:
     def __init__(self, target: Worker, drafters: dict[str, DraftService], *, max_batch: int,
-                 text: TextTracker) -> None:
+                 text: TextTracker, step_cost: StepCost | Callable[[], StepCost] | None = None) -> None:
         """`drafters`: by drafter kind (mirrorspec/methods.py), the services that draft for the rows whose method
-        drafts with that kind; each row talks to its own kind's service only."""
+        drafts with that kind; each row talks to its own kind's service only. `step_cost`: the target's forward
+        cost curve for the adaptive budget, a probe that measures it (called once, when first needed), or None
+        to verify every draft whole."""
         self.target = target
         self.drafters = {kind: DrafterGuard(service) for kind, service in drafters.items()}
         self.drafter = self.drafters.get(AR_DRAFTER)  # the drafter model Mirror-SD's early exit feeds
@@ -43,6 +54,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.timing = StepTiming()
+        self.step_cost = step_cost
 
     @property
     def drafter_failures(self) -> int:
@@ -73,12 +85,15 @@ class Scheduler:
         """Run one decoding step; return the sequences that committed tokens (finished ones included)."""
         for guard in self.drafters.values():
             guard.new_step()
+        self._measure_step_cost()
         self._admit()
         if not self.running:
             return []
         rows = list(self.running)
         self._propose([s for s in rows if not s.sync.open])  # new rows (or all, after a drafter failure)
-        trees = [s.sync.window if s.sync.window is not None else DraftTree() for s in rows]
+        drafted = [s.sync.window if s.sync.window is not None else DraftTree() for s in rows]
+        kept = self._budget(rows, drafted)
+        trees = [prune(tree, nodes) for tree, nodes in zip(drafted, kept)]
         started = time.perf_counter()
         logits, hidden = self.target.forward_hidden(
             [s.seq_id for s in rows],
@@ -89,15 +104,24 @@ class Scheduler:
         )
         self._time_target(started, time.perf_counter())
         target_paths: dict[int, list[int]] = {}
-        for seq, tree, out, hid in zip(rows, trees, logits, hidden):
-            verdict = self._verify(seq, tree, out)
+        for seq, draft, tree, nodes, out, hid in zip(rows, drafted, trees, kept, logits, hidden):
+            try:
+                verdict = self._verify(seq, tree, out)
+            except Exception as exc:  # a fault in one row's numbers ends that row; the others go on
+                logger.warning("request %s failed: %s", seq.request_id, exc)
+                seq.finish_reason, seq.error = "error", f"{type(exc).__name__}: {exc}"
+                target_paths[seq.seq_id] = []
+                continue
             target_paths[seq.seq_id] = verdict.path
             if self._wants_features(seq):
                 seq.add_features(hid[[0] + [1 + n for n in verdict.path]])
-            seq.stats.record_step(len(tree), len(verdict.path))
+            seq.stats.record_step(len(tree), len(verdict.path), sum(path_estimates(tree)))
+            seq.stats.unverified += len(draft) - len(tree)
+            if self._adaptive(seq) and len(draft):
+                self._follow_budget(seq, tree)
             if self.mirror is not None:
                 self.mirror.record(seq, verdict)
-            seq.sync.accepted_nodes = verdict.path
+            seq.sync.accepted_nodes = [nodes[n] for n in verdict.path]  # the drafter's own node numbers
             seq.sync.window = None
             self.text.deliver(seq, [tree.tokens[n] for n in verdict.path] + [verdict.next_token])
             if seq.stats.first_token_time is None:
@@ -106,6 +130,38 @@ class Scheduler:
         self._retire([s for s in rows if s.finished])
         self._propose([s for s in rows if not s.finished])
         return rows
+
+    # ------------------------------------------------------------------------------------ budget
+    def _adaptive(self, seq: Sequence) -> bool:
+        """Whether the budget may cut this row's drafts (Mirror-SD windows are verified whole: their branches are
+        rolled out for every window position)."""
+        return seq.spec.adaptive and self._wants_draft(seq) and not seq.spec.mode.early_exit
+
+    def _measure_step_cost(self) -> None:
+        """Probe the target's cost curve once, before the first step with an adaptive row, while a KV slot is
+        free for the probe (a few forwards: about a second for a 135M model on two CPU cores)."""
+        if self.step_cost is None or isinstance(self.step_cost, StepCost) or len(self.running) >= self.max_batch:
+            return
+        if any(self._adaptive(s) for s in [*self.waiting, *self.running]):
+            self.step_cost = self.step_cost()
+
+    @staticmethod
+    def _follow_budget(seq: Sequence, verified: DraftTree) -> None:
+        """Shape the row's next drafts by what the budget kept of this one: one level deeper than its deepest
+        verified node, and none at all for a while when it kept nothing (drafting would be wasted work)."""
+        sync = seq.sync
+        sync.deepest_kept = max((verified.depth(n) for n in range(len(verified))), default=0)
+        if len(verified):
+            sync.backoff = 0
+        else:
+            sync.backoff = min(2 * sync.backoff or 1, MAX_IDLE_STEPS)
+            sync.idle_steps = sync.backoff
+
+    def _budget(self, rows: list[Sequence], trees: list[DraftTree]) -> list[list[int]]:
+        """Per row, the draft nodes to verify this step."""
+        if not isinstance(self.step_cost, StepCost):
+            return [list(range(len(tree))) for tree in trees]
+        return plan([RowDraft(tree, self._adaptive(s)) for s, tree in zip(rows, trees)], self.step_cost)
 
     def _admit(self) -> None:
         joining = []
@@ -189,6 +245,12 @@ class Scheduler:
         this step)."""
         depth, topk, budget = seq.spec.shape()
         depth = min(depth, seq.remaining - 1)  # never draft past max_new_tokens
+        if self._adaptive(seq) and seq.sync.deepest_kept is not None:
+            if seq.sync.idle_steps > 0:
+                seq.sync.idle_steps -= 1
+                return None
+            # A draft grows back a level per step when the load falls.
+            depth = min(depth, seq.sync.deepest_kept + 1)
         if depth < 1:
             return None
         features = None
@@ -225,6 +287,8 @@ class Scheduler:
             t.upper_s += ended - exit_end
 
     def _verify(self, seq: Sequence, tree: DraftTree, logits: torch.Tensor) -> Verdict:
+        if not bool(torch.isfinite(logits).all()):
+            raise FloatingPointError("the target's logits for this request are not finite (NaN or infinity)")
         generated = len(seq.output_ids)
         if seq.sampling.min_new_tokens > generated and self.text.eos_ids:
             # Hold EOS back at every output row whose token would come before min_new_tokens (row 0: the next
@@ -243,6 +307,9 @@ class Scheduler:
             seq.stats.finish_time = time.perf_counter()
             self.running.remove(seq)
             self.target.release(seq.seq_id)
+        if done:
+            for seq in self.running:  # the load fell: drafts may pay again
+                seq.sync.idle_steps = 0
         for kind, guard in self.drafters.items():
             leaving = [s.seq_id for s in done if s.sync.open and s.spec.mode.drafter == kind]
             if leaving:

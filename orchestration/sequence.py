@@ -24,6 +24,11 @@ class DrafterSync:
     window: DraftTree | None = None  # the draft to verify at the next step
     window_reused: bool = False  # mirror: that draft is a branch rolled out at the last early exit
     exit_top: list[list[int]] | None = None  # mirror: this step's early-exit top-kappa ids per window position
+    # The adaptive budget (orchestration/spec_budget.py): depth of the deepest node it verified last time, and
+    # while it keeps cutting whole drafts, steps to skip drafting (doubling up to MAX_IDLE_STEPS).
+    deepest_kept: int | None = None
+    idle_steps: int = 0
+    backoff: int = 0
 
     def forget(self) -> None:
         """The drafter lost everything (it failed): reopen from scratch when it is asked again."""
@@ -46,6 +51,7 @@ class Sequence:
     output_ids: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
+    error: str | None = None  # why it ended with finish_reason "error" (a fault in its own step)
     emitted_tokens: int = 0
     emitted_text: int = 0
     # Target hidden states of positions 0..n-1 (only kept for feature drafters): features[:n_features].

@@ -14,6 +14,8 @@ class RequestStats:
     drafts: int = 0  # steps that verified a non-empty draft
     drafted: int = 0  # draft tokens (tree nodes) verified
     accepted: int = 0  # draft tokens accepted
+    predicted_accepted: float = 0.0  # the adaptive budget's estimate of `accepted` (its calibration)
+    unverified: int = 0  # draft tokens the adaptive budget left out (not counted in `drafted`)
     accepted_per_position: list[int] = field(default_factory=list)  # accepted tokens at draft depth 1, 2, ...
     fallback_steps: int = 0  # steps decoded without a draft because the drafter failed
     late_drafts: int = 0  # steps decoded without a draft because the drafter was slower than the target's patience
@@ -24,12 +26,13 @@ class RequestStats:
     first_token_time: float | None = None
     finish_time: float | None = None
 
-    def record_step(self, drafted: int, accepted: int) -> None:
+    def record_step(self, drafted: int, accepted: int, predicted: float) -> None:
         self.target_forwards += 1
         if drafted:
             self.drafts += 1
             self.drafted += drafted
             self.accepted += accepted
+            self.predicted_accepted += predicted
             if len(self.accepted_per_position) < accepted:
                 self.accepted_per_position += [0] * (accepted - len(self.accepted_per_position))
             for position in range(accepted):
@@ -74,6 +77,8 @@ class RequestStats:
             "target_forwards": self.target_forwards,
             "drafted": self.drafted,
             "accepted": self.accepted,
+            "predicted_accepted": r(self.predicted_accepted, 2),
+            "unverified": self.unverified,
             "tau": r(self.tau),
             "acceptance_rate": r(self.acceptance_rate),
             "acceptance_by_position": [r(x) for x in self.acceptance_by_position],

@@ -66,20 +66,22 @@ class StoppingCriteria(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., stop_sequences: _Optional[_Iterable[str]] = ..., time_limit_millis: _Optional[int] = ...) -> None: ...
 
 class SpeculationParameters(_message.Message):
-    __slots__ = ("gamma", "tree_depth", "tree_topk", "tree_nodes", "exit_layer", "kappa")
+    __slots__ = ("gamma", "tree_depth", "tree_topk", "tree_nodes", "exit_layer", "kappa", "fixed_draft")
     GAMMA_FIELD_NUMBER: _ClassVar[int]
     TREE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     TREE_TOPK_FIELD_NUMBER: _ClassVar[int]
     TREE_NODES_FIELD_NUMBER: _ClassVar[int]
     EXIT_LAYER_FIELD_NUMBER: _ClassVar[int]
     KAPPA_FIELD_NUMBER: _ClassVar[int]
+    FIXED_DRAFT_FIELD_NUMBER: _ClassVar[int]
     gamma: int
     tree_depth: int
     tree_topk: int
     tree_nodes: int
     exit_layer: int
     kappa: int
-    def __init__(self, gamma: _Optional[int] = ..., tree_depth: _Optional[int] = ..., tree_topk: _Optional[int] = ..., tree_nodes: _Optional[int] = ..., exit_layer: _Optional[int] = ..., kappa: _Optional[int] = ...) -> None: ...
+    fixed_draft: bool
+    def __init__(self, gamma: _Optional[int] = ..., tree_depth: _Optional[int] = ..., tree_topk: _Optional[int] = ..., tree_nodes: _Optional[int] = ..., exit_layer: _Optional[int] = ..., kappa: _Optional[int] = ..., fixed_draft: _Optional[bool] = ...) -> None: ...
 
 class Parameters(_message.Message):
     __slots__ = ("method", "sampling", "stopping", "speculation", "chat")

@@ -189,7 +189,9 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
             raise InvalidRequestError("params.method", f"{method} is not served here; this server accepts "
                                                        f"{', '.join(self.model.methods)}")
         shape = {f.name: getattr(params.speculation, f.name) for f in pb.SpeculationParameters.DESCRIPTOR.fields
-                 if getattr(params.speculation, f.name)}
+                 if getattr(params.speculation, f.name) and f.name != "fixed_draft"}
+        if params.speculation.fixed_draft:
+            shape["adaptive"] = False
         try:
             built = dataclasses.replace(base, **values).validate()
             spec = dataclasses.replace(self.default_spec, method=method, **shape)

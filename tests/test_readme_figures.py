@@ -602,6 +602,35 @@ def ngram_table():
                    Phrase(f"--name {NGRAM_RUN}`")]
 
 
+ADAPTIVE_RUNS = ("issue17-adaptive-b1", "issue17-adaptive-b8")
+
+
+def adaptive_label(method: str) -> str:
+    name, _, options = method.partition(":")
+    shape = dict(kv.split("=") for kv in options.split("+")) if options else {}
+    label = f"`{name}`" + (f" g{shape['gamma']}" if "gamma" in shape else "")
+    return label + (", fixed" if shape.get("adaptive") == "off" else (", adaptive" if name != "ar" else ""))
+
+
+@claim
+def adaptive_table():
+    """'Adaptive speculation' table: issue17-adaptive-b1.json and -b8.json (one run each)."""
+    rows, phrases = [], []
+    for name in ADAPTIVE_RUNS:
+        run = result(name)
+        for method, summary in run["methods"].items():
+            o = summary["overall"]
+            predicted = "-" if method == "ar" else f"{o['accepted']} / {num(o['predicted_accepted'])}"
+            rows.append(Row(cells(str(run["batch_size"]), adaptive_label(method), num(o["tau"], 2),
+                                  num(o["tokens_per_s"], 2), num(o["speedup_vs_ar"], 2) + "x", predicted,
+                                  str(o["unverified"]), f"{o['equal_to_ar']}/{o['prompts']}")))
+        phrases.append(Phrase(f"batch {run['batch_size']}: {run['prompts']} prompts, {run['max_new_tokens']} new "
+                              f"tokens, greedy, {run['dtype']}, {'exact' if run['exact'] else 'fast'} path, "
+                              f"{run['threads']} threads"))
+        phrases.append(Phrase(f"--name {name}`"))
+    return rows + phrases
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The checker
 

@@ -1,0 +1,89 @@
+"""Adaptive speculation: how much of each row's draft the target verifies this step.
+
+Glossary:
+  node estimate   the chance the target accepts a drafted node once its parent is accepted: the drafter's own
+                  probability of the token (a trained drafter's confidence tracks acceptance, EAGLE-2,
+                  arXiv 2406.16858), or for a model-free draft the frequency its log-probability carries.
+  path estimate   the chance the node is accepted with its whole path: the product of the node estimates from
+                  the root. A node's expected contribution to the step's committed tokens is its path estimate.
+  step cost       the target forward's relative cost at a token count (orchestration/step_cost.py).
+
+The rule: sort every adaptive row's nodes by path estimate (a child never ranks before its parent) and verify
+the first k, with k chosen to maximise expected committed tokens per unit of the step's cost,
+    (rows + fixed accepted + accepted(k)) / cost(rows + fixed nodes + k).
+So a draft's unlikely tail is never verified (the stop rule: SpecDec++, arXiv 2405.19715, stops where acceptance
+falls below a threshold; here the threshold follows from the cost curve), the likely branches of a tree are kept
+wherever they are (EAGLE-2's ranking, across the whole batch), and as the batch fills a machine whose forward
+cost grows with its tokens the budget shrinks to nothing: plain decoding, never slower than `ar` by the curve.
+Rows with adaptive speculation off (per request) and Mirror-SD windows (whose branches are rolled out for the
+whole window) are verified whole and counted as fixed load. Pruning only chooses what to verify: every verified
+node is still accepted by the exact rule, so outputs keep their law (and greedy ones their tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from mirrorspec.orchestration.draft_tree import ROOT, DraftTree
+from mirrorspec.orchestration.step_cost import StepCost
+
+
+def path_estimates(tree: DraftTree) -> list[float]:
+    """[len(tree)] each node's path estimate (nodes come in topological order)."""
+    out: list[float] = []
+    for parent, logprob in zip(tree.parents, tree.logprobs):
+        node = math.exp(min(0.0, logprob))
+        out.append(node if parent == ROOT else out[parent] * node)
+    return out
+
+
+@dataclass
+class RowDraft:
+    tree: DraftTree
+    adaptive: bool  # False: verified whole (fixed load)
+
+
+def plan(rows: list[RowDraft], cost: StepCost) -> list[list[int]]:
+    """Per row, the nodes to verify (ascending, closed under parents): all of a fixed row's, the best of the
+    adaptive rows' by the rule above."""
+    fixed_nodes, fixed_accepted = 0, 0.0
+    candidates: list[tuple[float, int, int, int]] = []  # (-path estimate, depth, row, node)
+    for r, row in enumerate(rows):
+        estimates = path_estimates(row.tree)
+        if not row.adaptive:
+            fixed_nodes += len(row.tree)
+            fixed_accepted += sum(estimates)
+            continue
+        depths: list[int] = []
+        for parent in row.tree.parents:
+            depths.append(1 if parent == ROOT else depths[parent] + 1)
+        candidates += [(-p, d, r, n) for n, (p, d) in enumerate(zip(estimates, depths))]
+    # A child's estimate never exceeds its parent's and, on a tie, the shallower node comes first, so every
+    # prefix of this order is closed under parents.
+    candidates.sort()
+    base = len(rows) + fixed_accepted
+    tokens = len(rows) + fixed_nodes
+    best_k, best_rate, accepted = 0, base / cost(tokens), 0.0
+    for k, (negative_estimate, _, _, _) in enumerate(candidates, start=1):
+        accepted -= negative_estimate
+        rate = (base + accepted) / cost(tokens + k)
+        if rate > best_rate:
+            best_k, best_rate = k, rate
+    kept: list[list[int]] = [list(range(len(row.tree))) if not row.adaptive else [] for row in rows]
+    for _, _, r, n in candidates[:best_k]:
+        kept[r].append(n)
+    return [sorted(nodes) for nodes in kept]
+
+
+def prune(tree: DraftTree, kept: list[int]) -> DraftTree:
+    """The subtree of `kept` nodes (ascending, closed under parents), renumbered in the same order."""
+    if len(kept) == len(tree):
+        return tree
+    new_index = {old: new for new, old in enumerate(kept)}
+    return DraftTree(
+        tokens=[tree.tokens[n] for n in kept],
+        parents=[ROOT if tree.parents[n] == ROOT else new_index[tree.parents[n]] for n in kept],
+        proposals=[tree.proposals[n] for n in kept],
+        logprobs=[tree.logprobs[n] for n in kept],
+    )
