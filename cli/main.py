@@ -171,7 +171,7 @@ def sampling_from_args(args: argparse.Namespace, overrides: dict | None = None) 
     for key, value in (overrides or {}).items():
         if key not in values:
             raise InvalidRequestError(key, f"unknown sampling key; known: {', '.join(values)}")
-        values[key] = tuple(value) if key == "stop" else value
+        values[key] = value
     return SamplingParams(**values).validate()
 
 
@@ -181,6 +181,8 @@ def _read_jsonl(path: str) -> list[dict]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise InvalidRequestError("input", f"cannot read {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidRequestError("input", f"{path!r} is not UTF-8 text") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -199,6 +201,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise InvalidRequestError("prompt", "give a prompt or --input FILE (not both)")
     if args.input and not args.output:
         raise InvalidRequestError("output", "--input needs --output FILE")
+    if args.output:
+        _check_writable(args.output)
     engine_config, spec, cluster = resolve_config(args)
     sampling = sampling_from_args(args)
     spec.validate(engine_config.max_spec_nodes)
@@ -217,6 +221,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return _generate(engine, args, sampling, spec)
     finally:
         engine.shutdown()
+
+
+def _check_writable(path: str) -> None:
+    """Refuse an output file that cannot be written before generating anything for it."""
+    target = Path(path)
+    if target.is_dir():
+        raise InvalidRequestError("output", f"{path!r} is a directory")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise InvalidRequestError("output", f"the folder of {path!r} does not exist")
+    if not os.access(target if target.exists() else folder, os.W_OK):
+        raise InvalidRequestError("output", f"{path!r} is not writable")
 
 
 def _generate(engine, args: argparse.Namespace, sampling: SamplingParams, spec: SpecParams) -> int:

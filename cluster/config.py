@@ -241,6 +241,8 @@ def find_config(explicit: str | None = None) -> Path | None:
     """--config, else $MIRRORSPEC_CONFIG, else ./ray_config.yaml if present."""
     if explicit:
         path = Path(explicit)
+        if path.is_dir():
+            raise InvalidRequestError("config", f"{explicit!r} is a directory, not a YAML file")
         if not path.is_file():
             raise InvalidRequestError("config", f"{explicit!r} does not exist")
         return path
@@ -256,9 +258,11 @@ def load_config(path: Path | None) -> ProjectConfig:
         return ProjectConfig()
     source = str(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise InvalidRequestError(source, f"is not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise InvalidRequestError(source, "is not UTF-8 text") from None
     if not isinstance(data, dict):
         raise InvalidRequestError(source, "must be a mapping of sections")
     sections = {"engine": EngineConfig, "speculation": SpecParams, "cluster": ClusterConfig, "serve": ServeConfig}

@@ -28,6 +28,11 @@ class SamplingParams:
     stop: tuple[str, ...] = field(default_factory=tuple)
     ignore_eos: bool = False
 
+    def __post_init__(self) -> None:
+        # One string is one stop string (not one per character); a list holds several.
+        if isinstance(self.stop, (str, list)):
+            object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
+
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW
@@ -44,10 +49,10 @@ class SamplingParams:
         if not isinstance(self.min_new_tokens, int) or not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise InvalidRequestError("min_new_tokens", f"must be an integer in [0, max_new_tokens="
                                                         f"{self.max_new_tokens}], got {self.min_new_tokens!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
-            raise InvalidRequestError("seed", f"must be an integer >= 0, got {self.seed!r}")
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise InvalidRequestError("stop", "stop strings must be non-empty strings")
+        if self.seed is not None and (type(self.seed) is not int or not 0 <= self.seed < 2**64):
+            raise InvalidRequestError("seed", f"must be an integer in [0, 2^64), got {self.seed!r}")
+        if not isinstance(self.stop, tuple) or any(not isinstance(s, str) or not s for s in self.stop):
+            raise InvalidRequestError("stop", "must be a non-empty string or a list of them")
         return self
 
 

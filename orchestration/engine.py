@@ -274,10 +274,12 @@ def encode_prompt(tokenizer, vocab_size: int, prompt: str | list[int], chat: boo
                 return_dict=False,
             ))
         return tokenizer.encode(prompt)
+    if not isinstance(prompt, (list, tuple)):
+        raise InvalidRequestError("prompt", f"must be text or a list of token ids, got {type(prompt).__name__}")
     ids = list(prompt)
     if not ids:
         raise InvalidRequestError("prompt", "is empty")
-    bad = next((t for t in ids if not isinstance(t, int) or not 0 <= t < vocab_size), None)
+    bad = next((t for t in ids if type(t) is not int or not 0 <= t < vocab_size), None)
     if bad is not None:
         raise InvalidRequestError("prompt", f"token id {bad!r} is outside the vocabulary [0, {vocab_size})")
     return ids

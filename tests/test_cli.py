@@ -26,11 +26,20 @@ from mirrorspec.cluster.launch import SECRET_ENV
         (["generate", "   "], "prompt"),
         (["generate"], "prompt"),
         (["generate", "--input", "x.jsonl"], "output"),
+        (["generate", "hi", "--seed", str(2**64)], "seed"),
+        (["generate", "hi", "--config", "."], "config"),
+        (["generate", "--input", "NON_UTF8", "--output", "out.jsonl"], "input"),
+        (["generate", "hi", "--config", "NON_UTF8"], "NON_UTF8"),
+        (["generate", "--input", "NON_UTF8", "--output", "/no/such/folder/out.jsonl"], "output"),
+        (["generate", "--input", "NON_UTF8", "--output", "."], "output"),
     ],
 )
-def test_bad_input_exits_2_naming_the_field(argv, field, capsys):
+def test_bad_input_exits_2_naming_the_field(argv, field, capsys, tmp_path):
+    non_utf8 = tmp_path / "NON_UTF8"  # a config or input file that is not text
+    non_utf8.write_bytes(b"prompt: \xff\xfe\n")
+    argv = [str(non_utf8) if a == "NON_UTF8" else a for a in argv]
     assert main(argv) == 2
-    assert f"error: {field}:" in capsys.readouterr().err
+    assert f"error: {str(non_utf8) if field == 'NON_UTF8' else field}" in capsys.readouterr().err
 
 
 def test_console_script_exit_code():
@@ -65,14 +74,19 @@ def test_jsonl_batch_keeps_going_past_bad_rows(tmp_path, capsys):
         {"id": "b", "prompt": ""},
         {"id": "c", "prompt": "Name a fruit.", "temperature": -2},
         {"id": "d", "prompt": "Name an animal.", "max_new_tokens": 6},
+        {"id": "e", "prompt": 42},
+        {"id": "f", "prompt": None},
+        {"id": "g", "prompt": "Count: one, two, three.", "stop": "two"},
     ]
     src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert main(["generate", "--input", str(src), "--output", str(dst), "--chat", "--method", "tree",
                  "--drafter", "self", "--max-new-tokens", "10"]) == 2
     out = {r["id"]: r for r in map(json.loads, dst.read_text().splitlines())}
     assert out["b"]["error"].startswith("prompt:") and out["c"]["error"].startswith("temperature:")
+    assert out["e"]["error"].startswith("prompt:") and out["f"]["error"].startswith("prompt:")
     assert out["a"]["text"] and out["d"]["text"] and len(out["d"]["token_ids"]) <= 6
-    assert "2 errors" in capsys.readouterr().err
+    assert "two" not in out["g"]["text"] and out["g"]["finish_reason"] in ("stop", "length", "eos")
+    assert "4 errors" in capsys.readouterr().err
 
 
 @pytest.mark.real_model
