@@ -89,12 +89,15 @@ class SpecParams:
         mode = self.mode
         for name in ("gamma", "tree_depth", "tree_topk", "tree_nodes", "kappa"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if type(value) is not int or value < 1:
                 raise InvalidRequestError(name, f"must be an integer >= 1, got {value!r}")
         depth, topk, nodes = self.shape()
-        if nodes >= max_spec_nodes or depth * topk >= max_spec_nodes:
-            name = "gamma" if mode.draft == "chain" else "tree_nodes"
-            raise InvalidRequestError(name, f"a draft of this size exceeds the engine's max_spec_nodes={max_spec_nodes}")
+        widest = "tree_topk" if topk > depth else "tree_depth"  # the larger factor of depth x topk
+        for name, size in (("tree_nodes", nodes), (widest, depth * topk)):
+            if size >= max_spec_nodes:
+                name = "gamma" if mode.draft == "chain" else name
+                raise InvalidRequestError(name, f"a draft of this size exceeds the engine's max_spec_nodes="
+                                                f"{max_spec_nodes}")
         if not isinstance(self.adaptive, bool):
             raise InvalidRequestError("adaptive", f"must be true or false, got {self.adaptive!r}")
         if self.exit_layer is not None and (not isinstance(self.exit_layer, int) or self.exit_layer < 1):

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mirrorspec.errors import InvalidRequestError
+from mirrorspec.orchestration.sampling import seeded_generator
 from mirrorspec.params import FIXED_SCHEDULE, DiffusionParams
 from mirrorspec.workers.diffusion_model import ContextKV, DiffusionOutput, pad_contexts
 
@@ -133,7 +134,7 @@ class DiffusionDecoder:
         canvas = torch.cat([torch.tensor(prompt, dtype=torch.long),
                             torch.full((params.gen_length,), self.model.mask_id, dtype=torch.long)])
         # Seeded by the request alone, not by its place in the batch: the batch cannot change what it samples.
-        generator = torch.Generator().manual_seed(params.seed)
+        generator = seeded_generator(params.seed)
         row = _Row(canvas, len(prompt), params, generator)
         row.block_start = row.block_end = row.start
         return row

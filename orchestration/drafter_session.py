@@ -27,6 +27,7 @@ from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.draft_tree import ROOT
 from mirrorspec.orchestration.drafting import Branch, BranchJob, DraftJob, draft_trees, roll_out_branches
 from mirrorspec.orchestration.interfaces import DraftService, ExitCandidates, OpenSpec, Proposal, Report
+from mirrorspec.orchestration.sampling import seeded_generator
 from mirrorspec.params import SamplingParams
 from mirrorspec.workers.interface import Worker
 
@@ -106,7 +107,7 @@ class DrafterSession:
             if spec.seq_id in self._seqs:
                 raise InvalidRequestError("open.id", f"sequence {spec.seq_id} is already open")
             self.drafter.open(spec.seq_id)
-            self._seqs[spec.seq_id] = _State(spec.sampling, torch.Generator().manual_seed(spec.seed))
+            self._seqs[spec.seq_id] = _State(spec.sampling, seeded_generator(spec.seed))
 
     def release(self, seq_ids: list[int]) -> None:
         for seq_id in seq_ids:

@@ -8,14 +8,13 @@ import random
 from collections.abc import Callable, Iterator, Sequence as Seq
 from dataclasses import dataclass
 
-import torch
-
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.methods import AR_DRAFTER, DIFFUSION_DRAFTER, NGRAM_DRAFTER
 from mirrorspec.orchestration.drafter_session import as_draft_service
 from mirrorspec.orchestration.interfaces import DraftService
 from mirrorspec.orchestration.ngram_draft import NgramDraftService
 from mirrorspec.orchestration.outputs import RequestOutput, error_output
+from mirrorspec.orchestration.sampling import seeded_generator
 from mirrorspec.orchestration.scheduler import Scheduler
 from mirrorspec.orchestration.sequence import Sequence, TextTracker
 from mirrorspec.orchestration.stats import RequestStats
@@ -140,7 +139,7 @@ class Engine:
             prompt_ids=prompt_ids,
             sampling=sampling,
             spec=spec,
-            generator=torch.Generator().manual_seed(seed),
+            generator=seeded_generator(seed),
             stats=RequestStats(),
         )
         self._sequences[request_id] = seq

@@ -5,9 +5,12 @@ The output law of every method is the law of `ar` under this transform; speculat
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from mirrorspec.params import SamplingParams
+
+MT_WORDS, MT_WORDS_AT = 624, 24  # torch's CPU generator state: 8-byte seed, left, seeded, next; then 624 words
 
 
 def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -33,6 +36,19 @@ def log_probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Ten
     if params.greedy:
         return torch.log_softmax(logits.float(), dim=-1)
     return torch.log(probabilities(logits, params))
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A request's random stream, from its whole 64-bit seed. torch's CPU generator (mt19937) keeps only the low
+    32 bits of a seed (0 and 2^32 would draw alike), so a larger seed fills the 624 state words itself, spread by
+    numpy's SeedSequence; smaller seeds seed it as torch does, so their streams are torch's own."""
+    generator = torch.Generator().manual_seed(seed & 0xFFFFFFFF)
+    if seed >> 32:
+        words = np.random.SeedSequence(seed).generate_state(MT_WORDS, dtype=np.uint32).astype("<u8")
+        state = generator.get_state()
+        state[MT_WORDS_AT : MT_WORDS_AT + 8 * MT_WORDS] = torch.from_numpy(words.view(np.uint8))
+        generator.set_state(state)
+    return generator
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator) -> int:

@@ -199,6 +199,8 @@ def test_min_new_tokens_holds_back_an_eos_that_comes_early(tokenizer):
     (dict(params=params(sampling=pb.SamplingParameters(temperature=-1))), "params.sampling.temperature"),
     (dict(params=params(speculation=pb.SpeculationParameters(tree_nodes=500), method=pb.TREE)),
      "params.speculation.tree_nodes"),
+    (dict(params=params(speculation=pb.SpeculationParameters(tree_topk=2**32 - 1), method=pb.TREE)),
+     "params.speculation.tree_topk"),
     (dict(params=params(stopping={"stop_sequences": [""]})), "params.stopping.stop_sequences"),
 ])
 def test_bad_requests_name_the_field_and_the_server_keeps_serving(stub, request_, field):

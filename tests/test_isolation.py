@@ -65,3 +65,15 @@ def test_a_vanishing_temperature_decodes_greedily(target, temperature):
                                                        seed=1), SpecParams(method="chain", gamma=3))
     assert [o.token_ids for o in tiny] == [o.token_ids for o in greedy]
     assert all(o.error is None and torch.tensor(o.token_ids).ge(0).all() for o in tiny)
+
+
+def test_a_64_bit_seed_is_used_whole(target):
+    engine = tiny_engine(target, None, max_batch=4)
+    seeds = [0, 2**32, 1, 2**32 + 1, 2**63, 2**64 - 1]
+    outs = engine.generate([PROMPTS[0]] * len(seeds), [SamplingParams(max_new_tokens=16, ignore_eos=True,
+                                                                      temperature=1.5, seed=s) for s in seeds])
+    samples = [tuple(o.token_ids) for o in outs]
+    assert len(set(samples)) == len(seeds)  # torch alone would draw 0 and 2^32 (and 2^63) alike
+    again = engine.generate([PROMPTS[0]], SamplingParams(max_new_tokens=16, ignore_eos=True, temperature=1.5,
+                                                         seed=2**63))
+    assert again[0].token_ids == outs[4].token_ids  # and a large seed still reproduces its output
