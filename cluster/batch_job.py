@@ -105,13 +105,56 @@ class AnswerParts(Datasink):
         self.totals = sum(write_result.write_returns, Counter())
 
 
-def read_rows(path: str):
-    import ray.data
+def check_jsonl(files: list[Path]) -> int:
+    """Read JSONL inputs once before Ray does, so that a bad row is named (file and line) instead of failing a
+    Ray task: each line a JSON object with a string `prompt` and an `id` (all strings or all integers: Arrow
+    types a column once), ids unique. Returns the number of rows."""
+    seen: dict[str, str] = {}
+    kinds: set[type] = set()
+    for file in files:
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise InvalidRequestError("input", f"{file} is not UTF-8 text") from None
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            where = f"{file}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InvalidRequestError("input", f"{where} is not valid JSON: {exc.msg}") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                raise InvalidRequestError("input", f"{where}: a row is an object with a string \"prompt\"")
+            row_id = row.get("id")
+            if type(row_id) not in (str, int):
+                raise InvalidRequestError("input", f"{where}: a row needs an \"id\", a string or an integer (a "
+                                                   f"stable id is what makes reruns resume)")
+            kinds.add(type(row_id))
+            if len(kinds) > 1:
+                raise InvalidRequestError("input", f"{where}: ids mix strings and integers; use one kind")
+            if str(row_id) in seen:
+                raise InvalidRequestError("input", f"{where}: id {row_id!r} is already used at {seen[str(row_id)]}")
+            seen[str(row_id)] = where
+    if not seen:
+        raise InvalidRequestError("input", "has no rows")
+    return len(seen)
 
+
+def check_input(path: str) -> bool:
+    """Whether the input is Parquet; a JSONL input is checked row by row (before any Ray work starts)."""
     source = Path(path)
     if not source.exists():
         raise InvalidRequestError("input", f"{path!r} does not exist")
     parquet = source.suffix == ".parquet" or (source.is_dir() and any(source.glob("*.parquet")))
+    if not parquet:
+        check_jsonl(sorted(source.glob("*.jsonl")) if source.is_dir() else [source])
+    return parquet
+
+
+def read_rows(path: str, parquet: bool):
+    import ray.data
+
     # Reading, filtering and writing rows is light I/O: with no CPU reserved it runs while the replicas hold every
     # CPU (reserving one deadlocks a pool of as many replicas as the cluster has CPUs: Ray Data waits for a CPU that
     # the pool never frees).
@@ -137,11 +180,14 @@ def run(args: argparse.Namespace) -> dict:
     spec = dataclasses.replace(config.speculation, **({"method": args.method} if args.method else {}))
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature).validate()
     output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise InvalidRequestError("output", f"{args.output!r} is a file; give a folder for the part files")
+    parquet = check_input(args.input)
     output.mkdir(parents=True, exist_ok=True)
     owned = not ray.is_initialized()  # a Ray session this job started is this job's to end
     connect(config.cluster)
     done = finished_ids(output)
-    rows = read_rows(args.input)
+    rows = read_rows(args.input, parquet)
     todo = rows.filter(lambda row: str(row["id"]) not in done, num_cpus=0)
     concurrency = args.replicas or (args.min_replicas, args.max_replicas)
     engine = dataclasses.replace(config.engine, threads=max(1, int(args.cpus_per_replica)))
