@@ -151,6 +151,9 @@ class ServeConfig:
     tls_cert: str | None = None  # PEM files; both or neither
     tls_key: str | None = None
     replicas: int = 1  # engine replicas (Ray actors with cluster.target's resources; cluster.ray: never -> 1 in-process)
+    max_replicas: int = 8  # the most a Scale call (mirrorspec scale N) may ask for
+    scale_timeout_s: float = 300.0  # new replicas not loaded by then are stopped and the Scale call fails
+    admin: bool | None = None  # the AdminService (Scale): null = on only when a token is configured
     autoscale: dict | None = None  # AutoscalePolicy's keys: the server scales itself between min and max replicas
     max_queue: int = 64  # per replica: requests waiting beyond its running batch; past it RESOURCE_EXHAUSTED
     max_prompt_tokens: int = 4096
@@ -168,11 +171,17 @@ class ServeConfig:
             if not (value is None and name == "metrics_port") and (
                     not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535):
                 raise InvalidRequestError(f"serve.{name}", f"must be in [0, 65535], got {value!r}")
-        for name in ("replicas", "max_queue", "max_prompt_tokens", "max_new_tokens", "default_max_new_tokens",
+        for name in ("replicas", "max_replicas", "max_queue", "max_prompt_tokens", "max_new_tokens", "default_max_new_tokens",
                      "max_batch_prompts", "max_message_bytes", "max_concurrent_rpcs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidRequestError(f"serve.{name}", f"must be an integer >= 1, got {value!r}")
+        if self.replicas > self.max_replicas:
+            raise InvalidRequestError("serve.replicas", f"is above serve.max_replicas ({self.max_replicas})")
+        if not isinstance(self.scale_timeout_s, (int, float)) or not self.scale_timeout_s > 0:
+            raise InvalidRequestError("serve.scale_timeout_s", f"must be > 0, got {self.scale_timeout_s!r}")
+        if self.admin not in (None, True, False):
+            raise InvalidRequestError("serve.admin", f"must be true, false or null, got {self.admin!r}")
         if self.default_max_new_tokens > self.max_new_tokens:
             raise InvalidRequestError("serve.default_max_new_tokens", f"is above serve.max_new_tokens "
                                                                       f"({self.max_new_tokens})")

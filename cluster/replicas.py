@@ -27,7 +27,7 @@ from mirrorspec.orchestration.engine import Engine, EngineConfig
 from mirrorspec.orchestration.factory import build_engine
 from mirrorspec.orchestration.outputs import RequestOutput
 from mirrorspec.params import SamplingParams, SpecParams
-from mirrorspec.serving.engine_loop import EngineLoop, Handle, QueueFull, Stopping
+from mirrorspec.serving.engine_loop import EngineLoop, Handle, QueueFull, ScaleBusy, Stopping
 
 logger = logging.getLogger(__name__)
 
@@ -199,8 +199,10 @@ class RemoteHandle:
 class ReplicaRouter:
     """The backend of the GenerationService over Ray replicas."""
 
-    def __init__(self, start_replica: Callable[[int], Replica], replicas: int) -> None:
+    def __init__(self, start_replica: Callable[[int], Replica], replicas: int,
+                 demand: dict[str, float] | None = None) -> None:
         self.start_replica = start_replica  # index -> a started Replica
+        self.demand = demand or {}  # Ray resources one replica takes
         self.autoscaler: "Autoscaler | None" = None  # set when serve.autoscale owns the count
         self._lock = threading.Lock()
         self._released = threading.Condition(self._lock)  # a client stopped reading a replica's request
@@ -255,22 +257,43 @@ class ReplicaRouter:
                 logger.warning("replica %d closed with %d requests still read by clients", replica.index,
                                replica.in_flight)
 
-    def scale(self, replicas: int) -> None:
+    def scale(self, replicas: int, *, timeout_s: float | None = None, wait: bool = True) -> None:
         """Start or retire replicas until `replicas` serve. Retired ones finish their requests first (in the
-        background); new ones take requests once their models are loaded."""
+        background); new ones take requests once their models are loaded. Without `wait`, raise ScaleBusy if
+        another scale is under way; new replicas not loaded within `timeout_s` are stopped (TimeoutError)."""
         if replicas < 1:
             raise ValueError("at least one replica")
-        with self._scaling:
+        if not self._scaling.acquire(blocking=wait):
+            raise ScaleBusy("another Scale is under way; ask again when it has finished")
+        try:
             self._wanted = replicas
-            self._scale(replicas)
+            self._scale(replicas, timeout_s)
+        finally:
+            self._scaling.release()
 
-    def _scale(self, replicas: int) -> None:
+    def placement_problem(self, more: int) -> str | None:
+        """Why `more` new replicas cannot be placed on the cluster's free resources now (None: they can)."""
+        free = ray.available_resources()
+        for resource, each in self.demand.items():
+            if each and each * more > free.get(resource, 0.0) + 1e-9:
+                return (f"{more} more replica(s) need {resource} {each * more:g}; the cluster has "
+                        f"{free.get(resource, 0.0):g} free")
+        return None
+
+    def _scale(self, replicas: int, timeout_s: float | None = None) -> None:
         started = []
         while len(self._live) + len(started) < replicas:
             started.append(self.start_replica(self._next_index))
             started[-1].index = self._next_index
             self._next_index += 1
-        ray.get([r.actor.load.remote() for r in started])  # loaded and answering
+        try:
+            ray.get([r.actor.load.remote() for r in started], timeout=timeout_s)  # loaded and answering
+        except ray.exceptions.GetTimeoutError:
+            for replica in started:
+                replica.close()
+            self._wanted = len(self._live)
+            raise TimeoutError(f"{len(started)} new replica(s) were not loaded within {timeout_s:g} s (stopped; "
+                               f"{len(self._live)} serve)") from None
         with self._lock:
             self._live += started
             retiring = self._live[replicas:] if len(self._live) > replicas else []

@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
+import socket
 import threading
+from collections import Counter
 from pathlib import Path
 
 from mirrorspec.cluster.config import ProjectConfig
@@ -53,21 +55,28 @@ def _ray_backend(project: ProjectConfig):
     connect(project.cluster)
     max_in_flight = project.engine.max_batch + project.serve.max_queue
     concurrency = project.serve.max_concurrent_rpcs + 8  # every RPC in flight may be polling its replica
-    if project.cluster.uses_ray(project.speculation.method):  # mirror, tensor parallelism, or `ray: always`
+    cluster = project.cluster
+    if cluster.uses_ray(project.speculation.method):  # mirror, tensor parallelism, or `ray: always`
 
         def start(index: int):
             return pipeline_replica(project, max_in_flight=max_in_flight, concurrency=concurrency)
+
+        # Every rank of the target, and the drafter's actor for the methods that draft.
+        demand = Counter({k: v * cluster.tp_size for k, v in cluster.target.resources.items()})
+        if project.engine.drafter:
+            demand.update(cluster.drafter.resources)
     else:
-        role = project.cluster.target
+        role = cluster.target
         engine = dataclasses.replace(project.engine, threads=role.threads or project.engine.threads)
         options = {**actor_options(role), "max_concurrency": concurrency}
+        demand = Counter(role.resources)
 
         def start(index: int):
             return actor_replica(ray.remote(ReplicaActor).options(**options).remote(engine,
                                                                                     max_in_flight=max_in_flight))
 
     policy = project.serve.policy()
-    router = ReplicaRouter(start, policy.min_replicas if policy else project.serve.replicas)
+    router = ReplicaRouter(start, policy.min_replicas if policy else project.serve.replicas, demand=dict(demand))
     if policy is not None:
         router.autoscaler = Autoscaler(router, policy, slots_per_replica=project.engine.max_batch)
     return router
@@ -108,9 +117,17 @@ def start_server(project: ProjectConfig) -> tuple[GenerationServer, object, str 
     server = GenerationServer(service, host=serve.host, port=serve.port, security=security,
                               limits=ServerLimits(max_message_bytes=serve.max_message_bytes,
                                                   max_concurrent_rpcs=serve.max_concurrent_rpcs),
-                              is_up=lambda: backend.load()["up"],
-                              admin=AdminService(backend, autoscaling=serve.autoscale is not None))
+                              is_up=lambda: backend.load()["up"], admin=_admin(serve, backend))
     return server, backend, metrics_address
+
+
+def _admin(serve, backend) -> AdminService | None:
+    """The AdminService, when serve.admin says so (by default: only behind a token, since any local process can
+    reach the port)."""
+    if not (serve.admin if serve.admin is not None else serve.token() is not None):
+        return None
+    return AdminService(backend, autoscaling=serve.autoscale is not None, max_replicas=serve.max_replicas,
+                        timeout_s=serve.scale_timeout_s)
 
 
 def scale_server(address: str, replicas: int, *, token_env: str | None = None, tls_ca: str | None = None) -> int:
@@ -137,6 +154,9 @@ def scale_server(address: str, replicas: int, *, token_env: str | None = None, t
         reply = pb_grpc.AdminServiceStub(channel).Scale(pb.ScaleRequest(replicas=replicas), metadata=metadata,
                                                         timeout=600)
     except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            raise InvalidRequestError("server", f"{address} has no admin service (serve.admin; by default it is "
+                                                f"on only when the server has a token)") from None
         raise InvalidRequestError("server", f"{address}: {exc.code().name}: {exc.details()}") from None
     finally:
         channel.close()
@@ -145,9 +165,22 @@ def scale_server(address: str, replicas: int, *, token_env: str | None = None, t
     return 0
 
 
+def _check_free(host: str, port: int | None, field: str) -> None:
+    """Refuse a port another process listens on before any replica starts (0 and None take any free port)."""
+    if not port:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise InvalidRequestError(field, f"{host}:{port} is not free ({exc.strerror})") from None
+
+
 def run_server(project: ProjectConfig, *, host: str | None = None, port: int | None = None) -> int:
     overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     project = dataclasses.replace(project, serve=dataclasses.replace(project.serve, **overrides).validate())
+    _check_free(project.serve.host, project.serve.port, "serve.port")
+    _check_free(project.serve.host, project.serve.metrics_port, "serve.metrics_port")
     server, backend, metrics_address = start_server(project)
     print(f"serving mirrorspec.generation.v1.GenerationService on {server.address}"
           + (f"; metrics on {metrics_address}" if metrics_address else ""), flush=True)

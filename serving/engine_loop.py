@@ -35,6 +35,10 @@ class Stopping(Exception):
     """The loop is shutting down and takes no new requests."""
 
 
+class ScaleBusy(Exception):
+    """Another Scale call is still starting or retiring replicas."""
+
+
 @dataclass
 class Handle:
     """One request in flight: its outputs, in order, the last one finished."""

@@ -24,7 +24,7 @@ from mirrorspec.orchestration.outputs import RequestOutput
 from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.protos import generation_pb2 as pb
 from mirrorspec.protos import generation_pb2_grpc as pb_grpc
-from mirrorspec.serving.engine_loop import CANCELLED, TIME_LIMIT, QueueFull, Stopping
+from mirrorspec.serving.engine_loop import CANCELLED, TIME_LIMIT, QueueFull, ScaleBusy, Stopping
 
 logger = logging.getLogger(__name__)
 
@@ -232,24 +232,44 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
 
 
 class AdminService(pb_grpc.AdminServiceServicer):
-    """Replicas at run time: `backend.scale(n)` (the router over Ray replicas), unless an autoscaler owns them."""
+    """Replicas at run time: `backend.scale(n)` (the router over Ray replicas), unless an autoscaler owns them.
+    A call can never wedge the server: past `max_replicas`, or past what the cluster can place now, it is refused
+    at once; a second call while one is under way is refused (ABORTED); new replicas not loaded within
+    `timeout_s` are stopped (DEADLINE_EXCEEDED)."""
 
-    def __init__(self, backend, autoscaling: bool = False) -> None:
+    def __init__(self, backend, autoscaling: bool = False, *, max_replicas: int = 8,
+                 timeout_s: float | None = None) -> None:
         self.backend = backend
         self.autoscaling = autoscaling
+        self.max_replicas = max_replicas
+        self.timeout_s = timeout_s
 
     def Scale(self, request: pb.ScaleRequest, context) -> pb.ScaleResponse:
         if request.replicas:
-            if not hasattr(self.backend, "scale"):
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "replicas: this server runs one engine in its own "
-                                                                   "process (cluster.ray: never)")
-            if self.autoscaling:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "replicas: serve.autoscale manages them")
-            self.backend.scale(request.replicas)
+            self._scale(request.replicas, context)
         load = self.backend.load()
         return pb.ScaleResponse(replicas=load["num_replicas"], in_flight=load["in_flight"],
                                 running=load["num_requests_running"], waiting=load["num_requests_waiting"],
                                 autoscaling=self.autoscaling)
+
+    def _scale(self, replicas: int, context) -> None:
+        if not hasattr(self.backend, "scale"):
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "replicas: this server runs one engine in its own "
+                                                               "process (cluster.ray: never)")
+        if self.autoscaling:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "replicas: serve.autoscale manages them")
+        if replicas > self.max_replicas:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"replicas: {replicas} is above serve.max_replicas="
+                                                            f"{self.max_replicas}")
+        problem = self.backend.placement_problem(replicas - self.backend.replicas)
+        if problem is not None:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"replicas: {problem}")
+        try:
+            self.backend.scale(replicas, timeout_s=self.timeout_s, wait=False)
+        except ScaleBusy as exc:
+            context.abort(grpc.StatusCode.ABORTED, f"replicas: {exc}")
+        except TimeoutError as exc:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"replicas: {exc}")
 
 
 class _status:

@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mirrorspec.errors import InvalidRequestError
 from mirrorspec.protos import generation_pb2 as pb
 from mirrorspec.protos import generation_pb2_grpc as pb_grpc
 from mirrorspec.protos.gate import SERVICE, Gate
@@ -70,7 +71,7 @@ class GenerationServer:
         else:
             bound = self.server.add_insecure_port(f"{host}:{port}")
         if bound == 0:
-            raise OSError(f"cannot listen on {host}:{port}")
+            raise InvalidRequestError("serve.port", f"cannot listen on {host}:{port} (in use, or not this host's)")
         self.address = f"{host}:{bound}"
         self.is_up = is_up
         self._draining = threading.Event()

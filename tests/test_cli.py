@@ -186,3 +186,19 @@ def test_the_gpu_npu_example_config_is_valid():
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "gpu-npu-cluster.yaml")
     assert config.cluster.tp_size == 8 and config.cluster.drafter.resources == {"npu": 1}
     assert config.serve.token_env == "MIRRORSPEC_TOKEN"
+
+
+@pytest.mark.parametrize("flag, field", [("--port", "serve.port"), ("metrics", "serve.metrics_port")])
+def test_serve_on_a_busy_port_exits_2_before_starting(flag, field, tmp_path, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = tmp_path / "ray_config.yaml"
+        config.write_text(f"serve: {{port: 0, metrics_port: {port if flag == 'metrics' else 0}}}\n"
+                          "cluster: {ray: never}\n")
+        argv = ["serve", "--config", str(config)] + (["--port", str(port)] if flag == "--port" else [])
+        assert main(argv) == 2
+    assert f"error: {field}: 127.0.0.1:{port} is not free" in capsys.readouterr().err

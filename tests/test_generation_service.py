@@ -376,7 +376,7 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, 
     (tmp_path / "cert.pem").write_bytes(cert)
     (tmp_path / "key.pem").write_bytes(key)
     config = tmp_path / "ray_config.yaml"
-    config.write_text("serve: {port: 0, metrics_port: 0, token_env: MS_TOKEN, max_new_tokens: 128, "
+    config.write_text("serve: {port: 0, metrics_port: 0, token_env: MS_TOKEN, max_new_tokens: 128, max_replicas: 3, "
                       f"default_max_new_tokens: 64, tls_cert: {tmp_path / 'cert.pem'}, "
                       f"tls_key: {tmp_path / 'key.pem'}}}\n"
                       "speculation: {method: mirror, gamma: 3}\n"
@@ -425,6 +425,15 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, 
         status = lambda: health.Check(health_pb2.HealthCheckRequest(service="")).status  # noqa: E731
         assert status() == health_pb2.HealthCheckResponse.SERVING
         admin = pb_grpc.AdminServiceStub(channel)
+        # Scale is bounded: by serve.max_replicas, and by what the session's 2-CPU cluster can place (each
+        # replica takes 1 CPU): refused at once, nothing started.
+        for replicas, code, said in ((4, grpc.StatusCode.INVALID_ARGUMENT, "serve.max_replicas=3"),
+                                     (3, grpc.StatusCode.RESOURCE_EXHAUSTED, "need CPU 2")):
+            with pytest.raises(grpc.RpcError) as err:
+                admin.Scale(pb.ScaleRequest(replicas=replicas), metadata=AUTH, timeout=10)
+            assert err.value.code() == code and err.value.details().startswith("replicas:") and said in \
+                err.value.details(), err.value.details()
+        assert admin.Scale(pb.ScaleRequest(replicas=0), metadata=AUTH).replicas == 1
         in_flight = lambda: admin.Scale(pb.ScaleRequest(replicas=0), metadata=AUTH).in_flight  # noqa: E731
         long = pb.SingleGenerationRequest(request=pb.GenerationRequest(text="Go on"), params=pb.Parameters(
             stopping=pb.StoppingCriteria(max_new_tokens=128, min_new_tokens=128)))
@@ -454,3 +463,15 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, 
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_admin_service_is_off_unless_a_token_guards_it(monkeypatch):
+    from mirrorspec.cluster.config import ServeConfig
+    from mirrorspec.cluster.serve import _admin
+
+    assert _admin(ServeConfig(), backend=None) is None  # any local process could reach it
+    assert isinstance(_admin(ServeConfig(admin=True), backend=None), AdminService)
+    monkeypatch.setenv("MS_ADMIN_TOKEN", "secret")
+    admin = _admin(ServeConfig(token_env="MS_ADMIN_TOKEN", max_replicas=3), backend=None)
+    assert isinstance(admin, AdminService) and admin.max_replicas == 3
+    assert _admin(ServeConfig(token_env="MS_ADMIN_TOKEN", admin=False), backend=None) is None
