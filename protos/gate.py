@@ -57,12 +57,16 @@ def _replace(handler, behaviour, deserializer):
 
 
 def _denied(handler):
-    """A handler of the same kind as `handler` that answers UNAUTHENTICATED."""
+    """A handler of the same kind as `handler` that answers UNAUTHENTICATED. It never parses the request: an
+    unauthenticated caller learns nothing from how its bytes fail to parse (that would be INTERNAL)."""
     make = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
             (True, False): grpc.stream_unary_rpc_method_handler,
             (True, True): grpc.stream_stream_rpc_method_handler}[(handler.request_streaming, handler.response_streaming)]
-    return make(_deny, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+    return make(_deny, request_deserializer=_ignored, response_serializer=handler.response_serializer)
+
+
+def _ignored(data: bytes) -> bytes:
+    return data  # passed as is to _deny, which never reads it (None would read as a failed parse)
 
 
 def _deny(request, context):

@@ -224,6 +224,10 @@ def test_malformed_utf8_names_the_field(served):
         raw(message, metadata=AUTH)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details() == "request.text: not valid UTF-8"
+    for body in (message, b"\xff\xff\xff"):  # without the token, nothing is parsed: UNAUTHENTICATED first
+        with pytest.raises(grpc.RpcError) as err:
+            raw(body)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     channel.close()
 
 
