@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from mirrorspec.errors import InvalidRequestError
-from mirrorspec.methods import DIFFUSION_DRAFTER, ENGINE_METHODS, METHODS
+from mirrorspec.methods import AR_DRAFTER, DIFFUSION_DRAFTER, ENGINE_METHODS, METHODS
 from mirrorspec.params import SamplingParams, SpecParams
 
 logger = logging.getLogger("mirrorspec")
@@ -210,6 +210,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from mirrorspec.cli.generate_diffusion import cmd_generate_diffusion
 
         return cmd_generate_diffusion(args, engine_config)
+    if spec.mode.drafter == AR_DRAFTER and not engine_config.drafter:  # before any Ray actor starts
+        raise InvalidRequestError("drafter", f"method {spec.method!r} needs a drafter model; none is configured: "
+                                             f"--drafter default (the shipped one), a folder, or engine.drafter")
     if spec.mode.drafter == DIFFUSION_DRAFTER:
         from mirrorspec.orchestration.factory import resolve_drafter
 

@@ -27,6 +27,7 @@ from mirrorspec.cluster.launch import SECRET_ENV
         (["generate"], "prompt"),
         (["generate", "--input", "x.jsonl"], "output"),
         (["generate", "hi", "--seed", str(2**64)], "seed"),
+        (["generate", "hi", "--method", "mirror", "--tp", "2", "--drafter", "none"], "drafter"),
         (["generate", "hi", "--config", "."], "config"),
         (["generate", "--input", "NON_UTF8", "--output", "out.jsonl"], "input"),
         (["generate", "hi", "--config", "NON_UTF8"], "NON_UTF8"),
