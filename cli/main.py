@@ -56,6 +56,8 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=None,
                    help="verify only the part of each draft that pays at the current load (default on); "
                         "--no-adaptive verifies every draft whole")
+    g.add_argument("--ngram-branches", action=argparse.BooleanOptionalAction, default=None,
+                   help="chain/tree: merge what ngram would draft into the drafter's tree (default on)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -153,7 +155,8 @@ def resolve_config(args: argparse.Namespace):
     if engine.drafter == "none":
         engine = dataclasses.replace(engine, drafter=None)
     spec = dataclasses.replace(config.speculation, **given("method", "gamma", "tree_depth", "tree_topk",
-                                                           "tree_nodes", "exit_layer", "kappa", "adaptive"))
+                                                           "tree_nodes", "exit_layer", "kappa", "adaptive",
+                                                           "ngram_branches"))
     cluster = dataclasses.replace(config.cluster, **given("ray", "drafter_address", "tp_size"))
     return engine.validate(), spec, cluster.validate()
 

@@ -69,6 +69,9 @@ class SpecParams:
     the drafter's window; a deeper tree is cut to it).
     These shapes are the most a step drafts: with `adaptive` on, each step verifies only the part of the draft
     that pays at the engine's current load (orchestration/spec_budget.py); off, every draft is verified whole.
+    With `ngram_branches`, a `chain` or `tree` draft of deterministic nodes (greedy requests, and trees) also
+    carries what `ngram` would draft (continuations copied from the text so far, in the same shape), merged into
+    one tree, so that a copied span and the drafter's prediction are verified in one forward.
     """
 
     method: str = "chain"
@@ -79,6 +82,7 @@ class SpecParams:
     exit_layer: int | None = None
     kappa: int = 8
     adaptive: bool = True
+    ngram_branches: bool = True
 
     @property
     def mode(self) -> Method:
@@ -98,8 +102,9 @@ class SpecParams:
                 name = "gamma" if mode.draft == "chain" else name
                 raise InvalidRequestError(name, f"a draft of this size exceeds the engine's max_spec_nodes="
                                                 f"{max_spec_nodes}")
-        if not isinstance(self.adaptive, bool):
-            raise InvalidRequestError("adaptive", f"must be true or false, got {self.adaptive!r}")
+        for name in ("adaptive", "ngram_branches"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidRequestError(name, f"must be true or false, got {getattr(self, name)!r}")
         if self.exit_layer is not None and (not isinstance(self.exit_layer, int) or self.exit_layer < 1):
             raise InvalidRequestError("exit_layer", f"must be an integer >= 1, got {self.exit_layer!r}")
         if mode.draft == "tree" and self.tree_nodes < self.tree_depth:

@@ -34,3 +34,25 @@ class DraftTree:
             node = self.parents[node]
             d += 1
         return d
+
+
+def merge(base: DraftTree, extra: DraftTree, max_nodes: int) -> DraftTree:
+    """`base` with the nodes of `extra` it lacks (same token under the same parent: one node), up to `max_nodes`
+    in all; base's nodes keep their indices, so the added ones come after them. Added nodes are deterministic."""
+    merged = DraftTree(list(base.tokens), list(base.parents), list(base.proposals), list(base.logprobs))
+    child = {(parent, token): node for node, (parent, token) in enumerate(zip(base.parents, base.tokens))}
+    placed: dict[int, int] = {}  # extra's node -> merged node
+    for node, (parent, token) in enumerate(zip(extra.parents, extra.tokens)):
+        if parent != ROOT and parent not in placed:
+            continue  # its parent was left out
+        key = (ROOT if parent == ROOT else placed[parent], token)
+        if key not in child:
+            if len(merged) >= max_nodes:
+                continue
+            child[key] = len(merged)
+            merged.tokens.append(token)
+            merged.parents.append(key[0])
+            merged.proposals.append(None)
+            merged.logprobs.append(extra.logprobs[node])
+        placed[node] = child[key]
+    return merged

@@ -93,7 +93,7 @@ class Engine:
         if self.drafter is not None:
             drafters[DIFFUSION_DRAFTER if self.drafter.drafts_by_diffusion else AR_DRAFTER] = self.drafter
         self.scheduler = Scheduler(target, drafters, max_batch=max_batch, text=TextTracker(decode, self.eos_ids),
-                                   step_cost=step_cost)
+                                   step_cost=step_cost, max_spec_nodes=max_spec_nodes)
         self._seq_ids = itertools.count()
         self._seed_source = random.Random(seed)
         self._sequences: dict[str, Sequence] = {}

@@ -19,7 +19,7 @@ import torch
 
 from mirrorspec.methods import AR_DRAFTER
 from mirrorspec.orchestration.acceptance import Verdict, verify_greedy, verify_sampling
-from mirrorspec.orchestration.draft_tree import DraftTree
+from mirrorspec.orchestration.draft_tree import DraftTree, merge
 from mirrorspec.orchestration.drafter_guard import DrafterGuard
 from mirrorspec.orchestration.interfaces import DraftService, OpenSpec, Report
 from mirrorspec.orchestration.mirror import MirrorExit
@@ -40,7 +40,8 @@ MAX_IDLE_STEPS = 16
 
 class Scheduler:
     def __init__(self, target: Worker, drafters: dict[str, DraftService], *, max_batch: int,
-                 text: TextTracker, step_cost: StepCost | Callable[[], StepCost] | None = None) -> None:
+                 text: TextTracker, step_cost: StepCost | Callable[[], StepCost] | None = None,
+                 max_spec_nodes: int = 64) -> None:
         """`drafters`: by drafter kind (mirrorspec/methods.py), the services that draft for the rows whose method
         drafts with that kind; each row talks to its own kind's service only. `step_cost`: the target's forward
         cost curve for the adaptive budget, a probe that measures it (called once, when first needed), or None
@@ -55,6 +56,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.timing = StepTiming()
         self.step_cost = step_cost
+        self.max_spec_nodes = max_spec_nodes
 
     @property
     def drafter_failures(self) -> int:
@@ -121,7 +123,9 @@ class Scheduler:
                 self._follow_budget(seq, tree)
             if self.mirror is not None:
                 self.mirror.record(seq, verdict)
-            seq.sync.accepted_nodes = [nodes[n] for n in verdict.path]  # the drafter's own node numbers
+            # The drafter's own node numbers: the accepted path's nodes it drafted (copied nodes come after them,
+            # and only copied nodes hang below a copied node).
+            seq.sync.accepted_nodes = [nodes[n] for n in verdict.path if nodes[n] < seq.sync.drafter_nodes]
             seq.sync.window = None
             self.text.deliver(seq, [tree.tokens[n] for n in verdict.path] + [verdict.next_token])
             if seq.stats.first_token_time is None:
@@ -237,8 +241,25 @@ class Scheduler:
             proposal = proposals.get(seq.seq_id)
             if proposal is not None:
                 seq.sync.window, seq.sync.window_reused = proposal.tree, proposal.reused
+                seq.sync.drafter_nodes = len(proposal.tree)
+                if self._copies(seq, proposal.tree):
+                    seq.sync.window = merge(proposal.tree, self._copied(seq, report), self.max_spec_nodes - 1)
             else:
                 seq.stats.late_drafts += 1  # this step goes without a draft; the drafter hears the verdict next
+
+    @staticmethod
+    def _copies(seq: Sequence, draft: DraftTree) -> bool:
+        """Whether the row's model draft takes ngram branches: asked for, a model-drafted method without Mirror-SD's
+        windows, and deterministic nodes only (a sampled chain's rejection rule is for one child per node)."""
+        mode = seq.spec.mode
+        return (seq.spec.ngram_branches and mode.drafter == AR_DRAFTER and not mode.early_exit
+                and all(q is None for q in draft.proposals))
+
+    @staticmethod
+    def _copied(seq: Sequence, report: Report) -> DraftTree:
+        """What `ngram` drafts for the row now, in the shape its drafter was asked for."""
+        seq.copies.extend(seq.tokens[len(seq.copies.tokens):])
+        return seq.copies.draft(report.depth, report.topk, report.budget)
 
     def _report(self, seq: Sequence, service: DraftService) -> Report | None:
         """What the drafter has not heard of this sequence yet, and the shape of the next draft (None: no draft

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mirrorspec.orchestration.draft_tree import DraftTree
+from mirrorspec.orchestration.ngram_draft import NgramIndex
 from mirrorspec.orchestration.stats import RequestStats
 from mirrorspec.params import SamplingParams, SpecParams
 
@@ -22,6 +23,7 @@ class DrafterSync:
     reported_features: int = 0  # target hidden states it has been sent (feature drafters)
     accepted_nodes: list[int] = field(default_factory=list)  # of the last verified draft, not yet reported
     window: DraftTree | None = None  # the draft to verify at the next step
+    drafter_nodes: int = 0  # how many of the window's nodes (its first ones) the drafter drafted; the rest are copied
     window_reused: bool = False  # mirror: that draft is a branch rolled out at the last early exit
     exit_top: list[list[int]] | None = None  # mirror: this step's early-exit top-kappa ids per window position
     # The adaptive budget (orchestration/spec_budget.py): depth of the deepest node it verified last time, and
@@ -58,6 +60,7 @@ class Sequence:
     features: torch.Tensor | None = None
     n_features: int = 0
     sync: DrafterSync = field(default_factory=DrafterSync)
+    copies: NgramIndex = field(default_factory=NgramIndex)  # the text so far, for ngram branches (SpecParams)
 
     def __post_init__(self) -> None:
         self.tokens = list(self.prompt_ids)

@@ -66,7 +66,7 @@ class StoppingCriteria(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., stop_sequences: _Optional[_Iterable[str]] = ..., time_limit_millis: _Optional[int] = ...) -> None: ...
 
 class SpeculationParameters(_message.Message):
-    __slots__ = ("gamma", "tree_depth", "tree_topk", "tree_nodes", "exit_layer", "kappa", "fixed_draft")
+    __slots__ = ("gamma", "tree_depth", "tree_topk", "tree_nodes", "exit_layer", "kappa", "fixed_draft", "no_ngram_branches")
     GAMMA_FIELD_NUMBER: _ClassVar[int]
     TREE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     TREE_TOPK_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class SpeculationParameters(_message.Message):
     EXIT_LAYER_FIELD_NUMBER: _ClassVar[int]
     KAPPA_FIELD_NUMBER: _ClassVar[int]
     FIXED_DRAFT_FIELD_NUMBER: _ClassVar[int]
+    NO_NGRAM_BRANCHES_FIELD_NUMBER: _ClassVar[int]
     gamma: int
     tree_depth: int
     tree_topk: int
@@ -81,7 +82,8 @@ class SpeculationParameters(_message.Message):
     exit_layer: int
     kappa: int
     fixed_draft: bool
-    def __init__(self, gamma: _Optional[int] = ..., tree_depth: _Optional[int] = ..., tree_topk: _Optional[int] = ..., tree_nodes: _Optional[int] = ..., exit_layer: _Optional[int] = ..., kappa: _Optional[int] = ..., fixed_draft: _Optional[bool] = ...) -> None: ...
+    no_ngram_branches: bool
+    def __init__(self, gamma: _Optional[int] = ..., tree_depth: _Optional[int] = ..., tree_topk: _Optional[int] = ..., tree_nodes: _Optional[int] = ..., exit_layer: _Optional[int] = ..., kappa: _Optional[int] = ..., fixed_draft: _Optional[bool] = ..., no_ngram_branches: _Optional[bool] = ...) -> None: ...
 
 class Parameters(_message.Message):
     __slots__ = ("method", "sampling", "stopping", "speculation", "chat")

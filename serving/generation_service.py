@@ -33,6 +33,8 @@ METHOD_NAMES = {pb.AR: "ar", pb.CHAIN: "chain", pb.TREE: "tree", pb.MIRROR: "mir
 METHOD_ENUMS = {name: value for value, name in METHOD_NAMES.items()}
 STOP_REASONS = {"eos": pb.EOS_TOKEN, "length": pb.MAX_TOKENS, "stop": pb.STOP_SEQUENCE, TIME_LIMIT: pb.TIME_LIMIT,
                 CANCELLED: pb.CANCELLED, "abort": pb.CANCELLED, "error": pb.ERROR}
+# SpeculationParameters' booleans, each turning off a SpecParams switch that is on by default.
+OFF_SWITCHES = {"fixed_draft": "adaptive", "no_ngram_branches": "ngram_branches"}
 # Where each engine parameter lives in the request message, so that errors name the client's field.
 FIELD_PATHS = {
     "method": "params.method", "drafter": "params.method",
@@ -189,9 +191,8 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
             raise InvalidRequestError("params.method", f"{method} is not served here; this server accepts "
                                                        f"{', '.join(self.model.methods)}")
         shape = {f.name: getattr(params.speculation, f.name) for f in pb.SpeculationParameters.DESCRIPTOR.fields
-                 if getattr(params.speculation, f.name) and f.name != "fixed_draft"}
-        if params.speculation.fixed_draft:
-            shape["adaptive"] = False
+                 if getattr(params.speculation, f.name) and f.name not in OFF_SWITCHES}
+        shape.update({name: False for switch, name in OFF_SWITCHES.items() if getattr(params.speculation, switch)})
         try:
             built = dataclasses.replace(base, **values).validate()
             spec = dataclasses.replace(self.default_spec, method=method, **shape)

@@ -1,9 +1,12 @@
 """`ngram`: model-free drafts from the text itself. The index and its trees exactly; greedy output identical to
-`ar` at batch 1 and 4, mixed with model-drafted rows; the sampling law (6000 seeded samples against ar's law)."""
+`ar` at batch 1 and 4, mixed with model-drafted rows; the sampling law (6000 seeded samples against ar's law).
+The same drafts as branches merged into a drafter model's tree (SpecParams.ngram_branches): the merge exactly,
+greedy identity; the law of merged trees is tests/test_sampling_law.py's `tree` case (branches on by default)."""
 
 import pytest
 
 from helpers import noisy_copy, tiny_engine, tiny_model
+from mirrorspec.orchestration.draft_tree import ROOT, DraftTree, merge
 from mirrorspec.orchestration.interfaces import OpenSpec, Report
 from mirrorspec.orchestration.ngram_draft import NgramDraftService, NgramIndex
 from mirrorspec.params import SamplingParams, SpecParams
@@ -94,3 +97,30 @@ def test_the_sampling_law_holds():
     seen, outs = sampled_law(target, None, NGRAM, settings)
     assert excess(seen, exact_ar_law(target, SamplingParams(**settings))) <= 0.0
     assert accepted_at_depth(outs, 2) > 0
+
+
+def test_merged_branches_keep_the_drafters_nodes_first_and_share_prefixes():
+    base = DraftTree(tokens=[5, 6, 7], parents=[ROOT, 0, ROOT], proposals=[None] * 3, logprobs=[-0.1, -0.2, -2.0])
+    extra = DraftTree(tokens=[5, 8, 9, 4], parents=[ROOT, 0, 1, ROOT], proposals=[None] * 4,
+                      logprobs=[-0.4, -0.4, -0.4, -1.1])
+    merged = merge(base, extra, max_nodes=16)
+    assert merged.tokens[:3] == base.tokens and merged.parents[:3] == base.parents
+    assert list(zip(merged.tokens[3:], merged.parents[3:])) == [(8, 0), (9, 3), (4, ROOT)]  # 5 is shared
+    assert merge(base, extra, max_nodes=4).tokens == [5, 6, 7, 8]  # capped; 9's parent stays, 4 is left out
+
+
+def test_ngram_branches_keep_greedy_output_equal_to_ar_and_add_accepted_tokens(target):
+    """A drafter that is almost always wrong (a very noisy copy) next to a target that repeats its prompt: the
+    copied branches are what gets accepted."""
+    prompts = repetitive_prompts(4)
+    sampling = SamplingParams(max_new_tokens=24, ignore_eos=True)
+    ar = [o.token_ids for o in tiny_engine(target, None, max_batch=4).generate(prompts, sampling)]
+    drafter = noisy_copy(target, 6.0, seed=3)
+    accepted = {}
+    for branches in (False, True):
+        spec = SpecParams(method="chain", gamma=4, ngram_branches=branches)
+        outs = tiny_engine(target, drafter, max_batch=4).generate(prompts, sampling, spec)
+        assert [o.token_ids for o in outs] == ar
+        accepted[branches] = sum(o.stats.accepted for o in outs)
+    assert accepted[True] > accepted[False] + len(prompts)
+

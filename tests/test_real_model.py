@@ -17,9 +17,11 @@ from mirrorspec.workers.models import DEFAULT, load_model
 pytestmark = pytest.mark.real_model
 
 NEW_TOKENS = 20
+# Whole drafts (adaptive off): these check verification itself, with long accepted paths; the adaptive budget,
+# which may verify less, has its own tests (tests/test_spec_budget.py).
 SPECS = {
-    "chain": SpecParams(method="chain", gamma=4),
-    "tree": SpecParams(method="tree", tree_depth=3, tree_topk=3, tree_nodes=8),
+    "chain": SpecParams(method="chain", gamma=4, adaptive=False),
+    "tree": SpecParams(method="tree", tree_depth=3, tree_topk=3, tree_nodes=8, adaptive=False),
 }
 
 
@@ -76,7 +78,7 @@ def test_trained_drafter_is_token_identical_to_ar(trained_engine, bench_prompts,
 def test_diffusion_drafter_is_token_identical_to_ar(bench_prompts, ar_outputs):
     """The shipped block-diffusion drafter (drafters/smollm2-135m-ddraft): one forward drafts the whole tree."""
     engine = build_engine(EngineConfig(drafter=str(DEFAULT_DIFFUSION_DRAFTER_DIR), max_batch=4, dtype="float32"))
-    spec = SpecParams(method="diffusion-draft", tree_depth=4, tree_topk=3, tree_nodes=10)
+    spec = SpecParams(method="diffusion-draft", tree_depth=4, tree_topk=3, tree_nodes=10, adaptive=False)
     outs = engine.generate(bench_prompts, SamplingParams(max_new_tokens=NEW_TOKENS), spec, chat=True)
     assert [o.token_ids for o in outs] == ar_outputs
     assert sum(o.stats.accepted for o in outs) > 0.1 * sum(o.stats.target_forwards for o in outs)

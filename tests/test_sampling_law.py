@@ -32,6 +32,7 @@ from mirrorspec.orchestration import acceptance, scheduler
 from mirrorspec.orchestration.acceptance import Verdict
 from mirrorspec.orchestration.draft_tree import ROOT, DraftTree
 from mirrorspec.orchestration.sampling import probabilities
+from mirrorspec.orchestration.step_cost import StepCost
 from mirrorspec.params import SamplingParams, SpecParams
 
 VOCAB, LENGTH, N, DELTA = 4, 8, 6000, 1e-3
@@ -51,7 +52,8 @@ SETTINGS = {
 # Each method at least once, each setting at least once (a tree run costs twice a chain's: 35 s on 2 cores).
 CASES = [("chain", "T=0.6"), ("chain", "T=0.9,top_k=3,eos,min_new=3"), ("tree", "T=1,top_p=0.8"),
          ("mirror", "T=1,top_p=0.8")]
-FAILING = range(7, 100_000, 25)  # the drafter's forward calls that fail: one in 25 (every 5-6 steps here)
+FAILING = range(7, 100_000, 25)
+CUTTING = StepCost.from_points({1: 1.0, 1024: 1.0, 4096: 2.0})  # free to 1024 tokens, then twice the cost  # the drafter's forward calls that fail: one in 25 (every 5-6 steps here)
 
 Law = dict[tuple[int, ...], float]
 
@@ -93,12 +95,14 @@ def exact_ar_law(target, params: SamplingParams) -> Law:
     return law
 
 
-def sampled_law(target, drafter, spec: SpecParams, settings: dict, fail_calls=(), generate=None) -> tuple[Law, list]:
-    """The law of N seeded generations by an in-process engine, whose drafter's forward fails on `fail_calls`
-    (then it decodes without drafts for a while and reopens its sequences), or by `generate(prompts, params, spec)`
-    (e.g. a pipeline of Ray actors)."""
+def sampled_law(target, drafter, spec: SpecParams, settings: dict, fail_calls=(), generate=None,
+                step_cost=None) -> tuple[Law, list]:
+    """The law of N seeded generations by an in-process engine (with `step_cost`, its adaptive budget), whose
+    drafter's forward fails on `fail_calls` (then it decodes without drafts for a while and reopens its
+    sequences), or by `generate(prompts, params, spec)` (e.g. a pipeline of Ray actors)."""
     if generate is None:
-        engine = tiny_engine(target, drafter, max_batch=256, max_model_len=24, max_spec_nodes=16, eos_ids=[EOS])
+        engine = tiny_engine(target, drafter, max_batch=256, max_model_len=24, max_spec_nodes=16, eos_ids=[EOS],
+                             step_cost=step_cost)
         if fail_calls:
             session = engine.drafter
             session.drafter = FlakyDrafter(session.drafter, fail_calls)
@@ -163,15 +167,20 @@ def younger_sibling_accepted(records, rank: int) -> bool:
 
 @pytest.mark.parametrize("method, setting", CASES)
 def test_speculative_law_equals_ar(models, monkeypatch, method, setting):
+    """For `tree`, the drafts also carry ngram branches (on by default) and the adaptive budget cuts them (on
+    CUTTING a full 256-row batch verifies about one node per row, its likeliest across the batch)."""
     target, drafter = models
     settings = SETTINGS[setting]
     verdicts = record_verdicts(monkeypatch)
-    seen, outs = sampled_law(target, drafter, SPECS[method], settings)
+    seen, outs = sampled_law(target, drafter, SPECS[method], settings, step_cost=CUTTING if method == "tree" else None)
     assert excess(seen, exact_ar_law(target, SamplingParams(**settings))) <= 0.0
     # Speculation really ran: drafts accepted at depth 3 (and so rejected deeper, or fully accepted).
     assert accepted_at_depth(outs, 3) > 0
     if method == "tree":  # the rejection rule went past two rejected siblings and accepted the third
         assert younger_sibling_accepted(verdicts, 2)
+        # ngram branches were merged (trees past the drafter's own 10 nodes were verified) and the budget cut
+        assert any(len(tree) > SPECS["tree"].tree_nodes for tree, _ in verdicts)
+        assert sum(o.stats.unverified for o in outs) > 0
     if "eos" in setting:
         assert any(len(o.token_ids) < LENGTH and o.token_ids[-1] == EOS for o in outs)
         assert all(EOS not in o.token_ids[:3] for o in outs)
