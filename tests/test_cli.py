@@ -40,7 +40,8 @@ def test_bad_input_exits_2_naming_the_field(argv, field, capsys, tmp_path):
     non_utf8.write_bytes(b"prompt: \xff\xfe\n")
     argv = [str(non_utf8) if a == "NON_UTF8" else a for a in argv]
     assert main(argv) == 2
-    assert f"error: {str(non_utf8) if field == 'NON_UTF8' else field}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"error: {str(non_utf8) if field == 'NON_UTF8' else field}" in err and "Traceback" not in err
 
 
 def test_console_script_exit_code():

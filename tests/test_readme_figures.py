@@ -631,6 +631,26 @@ def adaptive_table():
     return rows + phrases
 
 
+BRANCHES_RUN = "issue17-ngram-branches-b1"
+
+
+@claim
+def ngram_branches_table():
+    """'ngram branches in model drafts' table: issue17-ngram-branches-b1.json (one run)."""
+    run = result(BRANCHES_RUN)
+    rows = []
+    for method, summary in run["methods"].items():
+        o = summary["overall"]
+        name, _, options = method.partition(":")
+        label = f"`{name}`" + (" g5" if "gamma=5" in options else "")
+        label += "" if name == "ar" else (", no branches" if "ngram_branches=off" in options else ", with branches")
+        rows.append(Row(cells(label, num(o["tau"], 2), num(o["tokens_per_s"], 2), num(o["speedup_vs_ar"], 2) + "x",
+                              f"{o['equal_to_ar']}/{o['prompts']}")))
+    return rows + [Phrase(f"{run['prompts']} prompts, {run['max_new_tokens']} new tokens, greedy, batch "
+                          f"{run['batch_size']}, {run['dtype']}, {'exact' if run['exact'] else 'fast'} path, "
+                          f"{run['threads']} threads"), Phrase(f"--name {BRANCHES_RUN}`")]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The checker
 
