@@ -1,5 +1,6 @@
 """Engine behaviour on tiny random models: losslessness under batching, stopping, streaming, errors, fallback."""
 
+import dataclasses
 import random
 
 import pytest
@@ -38,6 +39,8 @@ def test_greedy_equals_ar_at_any_batch_size(target, drafter_kind, spec):
     if drafter_kind == "noisy-transposed-linear":
         target = tiny_model("llama", VOCAB, seed=1, sharpness=4.0, cpu_linear="on")
     drafter = target if drafter_kind == "self" else noisy_copy(target, 0.4, seed=2)
+    if drafter_kind == "self":  # the drafter's own drafts only: copied ngram branches need not all be accepted
+        spec = dataclasses.replace(spec, ngram_branches=False)
     ps = prompts(9)
     new_tokens = 20
     sampling = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
