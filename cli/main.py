@@ -234,10 +234,9 @@ def _check_writable(path: str) -> None:
     target = Path(path)
     if target.is_dir():
         raise InvalidRequestError("output", f"{path!r} is a directory")
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
+    if not target.parent.is_dir():  # a bare file name's parent is "."
         raise InvalidRequestError("output", f"the folder of {path!r} does not exist")
-    if not os.access(target if target.exists() else folder, os.W_OK):
+    if not os.access(target if target.exists() else target.parent, os.W_OK):
         raise InvalidRequestError("output", f"{path!r} is not writable")
 
 

@@ -105,10 +105,10 @@ class AnswerParts(Datasink):
         self.totals = sum(write_result.write_returns, Counter())
 
 
-def check_jsonl(files: list[Path]) -> int:
+def check_jsonl(files: list[Path]) -> None:
     """Read JSONL inputs once before Ray does, so that a bad row is named (file and line) instead of failing a
     Ray task: each line a JSON object with a string `prompt` and an `id` (all strings or all integers: Arrow
-    types a column once), ids unique. Returns the number of rows."""
+    types a column once), ids unique, at least one row."""
     seen: dict[str, str] = {}
     kinds: set[type] = set()
     for file in files:
@@ -138,7 +138,6 @@ def check_jsonl(files: list[Path]) -> int:
             seen[str(row_id)] = where
     if not seen:
         raise InvalidRequestError("input", "has no rows")
-    return len(seen)
 
 
 def check_input(path: str) -> bool:

@@ -52,8 +52,8 @@ class Pipeline:
             if engine.exact:
                 raise exact_with_tp_error()
         connect(cluster)
-        roles = [cluster.rank_role(r) for r in range(tp)] + ([cluster.drafter] if engine.drafter else [])
-        _check_resources(roles, ray.cluster_resources())
+        roles = pipeline_roles(config)
+        _check_resources(resources_of(roles), ray.cluster_resources())
         self.group = placement_group([dict(r.resources) for r in roles], strategy=cluster.placement_strategy)
         ready, _ = ray.wait([self.group.ready()], timeout=PLACEMENT_TIMEOUT_S)
         if not ready:
@@ -213,12 +213,24 @@ class Pipeline:
         ray.util.remove_placement_group(self.group)
 
 
-def _check_resources(roles: list[RoleConfig], offered: dict) -> None:
-    """Fail at once, naming the resource, when the whole cluster cannot hold the pipeline."""
+def pipeline_roles(config: ProjectConfig) -> list[RoleConfig]:
+    """One pipeline's actors: every target rank, and the drafter's when the engine has a drafter."""
+    cluster = config.cluster
+    return ([cluster.rank_role(r) for r in range(cluster.tp_size)]
+            + ([cluster.drafter] if config.engine.drafter else []))
+
+
+def resources_of(roles: list[RoleConfig]) -> dict[str, float]:
+    """What the roles take in all, by resource."""
     wanted: dict[str, float] = {}
     for role in roles:
         for name, amount in role.resources.items():
             wanted[name] = wanted.get(name, 0) + amount
+    return wanted
+
+
+def _check_resources(wanted: dict[str, float], offered: dict) -> None:
+    """Fail at once, naming the resource, when the whole cluster cannot hold the pipeline."""
     for name, amount in wanted.items():
         if offered.get(name, 0) < amount:
             raise InvalidRequestError(f"cluster.resources.{name}", f"the pipeline needs {amount:g} {name} but the "

@@ -15,7 +15,6 @@ import logging
 import signal
 import socket
 import threading
-from collections import Counter
 from pathlib import Path
 
 from mirrorspec.cluster.config import ProjectConfig
@@ -47,7 +46,7 @@ def _local_backend(project: ProjectConfig) -> EngineLoop:
 def _ray_backend(project: ProjectConfig):
     import ray
 
-    from mirrorspec.cluster.pipeline import actor_options
+    from mirrorspec.cluster.pipeline import actor_options, pipeline_roles, resources_of
     from mirrorspec.cluster.ray_cluster import connect
     from mirrorspec.cluster.replicas import (Autoscaler, ReplicaActor, ReplicaRouter, actor_replica,
                                              pipeline_replica)
@@ -61,22 +60,19 @@ def _ray_backend(project: ProjectConfig):
         def start(index: int):
             return pipeline_replica(project, max_in_flight=max_in_flight, concurrency=concurrency)
 
-        # Every rank of the target, and the drafter's actor for the methods that draft.
-        demand = Counter({k: v * cluster.tp_size for k, v in cluster.target.resources.items()})
-        if project.engine.drafter:
-            demand.update(cluster.drafter.resources)
+        demand = resources_of(pipeline_roles(project))
     else:
         role = cluster.target
         engine = dataclasses.replace(project.engine, threads=role.threads or project.engine.threads)
         options = {**actor_options(role), "max_concurrency": concurrency}
-        demand = Counter(role.resources)
+        demand = dict(role.resources)
 
         def start(index: int):
             return actor_replica(ray.remote(ReplicaActor).options(**options).remote(engine,
                                                                                     max_in_flight=max_in_flight))
 
     policy = project.serve.policy()
-    router = ReplicaRouter(start, policy.min_replicas if policy else project.serve.replicas, demand=dict(demand))
+    router = ReplicaRouter(start, policy.min_replicas if policy else project.serve.replicas, demand=demand)
     if policy is not None:
         router.autoscaler = Autoscaler(router, policy, slots_per_replica=project.engine.max_batch)
     return router

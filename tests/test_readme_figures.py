@@ -103,6 +103,22 @@ def cells(*values: str) -> str:
     return "|" + "|".join(f" {v} " if v else " " for v in values) + "|"
 
 
+def method_options(label: str) -> tuple[str, dict[str, str]]:
+    """A bench method or setting `name:key=value+key=value` -> (name, {key: value})."""
+    name, _, options = label.partition(":")
+    return name, dict(kv.split("=") for kv in options.split("+") if kv)
+
+
+def run_setting(run: dict) -> str:
+    """A bench run's dtype, kernel path and threads, as the README writes them."""
+    return f"{run['dtype']}, {'exact' if run['exact'] else 'fast'} path, {run['threads']} threads"
+
+
+def equal_count(summary: dict) -> str:
+    """'n/N': how many of the prompts came out identical to `ar`."""
+    return f"{summary['equal_to_ar']}/{summary['prompts']}"
+
+
 def tree_label(spec: dict) -> str:
     return f"`tree` (depth {spec['tree_depth']}, top-{spec['tree_topk']}, {spec['tree_nodes']} nodes)"
 
@@ -401,8 +417,7 @@ def diffusion_caches_table():
     settings = result("issue6-diffusion-caches")["settings"]
     rows, changed, cost = [], [], []
     for key, s in settings.items():
-        strategy, _, options = key.partition(":")
-        opts = dict(kv.split("=") for kv in options.split("+") if kv)
+        strategy, opts = method_options(key)
         cache_kind = opts.pop("cache", None)
         base_key = strategy + (":" + "+".join(f"{k}={v}" for k, v in opts.items()) if opts else "")
         label = f"`{strategy}`" + (f" {opts['threshold']}" if "threshold" in opts else "")
@@ -433,8 +448,8 @@ def diffusion_draft_table():
     rows = []
     for key, m in r["methods"].items():
         o = m["overall"]
-        method, _, options = key.partition(":")
-        opts = {k: int(v) for k, v in (kv.split("=") for kv in options.split("+") if kv)}
+        method, opts = method_options(key)
+        opts = {k: int(v) for k, v in opts.items()}
         if method == "ar":
             shape, forwards, positions = "-", "-", ""
         else:
@@ -551,7 +566,7 @@ VARIANT_LABELS = {"float32:fast": "fp32, fast", "float32:exact": "fp32, exact", 
 def exact_method_label(method: str, spec: dict) -> str:
     if method.startswith("tree"):
         return "`tree` ({tree_depth}, top-{tree_topk}, {tree_nodes})".format(
-            **{**spec, **dict(kv.split("=") for kv in method.partition(":")[2].split("+"))})
+            **{**spec, **method_options(method)[1]})
     return {"ar": "`ar`", "chain:gamma=3": "`chain` g3", "hf-generate": "transformers `generate`"}[method]
 
 
@@ -562,7 +577,7 @@ def exact_variants_table():
     first = next(iter(run["variants"].values()))
     rows = [Row(cells(VARIANT_LABELS[r["variant"]], exact_method_label(r["method"], first["spec"]),
                       num(r["tokens_per_s"], 2), num(r["vs_first_ar"], 2) + "x",
-                      num(r["vs_hf_generate_fp32"], 2) + "x", num(r["tau"], 2), f"{r['equal_to_ar']}/{r['prompts']}"))
+                      num(r["vs_hf_generate_fp32"], 2) + "x", num(r["tau"], 2), equal_count(r)))
             for r in run["summary"]]
     for variant, v in run["variants"].items():
         rows.append(Row(cells(VARIANT_LABELS[variant], *(num(ms, 1) for ms in v["verify_cost"]["ms"].values()),
@@ -582,7 +597,7 @@ def ngram_label(method: str) -> str:
         return "`ar`"
     if method.startswith("chain"):
         return f"`chain` g{method.partition('=')[2]} (feature drafter)"
-    shape = dict(kv.split("=") for kv in method.partition(":")[2].split("+"))
+    shape = method_options(method)[1]
     return f"`ngram` (depth {shape['tree_depth']}, top-{shape['tree_topk']}, {shape['tree_nodes']} nodes)"
 
 
@@ -595,21 +610,20 @@ def ngram_table():
         o = summary["overall"]
         per_category = [num(summary["categories"][c]["speedup_vs_ar"], 2) + "x" for c in NGRAM_CATEGORIES]
         rows.append(Row(cells(ngram_label(method), num(o["tau"], 2), num(o["tokens_per_s"], 2),
-                              num(o["speedup_vs_ar"], 2) + "x", *per_category, f"{o['equal_to_ar']}/{o['prompts']}")))
+                              num(o["speedup_vs_ar"], 2) + "x", *per_category, equal_count(o))))
     return rows + [Phrase(f"{run['prompts']} prompts ({run['prompts'] // 13} per category), "
-                          f"{run['max_new_tokens']} new tokens, greedy, batch {run['batch_size']}, {run['dtype']}, "
-                          f"{'exact' if run['exact'] else 'fast'} path, {run['threads']} threads"),
+                          f"{run['max_new_tokens']} new tokens, greedy, batch {run['batch_size']}, {run_setting(run)}"),
                    Phrase(f"--name {NGRAM_RUN}`")]
 
 
 ADAPTIVE_RUNS = ("issue17-adaptive-b1", "issue17-adaptive-b8")
 
 
-def adaptive_label(method: str) -> str:
-    name, _, options = method.partition(":")
-    shape = dict(kv.split("=") for kv in options.split("+")) if options else {}
+def switch_label(method: str, switch: str, on: str, off: str) -> str:
+    """`chain:gamma=5+adaptive=off` -> '`chain` g5, <off>' (ar: '`ar`')."""
+    name, shape = method_options(method)
     label = f"`{name}`" + (f" g{shape['gamma']}" if "gamma" in shape else "")
-    return label + (", fixed" if shape.get("adaptive") == "off" else (", adaptive" if name != "ar" else ""))
+    return label + ("" if name == "ar" else f", {off}" if shape.get(switch) == "off" else f", {on}")
 
 
 @claim
@@ -621,12 +635,11 @@ def adaptive_table():
         for method, summary in run["methods"].items():
             o = summary["overall"]
             predicted = "-" if method == "ar" else f"{o['accepted']} / {num(o['predicted_accepted'])}"
-            rows.append(Row(cells(str(run["batch_size"]), adaptive_label(method), num(o["tau"], 2),
-                                  num(o["tokens_per_s"], 2), num(o["speedup_vs_ar"], 2) + "x", predicted,
-                                  str(o["unverified"]), f"{o['equal_to_ar']}/{o['prompts']}")))
+            rows.append(Row(cells(str(run["batch_size"]), switch_label(method, "adaptive", "adaptive", "fixed"),
+                                  num(o["tau"], 2), num(o["tokens_per_s"], 2), num(o["speedup_vs_ar"], 2) + "x",
+                                  predicted, str(o["unverified"]), equal_count(o))))
         phrases.append(Phrase(f"batch {run['batch_size']}: {run['prompts']} prompts, {run['max_new_tokens']} new "
-                              f"tokens, greedy, {run['dtype']}, {'exact' if run['exact'] else 'fast'} path, "
-                              f"{run['threads']} threads"))
+                              f"tokens, greedy, {run_setting(run)}"))
         phrases.append(Phrase(f"--name {name}`"))
     return rows + phrases
 
@@ -641,14 +654,11 @@ def ngram_branches_table():
     rows = []
     for method, summary in run["methods"].items():
         o = summary["overall"]
-        name, _, options = method.partition(":")
-        label = f"`{name}`" + (" g5" if "gamma=5" in options else "")
-        label += "" if name == "ar" else (", no branches" if "ngram_branches=off" in options else ", with branches")
+        label = switch_label(method, "ngram_branches", "with branches", "no branches")
         rows.append(Row(cells(label, num(o["tau"], 2), num(o["tokens_per_s"], 2), num(o["speedup_vs_ar"], 2) + "x",
-                              f"{o['equal_to_ar']}/{o['prompts']}")))
+                              equal_count(o))))
     return rows + [Phrase(f"{run['prompts']} prompts, {run['max_new_tokens']} new tokens, greedy, batch "
-                          f"{run['batch_size']}, {run['dtype']}, {'exact' if run['exact'] else 'fast'} path, "
-                          f"{run['threads']} threads"), Phrase(f"--name {BRANCHES_RUN}`")]
+                          f"{run['batch_size']}, {run_setting(run)}"), Phrase(f"--name {BRANCHES_RUN}`")]
 
 
 # ---------------------------------------------------------------------------------------------------------------
