@@ -2,8 +2,10 @@
 
     ray job submit -- python -m mirrorspec.cluster.batch_job --input prompts.jsonl --output OUT_DIR
 
-Reads JSONL or Parquet rows (`id`, `prompt`; the stable id is what lets a rerun resume) through `ray.data`,
-runs them on a pool of engine replicas (`--replicas N`, or `--min-replicas/--max-replicas` for ray.data's
+Reads JSONL or Parquet rows (`id`, `prompt`; the stable id is what lets a rerun resume) through `ray.data`.
+JSONL is checked line by line before any Ray work: a line that is not UTF-8, not JSON, or lacks a string `prompt`
+or an `id` is that row's error, written with its file:line to OUT_DIR/errors.jsonl while the other rows run;
+duplicate ids stop the job before it starts (exit 2, listed). The rows run on a pool of engine replicas (`--replicas N`, or `--min-replicas/--max-replicas` for ray.data's
 autoscaling actor pool, which grows with the backlog) and writes the answers through a ray.data datasink: each
 block to its own part file under OUT_DIR, atomically (a temporary name, then a rename). Ray Data's own file
 datasinks write in place, so a kill could leave a truncated file that a rerun would misread. After a crash or a
@@ -32,6 +34,7 @@ from mirrorspec.errors import InvalidRequestError
 logger = logging.getLogger(__name__)
 
 PART_GLOB = "part-*.jsonl"
+ERRORS = "errors.jsonl"  # the input lines rejected, each with its file:line and error
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -105,74 +108,92 @@ class AnswerParts(Datasink):
         self.totals = sum(write_result.write_returns, Counter())
 
 
-def check_jsonl(files: list[Path]) -> None:
-    """Read JSONL inputs once before Ray does, so that a bad row is named (file and line) instead of failing a
-    Ray task: each line a JSON object with a string `prompt` and an `id` (all strings or all integers: Arrow
-    types a column once), ids unique, at least one row."""
-    seen: dict[str, str] = {}
-    kinds: set[type] = set()
+def parse_row(line: bytes, where: str) -> dict:
+    """One JSONL line as {"id", "prompt"}, or InvalidRequestError saying what is wrong with it."""
+    try:
+        row = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidRequestError("input", f"{where} is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError("input", f"{where} is not valid JSON: {exc.msg}") from None
+    if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+        raise InvalidRequestError("input", f"{where}: a row is an object with a string \"prompt\"")
+    if type(row.get("id")) not in (str, int):
+        raise InvalidRequestError("input", f"{where}: a row needs an \"id\", a string or an integer (a stable id is "
+                                           f"what makes reruns resume)")
+    return {"id": str(row["id"]), "prompt": row["prompt"]}
+
+
+def load_jsonl(files: list[Path]) -> tuple[list[dict], list[dict]]:
+    """The rows of JSONL inputs and the lines rejected (each with its file:line and error), read before any Ray
+    work starts. A bad line is that row's error, not the job's; duplicate ids are fatal (which answer would be
+    kept?), listed."""
+    rows: list[dict] = []
+    rejected: list[dict] = []
+    first_seen: dict[str, str] = {}
+    duplicates: list[str] = []
     for file in files:
-        try:
-            lines = file.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise InvalidRequestError("input", f"{file} is not UTF-8 text") from None
-        for number, line in enumerate(lines, 1):
+        for number, line in enumerate(file.read_bytes().split(b"\n"), 1):
             if not line.strip():
                 continue
             where = f"{file}:{number}"
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidRequestError("input", f"{where} is not valid JSON: {exc.msg}") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise InvalidRequestError("input", f"{where}: a row is an object with a string \"prompt\"")
-            row_id = row.get("id")
-            if type(row_id) not in (str, int):
-                raise InvalidRequestError("input", f"{where}: a row needs an \"id\", a string or an integer (a "
-                                                   f"stable id is what makes reruns resume)")
-            kinds.add(type(row_id))
-            if len(kinds) > 1:
-                raise InvalidRequestError("input", f"{where}: ids mix strings and integers; use one kind")
-            if str(row_id) in seen:
-                raise InvalidRequestError("input", f"{where}: id {row_id!r} is already used at {seen[str(row_id)]}")
-            seen[str(row_id)] = where
-    if not seen:
-        raise InvalidRequestError("input", "has no rows")
+                row = parse_row(line, where)
+            except InvalidRequestError as exc:
+                rejected.append({"line": where, "error": str(exc)})
+                continue
+            if row["id"] in first_seen:
+                duplicates.append(f"{row['id']!r} ({first_seen[row['id']]} and {where})")
+            first_seen.setdefault(row["id"], where)
+            rows.append(row)
+    if duplicates:
+        shown = "; ".join(duplicates[:5]) + (f"; and {len(duplicates) - 5} more" if len(duplicates) > 5 else "")
+        raise InvalidRequestError("input", f"{len(duplicates)} duplicate id(s): {shown}")
+    return rows, rejected
 
 
-def check_input(path: str) -> bool:
-    """Whether the input is Parquet; a JSONL input is checked row by row (before any Ray work starts)."""
+def check_parquet_ids(path: str) -> None:
+    """Duplicate ids in a Parquet input are refused before any Ray work starts, as in JSONL."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path) if Path(path).is_file() else pq.ParquetDataset(path).schema
+    missing = [name for name in ("id", "prompt") if name not in schema.names]
+    if missing:
+        raise InvalidRequestError("input", f"rows need {missing} column(s); found {schema.names}")
+    ids = pc.cast(pq.read_table(path, columns=["id"]).column("id"), "string")
+    counts = pc.value_counts(ids)
+    repeated = [str(c["values"]) for c in counts.to_pylist() if c["counts"] > 1]
+    if repeated:
+        raise InvalidRequestError("input", f"{len(repeated)} duplicate id(s): {repeated[:5]}")
+
+
+def load_input(path: str) -> tuple[list[dict] | None, list[dict]]:
+    """(rows, rejected lines) of a JSONL input; (None, []) for Parquet, which ray.data reads itself."""
     source = Path(path)
     if not source.exists():
         raise InvalidRequestError("input", f"{path!r} does not exist")
-    parquet = source.suffix == ".parquet" or (source.is_dir() and any(source.glob("*.parquet")))
-    if not parquet:
-        check_jsonl(sorted(source.glob("*.jsonl")) if source.is_dir() else [source])
-    return parquet
+    if source.suffix == ".parquet" or (source.is_dir() and any(source.glob("*.parquet"))):
+        check_parquet_ids(path)
+        return None, []
+    return load_jsonl(sorted(source.glob("*.jsonl")) if source.is_dir() else [source])
 
 
-def read_rows(path: str, parquet: bool):
+def read_rows(path: str, rows: list[dict] | None):
     import ray.data
 
     # Reading, filtering and writing rows is light I/O: with no CPU reserved it runs while the replicas hold every
     # CPU (reserving one deadlocks a pool of as many replicas as the cluster has CPUs: Ray Data waits for a CPU that
     # the pool never frees).
-    ds = ray.data.read_parquet(path, num_cpus=0) if parquet else ray.data.read_json(path, lines=True, num_cpus=0)
-    columns = ds.columns()
-    if "prompt" not in columns:
-        raise InvalidRequestError("input", f"rows need a 'prompt' column; found {columns}")
-    if "id" not in columns:
-        raise InvalidRequestError("input", "rows need an 'id' column (a stable id is what makes reruns resume)")
-    return ds.select_columns(["id", "prompt"], num_cpus=0)
+    if rows is not None:  # JSONL, already read and checked line by line
+        return ray.data.from_items(rows)
+    return ray.data.read_parquet(path, num_cpus=0).select_columns(["id", "prompt"], num_cpus=0)
 
 
 def run(args: argparse.Namespace) -> dict:
     import dataclasses
 
-    import ray
-
     from mirrorspec.cluster.config import find_config, load_config
-    from mirrorspec.cluster.ray_cluster import connect
     from mirrorspec.params import SamplingParams
 
     config = load_config(find_config(args.config))
@@ -181,13 +202,35 @@ def run(args: argparse.Namespace) -> dict:
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise InvalidRequestError("output", f"{args.output!r} is a file; give a folder for the part files")
-    parquet = check_input(args.input)
+    rows, rejected = load_input(args.input)
     output.mkdir(parents=True, exist_ok=True)
+    (output / ERRORS).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected),
+                                 encoding="utf-8")
+    done = finished_ids(output)
+    summary = {"rows": 0, "rejected": len(rejected), "answered": len(done), "resumed_from": len(done),
+               "rows_this_run": 0, "tokens_this_run": 0, "seconds": 0.0, "tokens_per_s": None, "tau": None,
+               "method": spec.method, "replicas": 0}
+    if rows != []:  # an input with no good rows gives an empty summary without starting Ray
+        summary |= generate(args, config, spec, sampling, rows, done)
+    (output / "summary.json").write_text(json.dumps(summary, indent=1))
+    if args.merge:
+        merge(output)
+    return summary
+
+
+def generate(args: argparse.Namespace, config, spec, sampling, rows: list[dict] | None, done: set[str]) -> dict:
+    """Answers every row not in `done` on a pool of replicas; the summary's counts for this run."""
+    import dataclasses
+
+    import ray
+
+    from mirrorspec.cluster.ray_cluster import connect
+
+    output = Path(args.output)
     owned = not ray.is_initialized()  # a Ray session this job started is this job's to end
     connect(config.cluster)
-    done = finished_ids(output)
-    rows = read_rows(args.input, parquet)
-    todo = rows.filter(lambda row: str(row["id"]) not in done, num_cpus=0)
+    dataset = read_rows(args.input, rows)
+    todo = dataset.filter(lambda row: str(row["id"]) not in done, num_cpus=0)
     concurrency = args.replicas or (args.min_replicas, args.max_replicas)
     engine = dataclasses.replace(config.engine, threads=max(1, int(args.cpus_per_replica)))
     started = time.perf_counter()
@@ -199,18 +242,13 @@ def run(args: argparse.Namespace) -> dict:
     answers.write_datasink(sink, ray_remote_args={"num_cpus": 0})
     seconds = time.perf_counter() - started
     rows_now, tokens, forwards = sink.totals["rows"], sink.totals["tokens"], sink.totals["forwards"]
-    all_ids = finished_ids(output)
-    summary = {"rows": rows.count(), "answered": len(all_ids), "resumed_from": len(done), "rows_this_run": rows_now,
-               "tokens_this_run": tokens, "seconds": round(seconds, 2),
-               "tokens_per_s": round(tokens / seconds, 2) if seconds else None,
-               "tau": round(tokens / forwards, 3) if forwards else None, "method": spec.method,
-               "replicas": concurrency}
-    (output / "summary.json").write_text(json.dumps(summary, indent=1))
-    if args.merge:
-        merge(output)
+    counts = {"rows": len(rows) if rows is not None else dataset.count(), "answered": len(finished_ids(output)),
+              "rows_this_run": rows_now, "tokens_this_run": tokens, "seconds": round(seconds, 2),
+              "tokens_per_s": round(tokens / seconds, 2) if seconds else None,
+              "tau": round(tokens / forwards, 3) if forwards else None, "replicas": concurrency}
     if owned:
         ray.shutdown()
-    return summary
+    return counts
 
 
 def merge(output: Path) -> None:

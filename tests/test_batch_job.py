@@ -1,5 +1,6 @@
 """The batch job on the session's Ray cluster: a rerun after a run that was killed (its process, mid-job)
-answers only the missing rows, so every row is answered exactly once, and the answers equal a clean run's."""
+answers only the missing rows, so every row is answered exactly once, and the answers equal a clean run's; a
+malformed line is reported in errors.jsonl while the other rows run."""
 
 import json
 import os
@@ -31,9 +32,13 @@ def answers(folder) -> list[dict]:
 def test_a_rerun_after_a_killed_job_answers_only_what_is_missing(ray_cluster, tmp_path):
     rows = [{"id": f"q{i:02d}", "prompt": f"Name a fruit that starts with the letter {chr(65 + i)}."}
             for i in range(15)]
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = [json.dumps(r) for r in rows]
+    lines.insert(4, '{"id": "broken", "prompt": ')  # a malformed line is its own error; the other rows run
+    (tmp_path / "prompts.jsonl").write_text("".join(line + "\n" for line in lines))
     clean = run(tmp_path, "clean")
-    assert clean["answered"] == 15 and clean["rows_this_run"] == 15
+    assert clean["answered"] == 15 and clean["rows_this_run"] == 15 and clean["rejected"] == 1
+    [error] = [json.loads(line) for line in (tmp_path / "clean" / batch_job.ERRORS).read_text().splitlines()]
+    assert error["line"].endswith("prompts.jsonl:5") and "is not valid JSON" in error["error"]
     reference = {a["id"]: a["token_ids"] for a in answers(tmp_path / "clean")}
     # The same job as its own process on the same cluster, killed (SIGKILL) once it has written a part file.
     interrupted = tmp_path / "resumed"
