@@ -4,7 +4,8 @@ internal speculation channel alike).
 - Auth: with a token configured, every RPC but the health check (load balancers and probes call it without
   credentials) must carry `authorization: Bearer <token>`, else UNAUTHENTICATED. Compared in constant time.
 - Malformed messages: a request whose bytes are not a valid message (a string field that is not UTF-8, most
-  often) is answered INVALID_ARGUMENT naming the field, instead of gRPC's generic INTERNAL.
+  often) is answered INVALID_ARGUMENT naming the field, instead of gRPC's generic INTERNAL; in a stream of
+  requests, the first such message ends the call that way.
 """
 
 from __future__ import annotations
@@ -42,27 +43,25 @@ class Gate(grpc.ServerInterceptor):
             sent = dict(details.invocation_metadata or ()).get("authorization", "")
             if not hmac.compare_digest(str(sent).encode(), self.expected):
                 return _denied(handler)
-        if handler.request_deserializer is None or handler.request_streaming:
+        if handler.request_deserializer is None:
             return handler
-        return _replace(handler, _checked(_behaviour(handler)), _tolerant(handler.request_deserializer, details.method))
+        behaviour = handler.stream_stream or handler.stream_unary or handler.unary_stream or handler.unary_unary
+        checked = _checked_stream(behaviour) if handler.request_streaming else _checked(behaviour)
+        return _kind(handler)(checked, request_deserializer=_tolerant(handler.request_deserializer, details.method),
+                              response_serializer=handler.response_serializer)
 
 
-def _behaviour(handler):
-    return handler.unary_stream or handler.unary_unary
-
-
-def _replace(handler, behaviour, deserializer):
-    make = grpc.unary_stream_rpc_method_handler if handler.response_streaming else grpc.unary_unary_rpc_method_handler
-    return make(behaviour, request_deserializer=deserializer, response_serializer=handler.response_serializer)
+def _kind(handler) -> Callable:
+    """The constructor of handlers of the same streaming kind as `handler`."""
+    return {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler}[(handler.request_streaming, handler.response_streaming)]
 
 
 def _denied(handler):
     """A handler of the same kind as `handler` that answers UNAUTHENTICATED. It never parses the request: an
     unauthenticated caller learns nothing from how its bytes fail to parse (that would be INTERNAL)."""
-    make = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler}[(handler.request_streaming, handler.response_streaming)]
-    return make(_deny, request_deserializer=_ignored, response_serializer=handler.response_serializer)
+    return _kind(handler)(_deny, request_deserializer=_ignored, response_serializer=handler.response_serializer)
 
 
 def _ignored(data: bytes) -> bytes:
@@ -83,6 +82,20 @@ def _checked(behaviour):
         if isinstance(request, _Malformed):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
         return behaviour(request, context)
+
+    return run
+
+
+def _checked_stream(behaviour):
+    """A streamed request ends the call with INVALID_ARGUMENT at its first message that does not parse."""
+    def run(requests, context):
+        def parsed():
+            for request in requests:
+                if isinstance(request, _Malformed):
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+                yield request
+
+        return behaviour(parsed(), context)
 
     return run
 
