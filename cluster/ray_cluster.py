@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+from mirrorspec.cluster import reaper
 from mirrorspec.cluster.config import ClusterConfig
 
 logger = logging.getLogger(__name__)
@@ -28,3 +29,4 @@ def connect(cluster: ClusterConfig) -> None:
     ray.init(num_cpus=cluster.num_cpus, resources=dict(cluster.resources) or None, include_dashboard=False,
              _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=False,
              configure_logging=False)
+    reaper.watch(os.getpid())  # the embedded cluster ends with this process, even after a kill -9
