@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15
 
 bench: $(STAMP)
-	$(BIN)/mirrorspec bench --name latest
+	$(BIN)/mirrorspec bench --name latest --hf-assistant drafters/smollm2-135m-token
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -239,11 +239,10 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams, cluster
     try:
         for label in run.methods:
             run.run(label)
+            write_results(run.results(), args.out, stem, plot)  # after each method: a later failure keeps these
     finally:
         run.close()
-    results = run.results()
-    write_results(results, args.out, stem, plot)
-    _print_table(results)
+    _print_table(run.results())
     return 0
 
 
@@ -252,6 +251,7 @@ class BenchRun:
     `run` benches one method, `results` summarises those run so far."""
 
     def __init__(self, args: argparse.Namespace, engine_config, spec: SpecParams, cluster) -> None:
+        from mirrorspec.bench.hf_assistant import check_assistant
         from mirrorspec.cluster.launch import open_engine
         from mirrorspec.errors import InvalidRequestError
         from mirrorspec.orchestration.engine import Engine
@@ -268,6 +268,8 @@ class BenchRun:
         drafters = {METHODS[name].drafter for name, _ in self.parsed.values() if name in METHODS}
         if AR_DRAFTER in drafters and not engine_config.drafter:
             raise InvalidRequestError("drafter", "chain, tree and mirror need a drafter (--drafter DIR or self)")
+        if any(name == HF_ASSISTED for name, _ in self.parsed.values()):
+            check_assistant(_assistant_folder(engine_config, args.hf_assistant))
         self.args, self.spec, self.cluster = args, spec, cluster
         self.prompts = load_prompts(args.prompts, args.per_category)
         engine_config = dataclasses.replace(engine_config, max_batch=max(engine_config.max_batch, args.batch_size))
@@ -431,18 +433,25 @@ def channel_summary(stats: dict, round_trip_s: float | None, records: list[Recor
     return out
 
 
+def _assistant_folder(engine_config, assistant: str | None) -> str | None:
+    """--hf-assistant, else the engine's drafter (for `self`, a separate copy of the target: transformers keeps
+    assistant state on the model object)."""
+    from mirrorspec.orchestration.engine import SELF_DRAFTER
+    from mirrorspec.orchestration.factory import resolve_drafter
+
+    path = assistant or resolve_drafter(engine_config)
+    return str(engine_config.target) if path == SELF_DRAFTER else path
+
+
 def _hf_assistant(engine_config, assistant: str | None):
     """An assistant as a transformers model for `generate(..., assistant_model=...)`."""
     from mirrorspec.bench.hf_assistant import draft_vocab_assistant
-    from mirrorspec.orchestration.engine import SELF_DRAFTER
     from mirrorspec.workers.drafter_model import is_drafter_folder
     from mirrorspec.workers.models import load_model, parse_device, parse_dtype
 
-    path = assistant or engine_config.drafter
+    path = _assistant_folder(engine_config, assistant)
     dtype = parse_dtype(engine_config.dtype, device=engine_config.device)
     device = parse_device(engine_config.device)
-    if path == SELF_DRAFTER:
-        path = engine_config.target  # a separate copy: transformers keeps assistant state on the model object
     if is_drafter_folder(path):
         return draft_vocab_assistant(path, dtype, device)
     return load_model(path, dtype=dtype, device=device, field="hf_assistant").model

@@ -12,7 +12,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from mirrorspec.errors import InvalidRequestError
-from mirrorspec.workers.drafter_model import Drafter
+from mirrorspec.workers.drafter_model import Drafter, is_drafter_folder, read_meta
 
 
 class DraftVocabLlama(LlamaForCausalLM):
@@ -25,12 +25,21 @@ class DraftVocabLlama(LlamaForCausalLM):
         return out
 
 
-def draft_vocab_assistant(folder: str, dtype: torch.dtype, device: torch.device) -> DraftVocabLlama:
-    drafter = Drafter.load(folder, dtype)
-    if drafter.meta.kind != "token":
+def check_assistant(folder: str | None) -> None:
+    """Before any method runs: refuse an assistant that transformers' assisted generation cannot run."""
+    if folder is None:
+        raise InvalidRequestError("hf_assistant", "hf-assisted needs an assistant: pass --hf-assistant DIR (a token "
+                                                  "drafter or a plain model folder), or a --drafter")
+    if is_drafter_folder(folder) and read_meta(folder).kind != "token":
         raise InvalidRequestError(
-            "hf_assistant", "transformers' assisted generation cannot run a feature-conditioned drafter; "
-            "pass --hf-assistant with a token drafter or a plain model folder")
+            "hf_assistant", f"{folder} is a feature-conditioned drafter, which transformers' assisted generation "
+            "cannot run (it needs the target's hidden states); pass --hf-assistant with a token drafter (e.g. "
+            "drafters/smollm2-135m-token) or a plain model folder")
+
+
+def draft_vocab_assistant(folder: str, dtype: torch.dtype, device: torch.device) -> DraftVocabLlama:
+    check_assistant(folder)
+    drafter = Drafter.load(folder, dtype)
     model = DraftVocabLlama(drafter.lm.config).to(dtype)
     model.load_state_dict(drafter.lm.state_dict())
     model.generation_config = drafter.lm.generation_config

@@ -33,15 +33,20 @@ from mirrorspec.cluster.launch import SECRET_ENV
         (["generate", "hi", "--config", "NON_UTF8"], "NON_UTF8"),
         (["generate", "--input", "NON_UTF8", "--output", "/no/such/folder/out.jsonl"], "output"),
         (["generate", "--input", "NON_UTF8", "--output", "."], "output"),
+        # The bench checks every method before running any: the shipped drafter is feature-conditioned.
+        (["bench", "--methods", "ar,chain,hf-assisted", "--out", "OUT"], "hf_assistant"),
+        (["bench", "--methods", "ar,chain", "--drafter", "none", "--out", "OUT"], "drafter"),
+        (["bench", "--methods", "ar,lookahead", "--out", "OUT"], "method"),
     ],
 )
 def test_bad_input_exits_2_naming_the_field(argv, field, capsys, tmp_path):
     non_utf8 = tmp_path / "NON_UTF8"  # a config or input file that is not text
     non_utf8.write_bytes(b"prompt: \xff\xfe\n")
-    argv = [str(non_utf8) if a == "NON_UTF8" else a for a in argv]
+    argv = [{"NON_UTF8": str(non_utf8), "OUT": str(tmp_path / "results")}.get(a, a) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"error: {str(non_utf8) if field == 'NON_UTF8' else field}" in err and "Traceback" not in err
+    assert not (tmp_path / "results").exists()  # nothing ran, nothing written
 
 
 def test_console_script_exit_code():

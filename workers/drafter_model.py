@@ -80,7 +80,7 @@ class Drafter(nn.Module):
     @classmethod
     def load(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> "Drafter":
         folder = Path(folder)
-        meta = DrafterMeta(**json.loads((folder / META_FILE).read_text()))
+        meta = read_meta(folder)
         lm = LlamaForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
         drafter = cls(meta, lm).to(dtype)
         if drafter.fc is not None:
@@ -90,6 +90,11 @@ class Drafter(nn.Module):
 
 def is_drafter_folder(folder: str | Path) -> bool:
     return (Path(folder) / META_FILE).is_file()
+
+
+def read_meta(folder: str | Path) -> DrafterMeta:
+    """A drafter folder's kind and vocabulary, without loading its weights."""
+    return DrafterMeta(**json.loads((Path(folder) / META_FILE).read_text()))
 
 
 def new_drafter(kind: str, target: LlamaForCausalLM | nn.Module, draft_to_target: list[int], *, layers: int,
