@@ -29,9 +29,9 @@ def add_bench_diffusion_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--examples", type=int, default=200, help="held-out examples (spread over the tasks)")
     p.add_argument("--gen-length", type=int, default=16, help="answer canvas (train-dllm's --gen-length)")
     p.add_argument("--block-length", type=int, help="default: the whole canvas (the tasks' answers are short)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--out", default="bench/results")
+    p.add_argument("--batch-size", type=int, default=1, help="examples decoded together")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--out", default="bench/results", help="folder for JSON and PNG")
     p.add_argument("--name", help="results file stem (default: diffusion-<timestamp>)")
 
 

@@ -45,10 +45,10 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf-assistant", help="assistant model folder for hf-assisted (default: the engine's drafter)")
     p.add_argument("--diffusion-drafter", default="default",
                    help="the block-diffusion drafter of diffusion-draft (default: the shipped one); the other "
-                        "methods keep --drafter"),
+                        "methods keep --drafter")
     p.add_argument("--prompts", help="JSONL with id, category, prompt (default: the project's Spec-Bench-style set)")
     p.add_argument("--per-category", type=int, default=0, help="use only the first N prompts of each category")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per prompt")
     p.add_argument("--batch-size", type=int, default=1, help="prompts submitted together (continuous batching)")
     p.add_argument("--out", default="bench/results", help="folder for JSON and PNG")
     p.add_argument("--name", help="results file stem (default: bench-<timestamp>)")

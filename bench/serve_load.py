@@ -64,14 +64,23 @@ class Server:
             self.proc.kill()
             raise RuntimeError(f"the server did not start: {line!r}")
         self.address = match.group(1)
+        metrics = re.search(r"metrics on (\S+)", line)
+        self.metrics_url = metrics.group(1) if metrics else None
         self.channel = grpc.insecure_channel(self.address)
         self.stub = pb_grpc.GenerationServiceStub(self.channel)
         self.admin = pb_grpc.AdminServiceStub(self.channel)
 
-    def stop(self) -> int:
+    def stop(self, timeout_s: float = 120.0) -> int | None:
+        """SIGTERM (the server drains, then exits): its exit code, or None when it had to be killed after
+        `timeout_s`."""
         self.channel.close()
-        self.proc.terminate()  # SIGTERM: the server drains, then exits
-        return self.proc.wait(timeout=120)
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
 
 
 def stream(server: Server, prompt_index: int, text: str, max_new: int) -> Call:

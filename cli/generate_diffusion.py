@@ -8,7 +8,8 @@ import sys
 
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.diffusion import DiffusionDecoder
-from mirrorspec.orchestration.engine import EngineConfig, encode_prompt
+from mirrorspec.orchestration.engine import EngineConfig
+from mirrorspec.orchestration.prompts import encode_prompt
 from mirrorspec.params import CACHES, STRATEGIES, DiffusionParams
 from mirrorspec.workers.diffusion_gemma import is_diffusion_gemma
 from mirrorspec.workers.models import resolve_model_dir

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.methods import AR_DRAFTER, DIFFUSION_DRAFTER, ENGINE_METHODS, METHODS
+from mirrorspec.orchestration.prompts import add_chat_args
 from mirrorspec.params import SamplingParams, SpecParams
 
 logger = logging.getLogger("mirrorspec")
@@ -22,7 +23,9 @@ logger = logging.getLogger("mirrorspec")
 EXIT_BAD_INPUT = 2
 
 
-def _add_engine_args(p: argparse.ArgumentParser) -> None:
+def _add_engine_args(p: argparse.ArgumentParser, *, placement: bool = True) -> None:
+    """Model and engine flags; `placement` adds where the target runs (Ray, tensor parallelism, a remote drafter),
+    which means nothing to a drafter's own server."""
     g = p.add_argument_group("models and engine (defaults from ray_config.yaml)")
     g.add_argument("--config", help="path to ray_config.yaml (default: $MIRRORSPEC_CONFIG or ./ray_config.yaml)")
     g.add_argument("--target", help="target model: a local HF folder or 'default'")
@@ -37,6 +40,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--exact", action=argparse.BooleanOptionalAction, default=None,
                    help="the target computes every token to the same bits alone, in a draft or in a batch: every "
                         "method equals ar at any dtype (default: engine.exact)")
+    if not placement:
+        return
     g.add_argument("--ray", choices=("auto", "always", "never"),
                    help="run target and drafter as Ray actors (auto: for --method mirror); see cluster in ray_config.yaml")
     g.add_argument("--tp", dest="tp_size", type=int,
@@ -62,28 +67,25 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling and stopping")
-    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--max-new-tokens", type=int, default=128, help="the most tokens to generate")
     g.add_argument("--min-new-tokens", type=int, default=0, help="EOS cannot end the answer before this many tokens")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: the smallest set of tokens with this "
+                                                           "much probability (1 = off)")
     g.add_argument("--top-k", type=int, default=0, help="0 = off")
-    g.add_argument("--seed", type=int)
+    g.add_argument("--seed", type=int, help="seed of this request's random draws (64-bit; default: engine.seed)")
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    g.add_argument("--chat", action="store_true", help="wrap the prompt in the target's chat template")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mirrorspec", description="Lossless speculative decoding engine")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    gen = sub.add_parser("generate", help="generate for one prompt or a JSONL file of prompts")
+def _generate_args(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("prompt", nargs="?", help="the prompt (or use --input)")
     gen.add_argument("--method", help=" | ".join(METHODS))
     gen.add_argument("--stream", action="store_true", help="print tokens as they are accepted")
     gen.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, stats")
-    gen.add_argument("--input", help="JSONL file: one {\"prompt\": ...} per line (optional per-line sampling keys)")
+    gen.add_argument("--input", help="JSONL file: one {\"prompt\": ...} or {\"messages\": [{\"role\", \"content\"}, "
+                                     "...]} per line (optional per-line sampling keys)")
     gen.add_argument("--output", help="JSONL file for --input results")
+    add_chat_args(gen)
     _add_engine_args(gen)
     _add_spec_args(gen)
     _add_sampling_args(gen)
@@ -91,53 +93,108 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_diffusion_args(gen)
 
-    bench = sub.add_parser("bench", help="compare methods on the bench prompt set")
+
+def _chat_args(chat: argparse.ArgumentParser) -> None:
+    chat.add_argument("--system", help="a system message that opens the conversation")
+    chat.add_argument("--method", help=" | ".join(ENGINE_METHODS))
+    _add_engine_args(chat)
+    _add_spec_args(chat)
+    _add_sampling_args(chat)
+
+
+def _bench_args(bench: argparse.ArgumentParser) -> None:
     from mirrorspec.bench.harness import add_bench_args
 
     add_bench_args(bench)
     _add_engine_args(bench)
     _add_spec_args(bench)
 
-    train = sub.add_parser("train-drafter", help="distil a drafter for a target (self-distillation)")
+
+def _train_drafter_args(train: argparse.ArgumentParser) -> None:
     from mirrorspec.training.train_drafter import add_train_args
 
     add_train_args(train)
 
-    bench_dllm = sub.add_parser("bench-diffusion", help="speed-quality table of diffusion strategies on the "
-                                                        "synthetic tasks")
+
+def _bench_diffusion_args(bench: argparse.ArgumentParser) -> None:
     from mirrorspec.bench.diffusion_bench import add_bench_diffusion_args
 
-    add_bench_diffusion_args(bench_dllm)
+    add_bench_diffusion_args(bench)
 
-    dllm = sub.add_parser("train-dllm", help="train a small masked-diffusion LM on the synthetic tasks, or (--from-drafter) adapt a token drafter into a block-diffusion drafter")
+
+def _train_dllm_args(dllm: argparse.ArgumentParser) -> None:
     from mirrorspec.training.dllm import add_train_dllm_args
 
     add_train_dllm_args(dllm)
 
-    serve = sub.add_parser("serve-drafter", help="serve the drafter's speculation channel for targets that dial it "
-                                                 "with --drafter-address (no Ray)")
+
+def _serve_drafter_args(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     serve.add_argument("--port", type=int, help="port (default: cluster.drafter_port; 0 = any free port)")
-    _add_engine_args(serve)
+    _add_engine_args(serve, placement=False)
 
-    service = sub.add_parser("serve", help="serve the public GenerationService over gRPC (ray_config.yaml: serve)")
+
+def _serve_args(service: argparse.ArgumentParser) -> None:
     service.add_argument("--host", help="interface to listen on (default: serve.host, 127.0.0.1)")
     service.add_argument("--port", type=int, help="port (default: serve.port; 0 = any free port)")
     _add_engine_args(service)
     _add_spec_args(service)
-    service.add_argument("--method", help=f"the default method of requests that name none ({' | '.join(ENGINE_METHODS)})")
+    service.add_argument("--method", help=f"the default method of requests that name none "
+                                          f"({' | '.join(ENGINE_METHODS)})")
 
-    scale = sub.add_parser("scale", help="set (or read, with 0) the replica count of a running `mirrorspec serve`")
+
+def _scale_args(scale: argparse.ArgumentParser) -> None:
     scale.add_argument("replicas", type=int, help="replicas to serve with (0: only print the count and load)")
     scale.add_argument("--server", default="127.0.0.1:8033", help="the server's address")
     scale.add_argument("--token-env", help="environment variable holding the server's bearer token")
     scale.add_argument("--tls-ca", help="PEM of the CA that signed the server's certificate (a TLS server)")
 
-    head = sub.add_parser("train-exit-head", help="fit the early-exit head that mirror's early exit uses")
+
+def _exit_head_args(head: argparse.ArgumentParser) -> None:
     from mirrorspec.training.train_exit_head import add_exit_head_args
 
     add_exit_head_args(head)
+
+
+# name -> (one-line help, what adds its arguments). Arguments are added only for the command being run (several
+# pull in torch), so that `mirrorspec --help` and `--version` answer at once.
+SUBCOMMANDS = {
+    "generate": ("generate for one prompt or a JSONL file of prompts", _generate_args),
+    "chat": ("a multi-turn conversation in the terminal (answers stream; /stats, /reset, /exit)", _chat_args),
+    "bench": ("compare methods on the bench prompt set", _bench_args),
+    "train-drafter": ("distil a drafter for a target (self-distillation)", _train_drafter_args),
+    "bench-diffusion": ("speed-quality table of diffusion strategies on the synthetic tasks", _bench_diffusion_args),
+    "train-dllm": ("train a small masked-diffusion LM on the synthetic tasks, or (--from-drafter) adapt a token "
+                   "drafter into a block-diffusion drafter", _train_dllm_args),
+    "serve-drafter": ("serve the drafter's speculation channel for targets that dial it with --drafter-address "
+                      "(no Ray)", _serve_drafter_args),
+    "serve": ("serve the public GenerationService over gRPC (ray_config.yaml: serve)", _serve_args),
+    "scale": ("set (or read, with 0) the replica count of a running `mirrorspec serve`", _scale_args),
+    "train-exit-head": ("fit the early-exit head that mirror's early exit uses", _exit_head_args),
+}
+
+
+def build_parser(commands: set[str] | None = None) -> argparse.ArgumentParser:
+    """The parser, with the arguments of `commands` (default: every command) filled in."""
+    parser = argparse.ArgumentParser(prog="mirrorspec", description="Lossless speculative decoding engine")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO, and let libraries' warnings "
+                                                                     "through")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_args) in SUBCOMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if commands is None or name in commands:
+            add_args(command)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mirrorspec")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def resolve_config(args: argparse.Namespace):
@@ -193,8 +250,8 @@ def _read_jsonl(path: str) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InvalidRequestError("input", f"line {number} is not valid JSON: {exc.msg}") from None
-        if not isinstance(row, dict) or "prompt" not in row:
-            raise InvalidRequestError("input", f"line {number} needs a \"prompt\" key")
+        if not isinstance(row, dict) or ("prompt" in row) == ("messages" in row):
+            raise InvalidRequestError("input", f"line {number} needs a \"prompt\" or a \"messages\" key (one)")
         rows.append(row)
     return rows
 
@@ -213,18 +270,41 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from mirrorspec.cli.generate_diffusion import cmd_generate_diffusion
 
         return cmd_generate_diffusion(args, engine_config)
-    if spec.mode.drafter == AR_DRAFTER and not engine_config.drafter:  # before any Ray actor starts
-        raise InvalidRequestError("drafter", f"method {spec.method!r} needs a drafter model; none is configured: "
-                                             f"--drafter default (the shipped one), a folder, or engine.drafter")
-    if spec.mode.drafter == DIFFUSION_DRAFTER:
-        from mirrorspec.orchestration.factory import resolve_drafter
-
-        engine_config = dataclasses.replace(engine_config, drafter=resolve_drafter(engine_config, spec.method))
+    engine_config = _with_drafter(engine_config, spec)
     from mirrorspec.cluster.launch import open_engine
 
     engine = open_engine(engine_config, spec, cluster, on_ray=cluster.uses_ray(spec.method))
     try:
         return _generate(engine, args, sampling, spec)
+    finally:
+        engine.shutdown()
+
+
+def _with_drafter(engine_config, spec: SpecParams):
+    """The engine config with the drafter the method needs, refused before any model loads or Ray actor starts."""
+    if spec.mode.drafter == AR_DRAFTER and not engine_config.drafter:
+        raise InvalidRequestError("drafter", f"method {spec.method!r} needs a drafter model; none is configured: "
+                                             f"--drafter default (the shipped one), a folder, or engine.drafter")
+    if spec.mode.drafter == DIFFUSION_DRAFTER:
+        from mirrorspec.orchestration.factory import resolve_drafter
+
+        return dataclasses.replace(engine_config, drafter=resolve_drafter(engine_config, spec.method))
+    return engine_config
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from mirrorspec.cli.chat import Conversation, run_chat
+    from mirrorspec.cluster.launch import open_engine
+
+    engine_config, spec, cluster = resolve_config(args)
+    sampling = sampling_from_args(args)
+    spec.validate(engine_config.max_spec_nodes)
+    if spec.mode.diffusion_target:
+        raise InvalidRequestError("method", "chat runs the engine's methods; a diffusion LM answers with generate")
+    engine_config = _with_drafter(engine_config, spec)
+    engine = open_engine(engine_config, spec, cluster, on_ray=cluster.uses_ray(spec.method))
+    try:
+        return run_chat(Conversation(engine, sampling, spec, args.system), sys.stdin, sys.stdout, sys.stderr)
     finally:
         engine.shutdown()
 
@@ -263,13 +343,13 @@ def _generate_file(engine, args: argparse.Namespace, spec: SpecParams) -> int:
     rows = _read_jsonl(args.input)
     prompts, params, errors = [], [], {}
     for i, row in enumerate(rows):
-        overrides = {k: v for k, v in row.items() if k not in ("prompt", "id")}
+        overrides = {k: v for k, v in row.items() if k not in ("prompt", "messages", "id")}
         try:
             params.append(sampling_from_args(args, overrides))
         except (InvalidRequestError, TypeError) as exc:
             errors[i] = str(exc)
             params.append(None)
-        prompts.append(row["prompt"])
+        prompts.append(row["prompt"] if "prompt" in row else row["messages"])
     outputs: list = [None] * len(rows)
     todo = [i for i in range(len(rows)) if i not in errors]
     with tqdm(total=len(rows), desc=f"generate [{spec.method}]", unit="prompt", file=sys.stderr) as bar:
@@ -300,17 +380,19 @@ def _generate_file(engine, args: argparse.Namespace, spec: SpecParams) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser({a for a in argv if a in SUBCOMMANDS}).parse_args(argv)
     # transformers imports deepspeed, which warns about accelerator detection unless told; keep CUDA machines as is.
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if _has_cuda() else "cpu")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    parser = build_parser()
-    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "generate":
             return cmd_generate(args)
+        if args.command == "chat":
+            return cmd_chat(args)
         if args.command == "train-drafter":
             from mirrorspec.training.train_drafter import cmd_train_drafter
 

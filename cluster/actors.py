@@ -79,10 +79,10 @@ class TargetActor:
                              step_cost=step_cost_source(engine, worker))
 
     def generate(self, prompts: list, sampling: SamplingParams | list[SamplingParams] | None,
-                 spec: SpecParams | None, chat: bool = False) -> list:
+                 spec: SpecParams | None, chat: bool | None = None) -> list:
         return self.engine.generate(prompts, sampling, spec, chat=chat)
 
-    def stream(self, prompt, sampling: SamplingParams | None, spec: SpecParams | None, chat: bool = False):
+    def stream(self, prompt, sampling: SamplingParams | None, spec: SpecParams | None, chat: bool | None = None):
         yield from self.engine.stream(prompt, sampling, spec, chat=chat)
 
     def progress(self) -> int:

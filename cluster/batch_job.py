@@ -3,10 +3,11 @@
     ray job submit -- python -m mirrorspec.cluster.batch_job --input prompts.jsonl --output OUT_DIR
 
 Reads JSONL or Parquet rows (`id`, `prompt`; the stable id is what lets a rerun resume) through `ray.data`.
-JSONL is checked line by line before any Ray work: a line that is not UTF-8, not JSON, or lacks a string `prompt`
-or an `id` is that row's error, written with its file:line to OUT_DIR/errors.jsonl while the other rows run;
-duplicate ids stop the job before it starts (exit 2, listed). The rows run on a pool of engine replicas (`--replicas N`, or `--min-replicas/--max-replicas` for ray.data's
-autoscaling actor pool, which grows with the backlog) and writes the answers through a ray.data datasink: each
+JSONL is checked line by line before any Ray work: a line that is not UTF-8, not JSON, or lacks an `id` and a
+string `prompt` (or chat `messages`) is that row's error, written with its file:line to OUT_DIR/errors.jsonl while
+the other rows run; duplicate ids stop the job before it starts (exit 2, listed). The rows run on a pool of engine
+replicas (`--replicas N`, or `--min-replicas/--max-replicas` for ray.data's autoscaling actor pool, which grows
+with the backlog) and the answers are written through a ray.data datasink: each
 block to its own part file under OUT_DIR, atomically (a temporary name, then a rename). Ray Data's own file
 datasinks write in place, so a kill could leave a truncated file that a rerun would misread. After a crash or a
 kill a rerun reads the part files, skips every id already answered and generates the rest: no row is lost or
@@ -23,6 +24,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from ray.data.block import BlockAccessor
 from ray.data.datasource import Datasink
 
 from mirrorspec.errors import InvalidRequestError
+from mirrorspec.orchestration.prompts import add_chat_args, check_messages, is_messages
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", help="decoding method (default: speculation.method)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
+    add_chat_args(p)
     p.add_argument("--batch-size", type=int, default=8, help="rows per engine call (and per part file)")
     p.add_argument("--replicas", type=int, help="a fixed number of engine replicas")
     p.add_argument("--min-replicas", type=int, default=1, help="autoscaling pool: at least this many")
@@ -74,7 +77,9 @@ class Generator:
         self.spec, self.sampling, self.chat = spec, sampling, chat
 
     def __call__(self, batch: dict) -> dict:
-        outs = self.engine.generate([str(p) for p in batch["prompt"]], self.sampling, self.spec, chat=self.chat)
+        messages = batch.get("messages", [None] * len(batch["prompt"]))
+        prompts = [json.loads(m) if m else str(p) for p, m in zip(batch["prompt"], messages)]
+        outs = self.engine.generate(prompts, self.sampling, self.spec, chat=self.chat)
         return {"id": [str(i) for i in batch["id"]], "text": [o.text for o in outs],
                 "token_ids": [o.token_ids for o in outs], "finish_reason": [o.finish_reason for o in outs],
                 "target_forwards": [o.stats.target_forwards for o in outs], "error": [o.error for o in outs]}
@@ -109,19 +114,25 @@ class AnswerParts(Datasink):
 
 
 def parse_row(line: bytes, where: str) -> dict:
-    """One JSONL line as {"id", "prompt"}, or InvalidRequestError saying what is wrong with it."""
+    """One JSONL line as {"id", "prompt", "messages"}, or InvalidRequestError saying what is wrong with it."""
     try:
         row = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError:
         raise InvalidRequestError("input", f"{where} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise InvalidRequestError("input", f"{where} is not valid JSON: {exc.msg}") from None
-    if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-        raise InvalidRequestError("input", f"{where}: a row is an object with a string \"prompt\"")
+    if not isinstance(row, dict) or not (isinstance(row.get("prompt"), str) or is_messages(row.get("messages"))):
+        raise InvalidRequestError("input", f"{where}: a row is an object with a string \"prompt\" or a list of chat "
+                                           f"\"messages\"")
     if type(row.get("id")) not in (str, int):
         raise InvalidRequestError("input", f"{where}: a row needs an \"id\", a string or an integer (a stable id is "
                                            f"what makes reruns resume)")
-    return {"id": str(row["id"]), "prompt": row["prompt"]}
+    if isinstance(row.get("prompt"), str):
+        return {"id": str(row["id"]), "prompt": row["prompt"], "messages": None}
+    try:  # one Arrow column of text: the messages travel as JSON
+        return {"id": str(row["id"]), "prompt": "", "messages": json.dumps(check_messages(row["messages"], "messages"))}
+    except InvalidRequestError as exc:
+        raise InvalidRequestError("input", f"{where}: {exc}") from None
 
 
 def load_jsonl(files: list[Path]) -> tuple[list[dict], list[dict]]:
@@ -179,15 +190,17 @@ def load_input(path: str) -> tuple[list[dict] | None, list[dict]]:
     return load_jsonl(sorted(source.glob("*.jsonl")) if source.is_dir() else [source])
 
 
-def read_rows(path: str, rows: list[dict] | None):
+def unanswered_parquet(path: str, done: set[str]):
+    """The Parquet input's rows whose ids are not in `done`, as a ray.data dataset."""
     import ray.data
 
     # Reading, filtering and writing rows is light I/O: with no CPU reserved it runs while the replicas hold every
     # CPU (reserving one deadlocks a pool of as many replicas as the cluster has CPUs: Ray Data waits for a CPU that
     # the pool never frees).
-    if rows is not None:  # JSONL, already read and checked line by line
-        return ray.data.from_items(rows)
-    return ray.data.read_parquet(path, num_cpus=0).select_columns(["id", "prompt"], num_cpus=0)
+    dataset = ray.data.read_parquet(path, num_cpus=0).select_columns(["id", "prompt"], num_cpus=0)
+    with warnings.catch_warnings():  # Ray suggests expressions; membership in a Python set is not one
+        warnings.filterwarnings("ignore", message="Use 'expr' instead of 'fn'")
+        return dataset.filter(fn=lambda row: str(row["id"]) not in done, num_cpus=0)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -207,34 +220,37 @@ def run(args: argparse.Namespace) -> dict:
     (output / ERRORS).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected),
                                  encoding="utf-8")
     done = finished_ids(output)
-    summary = {"rows": 0, "rejected": len(rejected), "answered": len(done), "resumed_from": len(done),
+    summary = {"rows": len(rows or []), "rejected": len(rejected), "answered": len(done), "resumed_from": len(done),
                "rows_this_run": 0, "tokens_this_run": 0, "seconds": 0.0, "tokens_per_s": None, "tau": None,
                "method": spec.method, "replicas": 0}
-    if rows != []:  # an input with no good rows gives an empty summary without starting Ray
-        summary |= generate(args, config, spec, sampling, rows, done)
+    pending = None if rows is None else [row for row in rows if row["id"] not in done]
+    if pending != []:  # nothing left to answer (no good rows, or all answered): no Ray at all
+        summary |= generate(args, config, spec, sampling, pending, done)
     (output / "summary.json").write_text(json.dumps(summary, indent=1))
     if args.merge:
         merge(output)
     return summary
 
 
-def generate(args: argparse.Namespace, config, spec, sampling, rows: list[dict] | None, done: set[str]) -> dict:
-    """Answers every row not in `done` on a pool of replicas; the summary's counts for this run."""
+def generate(args: argparse.Namespace, config, spec, sampling, pending: list[dict] | None, done: set[str]) -> dict:
+    """Answers the pending JSONL rows (None: the Parquet input's rows not in `done`) on a pool of replicas; the
+    summary's counts for this run."""
     import dataclasses
 
-    import ray
+    import ray.data
 
     from mirrorspec.cluster.ray_cluster import connect
 
     output = Path(args.output)
     owned = not ray.is_initialized()  # a Ray session this job started is this job's to end
     connect(config.cluster)
-    dataset = read_rows(args.input, rows)
-    todo = dataset.filter(lambda row: str(row["id"]) not in done, num_cpus=0)
+    todo = ray.data.from_items(pending) if pending is not None else unanswered_parquet(args.input, done)
     concurrency = args.replicas or (args.min_replicas, args.max_replicas)
+    pool = (ray.data.ActorPoolStrategy(size=args.replicas) if args.replicas
+            else ray.data.ActorPoolStrategy(min_size=args.min_replicas, max_size=args.max_replicas))
     engine = dataclasses.replace(config.engine, threads=max(1, int(args.cpus_per_replica)))
     started = time.perf_counter()
-    answers = todo.map_batches(Generator, batch_size=args.batch_size, concurrency=concurrency,
+    answers = todo.map_batches(Generator, batch_size=args.batch_size, compute=pool,
                                num_cpus=args.cpus_per_replica,
                                fn_constructor_kwargs={"engine_config": engine, "spec": spec, "sampling": sampling,
                                                       "chat": args.chat})
@@ -242,10 +258,12 @@ def generate(args: argparse.Namespace, config, spec, sampling, rows: list[dict] 
     answers.write_datasink(sink, ray_remote_args={"num_cpus": 0})
     seconds = time.perf_counter() - started
     rows_now, tokens, forwards = sink.totals["rows"], sink.totals["tokens"], sink.totals["forwards"]
-    counts = {"rows": len(rows) if rows is not None else dataset.count(), "answered": len(finished_ids(output)),
-              "rows_this_run": rows_now, "tokens_this_run": tokens, "seconds": round(seconds, 2),
+    counts = {"answered": len(finished_ids(output)), "rows_this_run": rows_now, "tokens_this_run": tokens,
+              "seconds": round(seconds, 2),
               "tokens_per_s": round(tokens / seconds, 2) if seconds else None,
               "tau": round(tokens / forwards, 3) if forwards else None, "replicas": concurrency}
+    if pending is None:
+        counts["rows"] = ray.data.read_parquet(args.input, num_cpus=0).count()
     if owned:
         ray.shutdown()
     return counts

@@ -157,11 +157,11 @@ class Pipeline:
         raise TargetGroupError(self._down) from exc
 
     def generate(self, prompts: list, sampling: SamplingParams | list[SamplingParams] | None = None,
-                 spec: SpecParams | None = None, *, chat: bool = False) -> list:
+                 spec: SpecParams | None = None, *, chat: bool | None = None) -> list:
         return self.get(self.target.generate.remote(prompts, sampling, spec, chat))
 
     def stream(self, prompt, sampling: SamplingParams | None = None, spec: SpecParams | None = None, *,
-               chat: bool = False) -> Iterator:
+               chat: bool | None = None) -> Iterator:
         outputs = self.target.stream.options(num_returns="streaming").remote(prompt, sampling, spec, chat)
         while True:
             self._watch({outputs: "target rank 0"}, fetch=False)  # until the next output is ready
@@ -171,7 +171,7 @@ class Pipeline:
                 return
             yield self.get(ref)
 
-    def generate_async(self, prompts: list, sampling=None, spec: SpecParams | None = None, *, chat: bool = False):
+    def generate_async(self, prompts: list, sampling=None, spec: SpecParams | None = None, *, chat: bool | None = None):
         """Start `generate`; returns a Ray object ref (`get` it for the outputs)."""
         return self.target.generate.remote(prompts, sampling, spec, chat)
 

@@ -9,6 +9,13 @@ from mirrorspec.cluster import reaper
 from mirrorspec.cluster.config import ClusterConfig
 
 logger = logging.getLogger(__name__)
+# Ray 2.60 turns token auth on for a new local cluster and says so on every start; the embedded cluster wants
+# exactly that, so the notice is noise to a user of this project.
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _not_the_auth_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
 def connect(cluster: ClusterConfig) -> None:
@@ -26,6 +33,8 @@ def connect(cluster: ClusterConfig) -> None:
         logger.info("joining the Ray cluster at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         return
+    if not logging.getLogger("mirrorspec").isEnabledFor(logging.INFO):  # --verbose keeps Ray's notice
+        logging.getLogger(RAY_AUTH_LOGGER).addFilter(_not_the_auth_notice)
     ray.init(num_cpus=cluster.num_cpus, resources=dict(cluster.resources) or None, include_dashboard=False,
              _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=False,
              configure_logging=False)

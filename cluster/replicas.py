@@ -346,14 +346,15 @@ class ReplicaRouter:
                 "in_flight": sum(x["in_flight"] for x in loads),
                 "num_replicas": len(loads), "up": bool(loads) and all(x["up"] for x in loads)}
 
-    def shutdown(self, drain: bool = True) -> None:
+    def shutdown(self, drain: bool = True, timeout_s: float | None = None) -> None:
+        """Stop every replica; with `drain`, after the requests in flight finish (waiting at most `timeout_s`)."""
         if self.autoscaler is not None:
             self.autoscaler.stop()
         with self._lock:
             live, self._live = self._live, []
             self._wanted = 0  # no replacements from now on
         if drain:
-            ray.get([r.actor.drain.remote() for r in live])
+            ray.get([r.actor.drain.remote(timeout_s) for r in live])
             for replica in live:
                 self._delivered(replica)
         for replica in live:

@@ -189,6 +189,6 @@ def run_server(project: ProjectConfig, *, host: str | None = None, port: int | N
     if isinstance(backend, EngineLoop):
         backend.stop(drain=True, timeout_s=project.serve.drain_timeout_s)
     else:
-        backend.shutdown(drain=True)
+        backend.shutdown(drain=True, timeout_s=project.serve.drain_timeout_s)
     server.stop(grace_s=1.0)
     return 0

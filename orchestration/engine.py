@@ -14,6 +14,7 @@ from mirrorspec.orchestration.drafter_session import as_draft_service
 from mirrorspec.orchestration.interfaces import DraftService
 from mirrorspec.orchestration.ngram_draft import NgramDraftService
 from mirrorspec.orchestration.outputs import RequestOutput, error_output
+from mirrorspec.orchestration.prompts import Prompt, encode_prompt
 from mirrorspec.orchestration.sampling import seeded_generator
 from mirrorspec.orchestration.scheduler import Scheduler
 from mirrorspec.orchestration.sequence import Sequence, TextTracker
@@ -28,11 +29,13 @@ SELF_DRAFTER = "self"
 @dataclass
 class EngineConfig:
     target: str = "default"  # a local HF folder, or "default" (the embedded SmolLM2-135M-Instruct)
-    drafter: str | None = None  # a local HF folder, "self" (the target drafts for itself), or None
+    # The built-in defaults are ray_config.yaml's (tests/test_cli.py checks it), so that any directory runs the same.
+    drafter: str | None = "default"  # a local HF folder, "default" (the shipped one, for the default target), "self"
+    # (the target drafts for itself), or None
     dtype: str = "auto"  # bfloat16 where the device has native bf16 (workers/models.py has_native_bf16), else float32
     device: str = "cpu"
     drafter_device: str | None = None  # defaults to `device`
-    exit_head: str | None = None  # mirror's early-exit head: a folder from train-exit-head, "default", or None
+    exit_head: str | None = "default"  # mirror's early-exit head: a folder from train-exit-head, "default", or None
     max_batch: int = 8
     max_model_len: int = 2048
     max_spec_nodes: int = 64
@@ -99,16 +102,16 @@ class Engine:
         self._sequences: dict[str, Sequence] = {}
 
     # --------------------------------------------------------------------------------- requests
-    def encode(self, prompt: str | list[int], chat: bool = False) -> list[int]:
+    def encode(self, prompt: Prompt, chat: bool | None = None) -> list[int]:
         return encode_prompt(self.tokenizer, self.target.vocab_size, prompt, chat)
 
     def add_request(
         self,
-        prompt: str | list[int],
+        prompt: Prompt,
         sampling: SamplingParams | None = None,
         spec: SpecParams | None = None,
         *,
-        chat: bool = False,
+        chat: bool | None = None,
         request_id: str | None = None,
     ) -> str:
         """Validate and queue a request; raises InvalidRequestError (naming the field) without side effects."""
@@ -193,11 +196,11 @@ class Engine:
     # ------------------------------------------------------------------------------ conveniences
     def generate(
         self,
-        prompts: Seq[str | list[int]],
+        prompts: Seq[Prompt],
         sampling: SamplingParams | Seq[SamplingParams] | None = None,
         spec: SpecParams | None = None,
         *,
-        chat: bool = False,
+        chat: bool | None = None,
     ) -> list[RequestOutput]:
         """Generate for many prompts, batched. A bad prompt gets an output with `error`; the others still run."""
         per_prompt = sampling if isinstance(sampling, (list, tuple)) else [sampling] * len(prompts)
@@ -216,11 +219,11 @@ class Engine:
 
     def stream(
         self,
-        prompt: str | list[int],
+        prompt: Prompt,
         sampling: SamplingParams | None = None,
         spec: SpecParams | None = None,
         *,
-        chat: bool = False,
+        chat: bool | None = None,
     ) -> Iterator[RequestOutput]:
         """Yield this request's committed tokens as they are accepted (other queued requests progress too)."""
         request_id = self.add_request(prompt, sampling, spec, chat=chat)
@@ -256,29 +259,3 @@ class Engine:
             new_token_ids=new_ids,
             error=seq.error,
         )
-
-
-def encode_prompt(tokenizer, vocab_size: int, prompt: str | list[int], chat: bool = False) -> list[int]:
-    """A prompt's token ids: text through the tokenizer (and its chat template with `chat`), or checked ids."""
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise InvalidRequestError("prompt", "is empty")
-        if tokenizer is None:
-            raise InvalidRequestError("prompt", "this model has no tokenizer; pass token ids")
-        if chat:
-            if not getattr(tokenizer, "chat_template", None):
-                raise InvalidRequestError("chat", "the target's tokenizer has no chat template")
-            return list(tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True,
-                return_dict=False,
-            ))
-        return tokenizer.encode(prompt)
-    if not isinstance(prompt, (list, tuple)):
-        raise InvalidRequestError("prompt", f"must be text or a list of token ids, got {type(prompt).__name__}")
-    ids = list(prompt)
-    if not ids:
-        raise InvalidRequestError("prompt", "is empty")
-    bad = next((t for t in ids if type(t) is not int or not 0 <= t < vocab_size), None)
-    if bad is not None:
-        raise InvalidRequestError("prompt", f"token id {bad!r} is outside the vocabulary [0, {vocab_size})")
-    return ids

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"mirrorspec/protos/generation.proto\x12\x18mirrorspec.generation.v1\"c\n\x12SamplingParameters\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"u\n\x10StoppingCriteria\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x16\n\x0emin_new_tokens\x18\x02 \x01(\r\x12\x16\n\x0estop_sequences\x18\x03 \x03(\t\x12\x19\n\x11time_limit_millis\x18\x04 \x01(\x04\"\xb4\x01\n\x15SpeculationParameters\x12\r\n\x05gamma\x18\x01 \x01(\r\x12\x12\n\ntree_depth\x18\x02 \x01(\r\x12\x11\n\ttree_topk\x18\x03 \x01(\r\x12\x12\n\ntree_nodes\x18\x04 \x01(\r\x12\x12\n\nexit_layer\x18\x05 \x01(\r\x12\r\n\x05kappa\x18\x06 \x01(\r\x12\x13\n\x0b\x66ixed_draft\x18\x07 \x01(\x08\x12\x19\n\x11no_ngram_branches\x18\x08 \x01(\x08\"\x98\x02\n\nParameters\x12\x38\n\x06method\x18\x01 \x01(\x0e\x32(.mirrorspec.generation.v1.DecodingMethod\x12>\n\x08sampling\x18\x02 \x01(\x0b\x32,.mirrorspec.generation.v1.SamplingParameters\x12<\n\x08stopping\x18\x03 \x01(\x0b\x32*.mirrorspec.generation.v1.StoppingCriteria\x12\x44\n\x0bspeculation\x18\x04 \x01(\x0b\x32/.mirrorspec.generation.v1.SpeculationParameters\x12\x0c\n\x04\x63hat\x18\x05 \x01(\x08\"!\n\x11GenerationRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xa1\x01\n\x18\x42\x61tchedGenerationRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12=\n\x08requests\x18\x02 \x03(\x0b\x32+.mirrorspec.generation.v1.GenerationRequest\x12\x34\n\x06params\x18\x03 \x01(\x0b\x32$.mirrorspec.generation.v1.Parameters\"\x9f\x01\n\x17SingleGenerationRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12<\n\x07request\x18\x02 \x01(\x0b\x32+.mirrorspec.generation.v1.GenerationRequest\x12\x34\n\x06params\x18\x03 \x01(\x0b\x32$.mirrorspec.generation.v1.Parameters\"\x8a\x01\n\x10SpeculationStats\x12\x17\n\x0ftarget_forwards\x18\x01 \x01(\r\x12\x0e\n\x06\x64rafts\x18\x02 \x01(\r\x12\x0f\n\x07\x64rafted\x18\x03 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\r\x12\x0b\n\x03tau\x18\x05 \x01(\x02\x12\x1d\n\x15\x61\x63\x63\x65pted_per_position\x18\x06 \x03(\r\"\x93\x02\n\x12GenerationResponse\x12\x19\n\x11input_token_count\x18\x01 \x01(\r\x12\x1d\n\x15generated_token_count\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12\x39\n\x0bstop_reason\x18\x05 \x01(\x0e\x32$.mirrorspec.generation.v1.StopReason\x12\x15\n\rstop_sequence\x18\x06 \x01(\t\x12?\n\x0bspeculation\x18\x07 \x01(\x0b\x32*.mirrorspec.generation.v1.SpeculationStats\x12\x0f\n\x07seconds\x18\x08 \x01(\x01\"\\\n\x19\x42\x61tchedGenerationResponse\x12?\n\tresponses\x18\x01 \x03(\x0b\x32,.mirrorspec.generation.v1.GenerationResponse\"\x1f\n\x0fTokenizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\"~\n\x16\x42\x61tchedTokenizeRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12;\n\x08requests\x18\x02 \x03(\x0b\x32).mirrorspec.generation.v1.TokenizeRequest\x12\x15\n\rreturn_tokens\x18\x03 \x01(\x08\"J\n\x10TokenizeResponse\x12\x13\n\x0btoken_count\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0e\n\x06tokens\x18\x03 \x03(\t\"X\n\x17\x42\x61tchedTokenizeResponse\x12=\n\tresponses\x18\x01 \x03(\x0b\x32*.mirrorspec.generation.v1.TokenizeResponse\"$\n\x10ModelInfoRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"\xd3\x01\n\x11ModelInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x1b\n\x13max_sequence_length\x18\x02 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x19\n\x11max_prompt_tokens\x18\x04 \x01(\r\x12\x0f\n\x07\x64rafter\x18\x05 \x01(\t\x12\x39\n\x07methods\x18\x06 \x03(\x0e\x32(.mirrorspec.generation.v1.DecodingMethod\x12\x10\n\x08replicas\x18\x07 \x01(\r\" \n\x0cScaleRequest\x12\x10\n\x08replicas\x18\x01 \x01(\r\"k\n\rScaleResponse\x12\x10\n\x08replicas\x18\x01 \x01(\r\x12\x11\n\tin_flight\x18\x02 \x01(\r\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\x0f\n\x07waiting\x18\x04 \x01(\r\x12\x13\n\x0b\x61utoscaling\x18\x05 \x01(\x08*m\n\x0e\x44\x65\x63odingMethod\x12\x12\n\x0eMETHOD_DEFAULT\x10\x00\x12\x06\n\x02\x41R\x10\x01\x12\t\n\x05\x43HAIN\x10\x02\x12\x08\n\x04TREE\x10\x03\x12\n\n\x06MIRROR\x10\x04\x12\x13\n\x0f\x44IFFUSION_DRAFT\x10\x05\x12\t\n\x05NGRAM\x10\x06*z\n\nStopReason\x12\x10\n\x0cNOT_FINISHED\x10\x00\x12\x0e\n\nMAX_TOKENS\x10\x01\x12\r\n\tEOS_TOKEN\x10\x02\x12\x11\n\rSTOP_SEQUENCE\x10\x03\x12\x0e\n\nTIME_LIMIT\x10\x04\x12\r\n\tCANCELLED\x10\x05\x12\t\n\x05\x45RROR\x10\x06\x32\xd4\x03\n\x11GenerationService\x12s\n\x08Generate\x12\x32.mirrorspec.generation.v1.BatchedGenerationRequest\x1a\x33.mirrorspec.generation.v1.BatchedGenerationResponse\x12s\n\x0eGenerateStream\x12\x31.mirrorspec.generation.v1.SingleGenerationRequest\x1a,.mirrorspec.generation.v1.GenerationResponse0\x01\x12o\n\x08Tokenize\x12\x30.mirrorspec.generation.v1.BatchedTokenizeRequest\x1a\x31.mirrorspec.generation.v1.BatchedTokenizeResponse\x12\x64\n\tModelInfo\x12*.mirrorspec.generation.v1.ModelInfoRequest\x1a+.mirrorspec.generation.v1.ModelInfoResponse2h\n\x0c\x41\x64minService\x12X\n\x05Scale\x12&.mirrorspec.generation.v1.ScaleRequest\x1a\'.mirrorspec.generation.v1.ScaleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"mirrorspec/protos/generation.proto\x12\x18mirrorspec.generation.v1\"c\n\x12SamplingParameters\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"u\n\x10StoppingCriteria\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x16\n\x0emin_new_tokens\x18\x02 \x01(\r\x12\x16\n\x0estop_sequences\x18\x03 \x03(\t\x12\x19\n\x11time_limit_millis\x18\x04 \x01(\x04\"\xb4\x01\n\x15SpeculationParameters\x12\r\n\x05gamma\x18\x01 \x01(\r\x12\x12\n\ntree_depth\x18\x02 \x01(\r\x12\x11\n\ttree_topk\x18\x03 \x01(\r\x12\x12\n\ntree_nodes\x18\x04 \x01(\r\x12\x12\n\nexit_layer\x18\x05 \x01(\r\x12\r\n\x05kappa\x18\x06 \x01(\r\x12\x13\n\x0b\x66ixed_draft\x18\x07 \x01(\x08\x12\x19\n\x11no_ngram_branches\x18\x08 \x01(\x08\"\xa6\x02\n\nParameters\x12\x38\n\x06method\x18\x01 \x01(\x0e\x32(.mirrorspec.generation.v1.DecodingMethod\x12>\n\x08sampling\x18\x02 \x01(\x0b\x32,.mirrorspec.generation.v1.SamplingParameters\x12<\n\x08stopping\x18\x03 \x01(\x0b\x32*.mirrorspec.generation.v1.StoppingCriteria\x12\x44\n\x0bspeculation\x18\x04 \x01(\x0b\x32/.mirrorspec.generation.v1.SpeculationParameters\x12\x11\n\x04\x63hat\x18\x05 \x01(\x08H\x00\x88\x01\x01\x42\x07\n\x05_chat\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"Z\n\x11GenerationRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x37\n\x08messages\x18\x02 \x03(\x0b\x32%.mirrorspec.generation.v1.ChatMessage\"\xa1\x01\n\x18\x42\x61tchedGenerationRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12=\n\x08requests\x18\x02 \x03(\x0b\x32+.mirrorspec.generation.v1.GenerationRequest\x12\x34\n\x06params\x18\x03 \x01(\x0b\x32$.mirrorspec.generation.v1.Parameters\"\x9f\x01\n\x17SingleGenerationRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12<\n\x07request\x18\x02 \x01(\x0b\x32+.mirrorspec.generation.v1.GenerationRequest\x12\x34\n\x06params\x18\x03 \x01(\x0b\x32$.mirrorspec.generation.v1.Parameters\"\x8a\x01\n\x10SpeculationStats\x12\x17\n\x0ftarget_forwards\x18\x01 \x01(\r\x12\x0e\n\x06\x64rafts\x18\x02 \x01(\r\x12\x0f\n\x07\x64rafted\x18\x03 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\r\x12\x0b\n\x03tau\x18\x05 \x01(\x02\x12\x1d\n\x15\x61\x63\x63\x65pted_per_position\x18\x06 \x03(\r\"\x93\x02\n\x12GenerationResponse\x12\x19\n\x11input_token_count\x18\x01 \x01(\r\x12\x1d\n\x15generated_token_count\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12\x39\n\x0bstop_reason\x18\x05 \x01(\x0e\x32$.mirrorspec.generation.v1.StopReason\x12\x15\n\rstop_sequence\x18\x06 \x01(\t\x12?\n\x0bspeculation\x18\x07 \x01(\x0b\x32*.mirrorspec.generation.v1.SpeculationStats\x12\x0f\n\x07seconds\x18\x08 \x01(\x01\"\\\n\x19\x42\x61tchedGenerationResponse\x12?\n\tresponses\x18\x01 \x03(\x0b\x32,.mirrorspec.generation.v1.GenerationResponse\"\x1f\n\x0fTokenizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\"~\n\x16\x42\x61tchedTokenizeRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12;\n\x08requests\x18\x02 \x03(\x0b\x32).mirrorspec.generation.v1.TokenizeRequest\x12\x15\n\rreturn_tokens\x18\x03 \x01(\x08\"J\n\x10TokenizeResponse\x12\x13\n\x0btoken_count\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0e\n\x06tokens\x18\x03 \x03(\t\"X\n\x17\x42\x61tchedTokenizeResponse\x12=\n\tresponses\x18\x01 \x03(\x0b\x32*.mirrorspec.generation.v1.TokenizeResponse\"$\n\x10ModelInfoRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"\xd3\x01\n\x11ModelInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x1b\n\x13max_sequence_length\x18\x02 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x19\n\x11max_prompt_tokens\x18\x04 \x01(\r\x12\x0f\n\x07\x64rafter\x18\x05 \x01(\t\x12\x39\n\x07methods\x18\x06 \x03(\x0e\x32(.mirrorspec.generation.v1.DecodingMethod\x12\x10\n\x08replicas\x18\x07 \x01(\r\" \n\x0cScaleRequest\x12\x10\n\x08replicas\x18\x01 \x01(\r\"k\n\rScaleResponse\x12\x10\n\x08replicas\x18\x01 \x01(\r\x12\x11\n\tin_flight\x18\x02 \x01(\r\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\x0f\n\x07waiting\x18\x04 \x01(\r\x12\x13\n\x0b\x61utoscaling\x18\x05 \x01(\x08*m\n\x0e\x44\x65\x63odingMethod\x12\x12\n\x0eMETHOD_DEFAULT\x10\x00\x12\x06\n\x02\x41R\x10\x01\x12\t\n\x05\x43HAIN\x10\x02\x12\x08\n\x04TREE\x10\x03\x12\n\n\x06MIRROR\x10\x04\x12\x13\n\x0f\x44IFFUSION_DRAFT\x10\x05\x12\t\n\x05NGRAM\x10\x06*z\n\nStopReason\x12\x10\n\x0cNOT_FINISHED\x10\x00\x12\x0e\n\nMAX_TOKENS\x10\x01\x12\r\n\tEOS_TOKEN\x10\x02\x12\x11\n\rSTOP_SEQUENCE\x10\x03\x12\x0e\n\nTIME_LIMIT\x10\x04\x12\r\n\tCANCELLED\x10\x05\x12\t\n\x05\x45RROR\x10\x06\x32\xd4\x03\n\x11GenerationService\x12s\n\x08Generate\x12\x32.mirrorspec.generation.v1.BatchedGenerationRequest\x1a\x33.mirrorspec.generation.v1.BatchedGenerationResponse\x12s\n\x0eGenerateStream\x12\x31.mirrorspec.generation.v1.SingleGenerationRequest\x1a,.mirrorspec.generation.v1.GenerationResponse0\x01\x12o\n\x08Tokenize\x12\x30.mirrorspec.generation.v1.BatchedTokenizeRequest\x1a\x31.mirrorspec.generation.v1.BatchedTokenizeResponse\x12\x64\n\tModelInfo\x12*.mirrorspec.generation.v1.ModelInfoRequest\x1a+.mirrorspec.generation.v1.ModelInfoResponse2h\n\x0c\x41\x64minService\x12X\n\x05Scale\x12&.mirrorspec.generation.v1.ScaleRequest\x1a\'.mirrorspec.generation.v1.ScaleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mirrorspec.protos.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECODINGMETHOD']._serialized_start=2346
-  _globals['_DECODINGMETHOD']._serialized_end=2455
-  _globals['_STOPREASON']._serialized_start=2457
-  _globals['_STOPREASON']._serialized_end=2579
+  _globals['_DECODINGMETHOD']._serialized_start=2463
+  _globals['_DECODINGMETHOD']._serialized_end=2572
+  _globals['_STOPREASON']._serialized_start=2574
+  _globals['_STOPREASON']._serialized_end=2696
   _globals['_SAMPLINGPARAMETERS']._serialized_start=64
   _globals['_SAMPLINGPARAMETERS']._serialized_end=163
   _globals['_STOPPINGCRITERIA']._serialized_start=165
@@ -42,37 +42,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SPECULATIONPARAMETERS']._serialized_start=285
   _globals['_SPECULATIONPARAMETERS']._serialized_end=465
   _globals['_PARAMETERS']._serialized_start=468
-  _globals['_PARAMETERS']._serialized_end=748
-  _globals['_GENERATIONREQUEST']._serialized_start=750
-  _globals['_GENERATIONREQUEST']._serialized_end=783
-  _globals['_BATCHEDGENERATIONREQUEST']._serialized_start=786
-  _globals['_BATCHEDGENERATIONREQUEST']._serialized_end=947
-  _globals['_SINGLEGENERATIONREQUEST']._serialized_start=950
-  _globals['_SINGLEGENERATIONREQUEST']._serialized_end=1109
-  _globals['_SPECULATIONSTATS']._serialized_start=1112
-  _globals['_SPECULATIONSTATS']._serialized_end=1250
-  _globals['_GENERATIONRESPONSE']._serialized_start=1253
-  _globals['_GENERATIONRESPONSE']._serialized_end=1528
-  _globals['_BATCHEDGENERATIONRESPONSE']._serialized_start=1530
-  _globals['_BATCHEDGENERATIONRESPONSE']._serialized_end=1622
-  _globals['_TOKENIZEREQUEST']._serialized_start=1624
-  _globals['_TOKENIZEREQUEST']._serialized_end=1655
-  _globals['_BATCHEDTOKENIZEREQUEST']._serialized_start=1657
-  _globals['_BATCHEDTOKENIZEREQUEST']._serialized_end=1783
-  _globals['_TOKENIZERESPONSE']._serialized_start=1785
-  _globals['_TOKENIZERESPONSE']._serialized_end=1859
-  _globals['_BATCHEDTOKENIZERESPONSE']._serialized_start=1861
-  _globals['_BATCHEDTOKENIZERESPONSE']._serialized_end=1949
-  _globals['_MODELINFOREQUEST']._serialized_start=1951
-  _globals['_MODELINFOREQUEST']._serialized_end=1987
-  _globals['_MODELINFORESPONSE']._serialized_start=1990
-  _globals['_MODELINFORESPONSE']._serialized_end=2201
-  _globals['_SCALEREQUEST']._serialized_start=2203
-  _globals['_SCALEREQUEST']._serialized_end=2235
-  _globals['_SCALERESPONSE']._serialized_start=2237
-  _globals['_SCALERESPONSE']._serialized_end=2344
-  _globals['_GENERATIONSERVICE']._serialized_start=2582
-  _globals['_GENERATIONSERVICE']._serialized_end=3050
-  _globals['_ADMINSERVICE']._serialized_start=3052
-  _globals['_ADMINSERVICE']._serialized_end=3156
+  _globals['_PARAMETERS']._serialized_end=762
+  _globals['_CHATMESSAGE']._serialized_start=764
+  _globals['_CHATMESSAGE']._serialized_end=808
+  _globals['_GENERATIONREQUEST']._serialized_start=810
+  _globals['_GENERATIONREQUEST']._serialized_end=900
+  _globals['_BATCHEDGENERATIONREQUEST']._serialized_start=903
+  _globals['_BATCHEDGENERATIONREQUEST']._serialized_end=1064
+  _globals['_SINGLEGENERATIONREQUEST']._serialized_start=1067
+  _globals['_SINGLEGENERATIONREQUEST']._serialized_end=1226
+  _globals['_SPECULATIONSTATS']._serialized_start=1229
+  _globals['_SPECULATIONSTATS']._serialized_end=1367
+  _globals['_GENERATIONRESPONSE']._serialized_start=1370
+  _globals['_GENERATIONRESPONSE']._serialized_end=1645
+  _globals['_BATCHEDGENERATIONRESPONSE']._serialized_start=1647
+  _globals['_BATCHEDGENERATIONRESPONSE']._serialized_end=1739
+  _globals['_TOKENIZEREQUEST']._serialized_start=1741
+  _globals['_TOKENIZEREQUEST']._serialized_end=1772
+  _globals['_BATCHEDTOKENIZEREQUEST']._serialized_start=1774
+  _globals['_BATCHEDTOKENIZEREQUEST']._serialized_end=1900
+  _globals['_TOKENIZERESPONSE']._serialized_start=1902
+  _globals['_TOKENIZERESPONSE']._serialized_end=1976
+  _globals['_BATCHEDTOKENIZERESPONSE']._serialized_start=1978
+  _globals['_BATCHEDTOKENIZERESPONSE']._serialized_end=2066
+  _globals['_MODELINFOREQUEST']._serialized_start=2068
+  _globals['_MODELINFOREQUEST']._serialized_end=2104
+  _globals['_MODELINFORESPONSE']._serialized_start=2107
+  _globals['_MODELINFORESPONSE']._serialized_end=2318
+  _globals['_SCALEREQUEST']._serialized_start=2320
+  _globals['_SCALEREQUEST']._serialized_end=2352
+  _globals['_SCALERESPONSE']._serialized_start=2354
+  _globals['_SCALERESPONSE']._serialized_end=2461
+  _globals['_GENERATIONSERVICE']._serialized_start=2699
+  _globals['_GENERATIONSERVICE']._serialized_end=3167
+  _globals['_ADMINSERVICE']._serialized_start=3169
+  _globals['_ADMINSERVICE']._serialized_end=3273
 # @@protoc_insertion_point(module_scope)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from mirrorspec.orchestration.engine import Engine
 from mirrorspec.orchestration.outputs import RequestOutput
+from mirrorspec.orchestration.prompts import Prompt
 from mirrorspec.orchestration.stats import RequestStats
 from mirrorspec.params import SamplingParams, SpecParams
 
@@ -76,7 +77,7 @@ class EngineLoop:
         self._thread.start()
 
     # ---------------------------------------------------------------------------------- requests
-    def submit(self, prompt: str | list[int], sampling: SamplingParams, spec: SpecParams, *, chat: bool = False,
+    def submit(self, prompt: Prompt, sampling: SamplingParams, spec: SpecParams, *, chat: bool | None = None,
                time_limit_s: float | None = None) -> Handle:
         """Queue a request (InvalidRequestError for bad input, QueueFull past the bound, Stopping when draining)."""
         if self._stopping:

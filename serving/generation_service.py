@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import grpc
 
 from mirrorspec.errors import InvalidRequestError
-from mirrorspec.orchestration.engine import encode_prompt
+from mirrorspec.orchestration.prompts import Prompt, encode_prompt
 from mirrorspec.orchestration.outputs import RequestOutput
 from mirrorspec.params import SamplingParams, SpecParams
 from mirrorspec.protos import generation_pb2 as pb
@@ -92,13 +92,14 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
                 raise InvalidRequestError("requests", f"{len(request.requests)} prompts; at most "
                                                       f"{self.limits.max_batch_prompts} per call")
             sampling, spec, time_limit = self._params(request.params)
-            prompts = [self._prompt(r.text, request.params.chat, f"requests[{i}].text")
-                       for i, r in enumerate(request.requests)]
+            chat = _chat(request.params)
+            prompts = [self._prompt(r, chat, f"requests[{i}]") for i, r in enumerate(request.requests)]
             handles = []
-            context.add_callback(lambda: [h.cancel() for h in handles])
+            if not context.add_callback(lambda: [h.cancel() for h in handles]):
+                return pb.BatchedGenerationResponse()  # the RPC has already ended (deadline, client gone)
             try:
                 for i, ids in enumerate(prompts):
-                    handles.append(self._submit(ids, sampling, spec, time_limit, f"requests[{i}].text"))
+                    handles.append(self._submit(ids, sampling, spec, time_limit, f"requests[{i}]"))
             except BaseException:
                 for handle in handles:
                     handle.cancel()
@@ -110,9 +111,13 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
         with _status(context):
             self._check_model(request.model_id)
             sampling, spec, time_limit = self._params(request.params)
-            ids = self._prompt(request.request.text, request.params.chat, "request.text")
-            handle = self._submit(ids, sampling, spec, time_limit, "request.text")
-        context.add_callback(handle.cancel)
+            ids = self._prompt(request.request, _chat(request.params), "request")
+            handle = self._submit(ids, sampling, spec, time_limit, "request")
+        if not context.add_callback(handle.cancel):
+            # The RPC ended (deadline, client gone) before the request was queued: nobody will read its outputs,
+            # and a request left unread would hold its replica's drain (found by bench/soak.py).
+            handle.cancel()
+            return
         with _status(context):  # a replica lost mid-stream: UNAVAILABLE
             for out in self._observed(handle):
                 yield self._response(out, whole=False)
@@ -144,14 +149,22 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
             raise InvalidRequestError("model_id", f"unknown model {model_id!r}; this server serves "
                                                   f"{self.model.model_id!r}")
 
-    def _encode(self, text: str, chat: bool, field: str) -> list[int]:
+    def _encode(self, prompt: Prompt, chat: bool | None, field: str) -> list[int]:
         try:
-            return encode_prompt(self.model.tokenizer, self.model.vocab_size, text, chat)
-        except InvalidRequestError as exc:
-            raise InvalidRequestError(field, exc.reason) from None
+            return encode_prompt(self.model.tokenizer, self.model.vocab_size, prompt, chat)
+        except InvalidRequestError as exc:  # "prompt[2].role" -> "request.messages[2].role"; "chat" -> "params.chat"
+            named = field + exc.field.removeprefix("prompt") if exc.field.startswith("prompt") else f"params.{exc.field}"
+            raise InvalidRequestError(named, exc.reason) from None
 
-    def _prompt(self, text: str, chat: bool, field: str) -> list[int]:
-        ids = self._encode(text, chat, field)
+    def _prompt(self, request: pb.GenerationRequest, chat: bool | None, field: str) -> list[int]:
+        """A request's token ids from its text or its chat messages (one of the two)."""
+        if request.messages:
+            if request.text:
+                raise InvalidRequestError(field, "give text or messages, not both")
+            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            ids, field = self._encode(messages, chat, f"{field}.messages"), f"{field}.messages"
+        else:
+            ids, field = self._encode(request.text, chat, f"{field}.text"), f"{field}.text"
         if len(ids) > self.limits.max_prompt_tokens:
             raise InvalidRequestError(field, f"{len(ids)} tokens; at most {self.limits.max_prompt_tokens}")
         return ids
@@ -230,6 +243,11 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
             if st.finish_time is not None:
                 response.seconds = st.finish_time - st.arrival_time
         return response
+
+
+def _chat(params: pb.Parameters) -> bool | None:
+    """params.chat when the client set it; None (the model's chat template when it has one) otherwise."""
+    return params.chat if params.HasField("chat") else None
 
 
 class AdminService(pb_grpc.AdminServiceServicer):

@@ -4,7 +4,10 @@ input with no good rows gives an empty summary (Arrow would otherwise fail a Ray
 
 import json
 
+import pytest
+
 from mirrorspec.cluster import batch_job
+from mirrorspec.errors import InvalidRequestError
 
 GOOD = {"id": "a", "prompt": "Hello"}
 
@@ -29,8 +32,13 @@ def test_bad_lines_become_per_row_errors_named_by_file_and_line(tmp_path, capsys
         assert error["error"].startswith("input: ") and message in error["error"]
 
 
-def test_mixed_id_kinds_are_one_column_of_strings():
-    assert batch_job.parse_row(b'{"id": 7, "prompt": "x"}', "f:1") == {"id": "7", "prompt": "x"}
+def test_mixed_id_kinds_are_one_column_of_strings_and_messages_travel_as_json():
+    assert batch_job.parse_row(b'{"id": 7, "prompt": "x"}', "f:1") == {"id": "7", "prompt": "x", "messages": None}
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    row = batch_job.parse_row(json.dumps({"id": "m", "messages": turns}).encode(), "f:2")
+    assert row["id"] == "m" and json.loads(row["messages"]) == turns
+    with pytest.raises(InvalidRequestError, match=r"f:3: messages\[0\].role: must be one of"):
+        batch_job.parse_row(json.dumps({"id": "m", "messages": [{"role": "bot", "content": "x"}]}).encode(), "f:3")
 
 
 def test_an_empty_input_gives_an_empty_summary(tmp_path, capsys):

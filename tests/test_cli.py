@@ -1,5 +1,6 @@
 """The `mirrorspec` command line: outputs, JSONL batches, and exit code 2 with the field named on bad input."""
 
+import argparse
 import json
 import os
 import shutil
@@ -209,3 +210,26 @@ def test_serve_on_a_busy_port_exits_2_before_starting(flag, field, tmp_path, cap
         argv = ["serve", "--config", str(config)] + (["--port", str(port)] if flag == "--port" else [])
         assert main(argv) == 2
     assert f"error: {field}: 127.0.0.1:{port} is not free" in capsys.readouterr().err
+
+
+def test_every_flag_of_every_subcommand_has_help():
+    from mirrorspec.cli.main import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {'/'.join(action.option_strings) or action.dest}"
+               for name, sub in [("mirrorspec", parser), *commands.choices.items()] for action in sub._actions
+               if not isinstance(action, argparse._SubParsersAction) and not action.help]
+    assert not missing
+    serve_drafter = commands.choices["serve-drafter"]
+    assert not {"--ray", "--tp", "--drafter-address"} & {s for a in serve_drafter._actions for s in a.option_strings}
+
+
+def test_the_shipped_config_restates_the_built_in_defaults():
+    """One source of defaults: what runs in any directory (no ray_config.yaml there) is what the shipped
+    ray_config.yaml says."""
+    from pathlib import Path
+
+    from mirrorspec.cluster.config import ProjectConfig, load_config
+
+    assert load_config(Path(__file__).parents[1] / "ray_config.yaml") == ProjectConfig()

@@ -37,7 +37,8 @@ token = mostly(st.integers(0, VOCAB - 1), st.integers(-2**31, 2**31 - 1))
 shape = mostly(st.integers(0, 6), u32)
 floats = st.floats(allow_nan=True, allow_infinity=True)
 
-sampling = st.builds(pb.Sampling, temperature=mostly(st.sampled_from([0.0, 0.7, 1.0]), floats), top_k=mostly(st.integers(0, 8), u32),
+sampling = st.builds(pb.Sampling, temperature=mostly(st.sampled_from([0.0, 0.7, 1.0]), floats),
+                     top_k=mostly(st.integers(0, 8), u32),
                      top_p=mostly(st.sampled_from([1.0, 0.9]), floats))
 open_body = st.builds(pb.Open, sequences=st.lists(st.builds(pb.OpenSequence, id=mostly(small_id, u64), seed=u64,
                                                             sampling=sampling), max_size=3))

@@ -311,7 +311,7 @@ def test_a_broken_model_answers_internal_and_keeps_its_secrets(tokenizer):
         assert err.value.code() == grpc.StatusCode.INTERNAL
         assert "secret" not in err.value.details() and "Traceback" not in err.value.details()
         plain = stub.Generate(pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text="Hi")],
-                                                          params=params(max_new_tokens=4)))
+                                                          params=params(max_new_tokens=4, chat=False)))
         assert plain.responses[0].generated_token_count == 4
     finally:
         channel.close()
@@ -479,3 +479,55 @@ def test_the_admin_service_is_off_unless_a_token_guards_it(monkeypatch):
     admin = _admin(ServeConfig(token_env="MS_ADMIN_TOKEN", max_replicas=3), backend=None)
     assert isinstance(admin, AdminService) and admin.max_replicas == 3
     assert _admin(ServeConfig(token_env="MS_ADMIN_TOKEN", admin=False), backend=None) is None
+
+
+def test_chat_messages_and_the_chat_default(stub, served, tokenizer):
+    """Text goes through the chat template unless params.chat is false; a messages list (system + turns) is a
+    prompt too, refused by field when malformed."""
+    engine = tiny_engine_of(served.models, tokenizer)
+    turns = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Hi"},
+             {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Why is the sky blue?"}]
+    sampling = SamplingParams(max_new_tokens=12)
+    expected = {"default": engine.generate(["Why is the sky blue?"], sampling)[0].token_ids,
+                "raw": engine.generate(["Why is the sky blue?"], sampling, chat=False)[0].token_ids,
+                "messages": engine.generate([turns], sampling)[0].token_ids}
+    assert engine.encode("Why is the sky blue?") == engine.encode([turns[-1]]) != engine.encode("x", chat=False)
+    as_text = pb.GenerationRequest(text="Why is the sky blue?")
+    as_turns = pb.GenerationRequest(messages=[pb.ChatMessage(**t) for t in turns])
+    for name, request, chat in (("default", as_text, None), ("raw", as_text, False), ("messages", as_turns, None)):
+        kw = {} if chat is None else {"chat": chat}
+        reply = stub.Generate(pb.BatchedGenerationRequest(requests=[request], params=params(method=pb.AR, **kw)),
+                              metadata=AUTH)
+        assert list(reply.responses[0].token_ids) == expected[name], name
+    bad = [(pb.GenerationRequest(text="x", messages=[pb.ChatMessage(role="user", content="x")]), {}, "requests[0]"),
+           (pb.GenerationRequest(messages=[pb.ChatMessage(role="bot", content="x")]), {}, "requests[0].messages[0].role"),
+           (pb.GenerationRequest(messages=[pb.ChatMessage(role="user", content="Hi"),
+                                           pb.ChatMessage(role="assistant", content="Hello")]), {},
+            "requests[0].messages[1]"),
+           (as_turns, {"chat": False}, "params.chat")]
+    for request, kw, field in bad:
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Generate(pb.BatchedGenerationRequest(requests=[request], params=params(**kw)), metadata=AUTH)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith(field + ":")
+
+
+class EndedRpc:
+    """The server side of an RPC that ended (deadline, client gone) before its request was queued: gRPC then
+    refuses to register callbacks, so only the service itself can cancel what it queued."""
+
+    def add_callback(self, callback) -> bool:
+        return False
+
+    def is_active(self) -> bool:
+        return False
+
+
+def test_a_stream_whose_rpc_already_ended_frees_its_request(served):
+    """Found by bench/soak.py: such a request was never read nor cancelled, and held its replica's drain."""
+    service = served.server.servicer
+    request = pb.SingleGenerationRequest(request=pb.GenerationRequest(text="Hello"), params=params(max_new_tokens=60))
+    assert list(service.GenerateStream(request, EndedRpc())) == []
+    wait_until(lambda: served.loop.load()["in_flight"] == 0, 30, "the request kept its slot")
+    unary = pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text="Hello")], params=params())
+    assert service.Generate(unary, EndedRpc()) == pb.BatchedGenerationResponse()
+    assert served.loop.load()["in_flight"] == 0

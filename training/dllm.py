@@ -51,9 +51,9 @@ def add_train_dllm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help=f"default: {TASK_DEFAULTS['lr']} (tasks), {ADAPT_DEFAULTS['lr']} "
                                             f"(--from-drafter)")
     p.add_argument("--minutes", type=float, default=0, help="stop after this long (0: run all steps)")
-    p.add_argument("--eval-every", type=int, default=500)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=500, help="steps between held-out evaluations")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data and masking")
     add_adapt_args(p)
 
 
@@ -94,6 +94,7 @@ def cmd_train_dllm(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     tokenizer = load_tokenizer(resolve_model_dir(args.tokenizer, "tokenizer"))
+    tokenizer.chat_template = None  # trained on raw task prompts: it ships no template, so prompts go in as is
     codec = TaskCodec(tokenizer, args.gen_length)
     vocab = codec.vocabulary()
     meta = DllmMeta(mask_token_id=codec.mask, vocab=vocab, target_vocab_size=len(tokenizer))

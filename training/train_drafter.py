@@ -36,16 +36,19 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="default", help="target model folder (or 'default')")
     p.add_argument("--out", required=True, help="output drafter folder")
-    p.add_argument("--kind", choices=KINDS, required=True)
+    p.add_argument("--kind", choices=KINDS, required=True,
+                   help="token: a small LM over the draft vocabulary; feature: also reads the target's hidden states")
     p.add_argument("--data", help="data folder (default: <cache>/drafter-data/<target name>)")
     p.add_argument("--prompts", type=int, default=4000, help="prompts the target answers")
     p.add_argument("--max-new-tokens", type=int, default=192, help="answer length cap")
     p.add_argument("--gen-batch", type=int, default=32, help="batch size of the target while answering")
-    p.add_argument("--draft-vocab", type=int, default=8192)
-    p.add_argument("--eval-fraction", type=float, default=0.03)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--draft-vocab", type=int, default=8192, help="the drafter's vocabulary: the most frequent answer "
+                                                                 "tokens")
+    p.add_argument("--eval-fraction", type=float, default=0.03, help="share of the answers held out for evaluation")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     for f in dataclasses.fields(TrainConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                       help=f.metadata["help"])
 
 
 def cmd_train_drafter(args: argparse.Namespace) -> int:
@@ -59,7 +62,7 @@ def cmd_train_drafter(args: argparse.Namespace) -> int:
     if not 0.0 < args.eval_fraction < 0.5:
         raise InvalidRequestError("eval_fraction", "must be in (0, 0.5)")
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    engine = build_engine(EngineConfig(target=args.target, max_batch=args.gen_batch, cpu_linear="auto"))
+    engine = build_engine(EngineConfig(target=args.target, drafter=None, max_batch=args.gen_batch, cpu_linear="auto"))
     target = engine.target.loaded
     data_dir = Path(args.data) if args.data else cache_dir() / "drafter-data" / target.path.name
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ def add_exit_head_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="drafter data folder with responses.jsonl (default: train-drafter's)")
     p.add_argument("--examples", type=int, default=600, help="answers used (every 10th is held out)")
     p.add_argument("--kappa", type=int, nargs="+", default=[1, 4, 8], help="top-kappa sizes to report")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
 
 
 @torch.inference_mode()

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,17 +31,18 @@ CHECKPOINT = "checkpoint.pt"
 
 @dataclass
 class TrainConfig:
-    steps: int = 600
-    batch_size: int = 4  # sequences per step
-    max_len: int = 384  # longer sequences are cut (the answer's tail is dropped)
-    lr: float = 1e-3
-    warmup: int = 40
-    weight_decay: float = 0.0
-    passes: int = 3  # feature drafters: depths trained per position
-    regression_weight: float = 0.5
-    eval_every: int = 100
-    checkpoint_every: int = 50
-    seed: int = 0
+    steps: int = field(default=600, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=4, metadata={"help": "sequences per step"})
+    max_len: int = field(default=384, metadata={"help": "longer sequences are cut (the answer's tail is dropped)"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (warm-up, then cosine to a tenth)"})
+    warmup: int = field(default=40, metadata={"help": "warm-up steps"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    passes: int = field(default=3, metadata={"help": "feature drafters: draft depths trained per position"})
+    regression_weight: float = field(default=0.5, metadata={"help": "feature drafters: weight of the loss on the "
+                                                                    "target's next hidden state"})
+    eval_every: int = field(default=100, metadata={"help": "steps between held-out evaluations"})
+    checkpoint_every: int = field(default=50, metadata={"help": "steps between checkpoints (a rerun resumes)"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation and batch order"})
 
 
 def _cosine(step: int, cfg: TrainConfig) -> float:
