@@ -150,6 +150,13 @@ def _scale_args(scale: argparse.ArgumentParser) -> None:
     scale.add_argument("--tls-ca", help="PEM of the CA that signed the server's certificate (a TLS server)")
 
 
+def _cluster_args(cluster: argparse.ArgumentParser) -> None:
+    cluster.add_argument("action", choices=("up", "down"),
+                         help="up: start a Ray cluster of this project's own on free loopback ports and print the "
+                              "exports for `ray job submit`; down: stop it (and nothing else)")
+    cluster.add_argument("--num-cpus", type=int, help="CPUs the cluster offers (default: all)")
+
+
 def _exit_head_args(head: argparse.ArgumentParser) -> None:
     from mirrorspec.training.train_exit_head import add_exit_head_args
 
@@ -171,6 +178,8 @@ SUBCOMMANDS = {
     "serve": ("serve the public GenerationService over gRPC (ray_config.yaml: serve)", _serve_args),
     "scale": ("set (or read, with 0) the replica count of a running `mirrorspec serve`", _scale_args),
     "train-exit-head": ("fit the early-exit head that mirror's early exit uses", _exit_head_args),
+    "cluster": ("start or stop a local Ray cluster for `ray job submit` (eval \"$(mirrorspec cluster up)\")",
+                _cluster_args),
 }
 
 
@@ -309,6 +318,21 @@ def cmd_chat(args: argparse.Namespace) -> int:
         engine.shutdown()
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from mirrorspec.cluster import local_cluster
+
+    if args.action == "up":
+        record = local_cluster.up(args.num_cpus)
+        print(local_cluster.exports(record))  # stdout: for `eval "$(mirrorspec cluster up)"`
+        print(f"Ray cluster up (pid {record['pid']}): jobs at {record['address']}, GCS at {record['gcs']}; "
+              f"`mirrorspec cluster down` stops it", file=sys.stderr)
+        return 0
+    record = local_cluster.down()
+    print(f"stopped the Ray cluster (pid {record['pid']})" if record else "no cluster of this project is up",
+          file=sys.stderr)
+    return 0
+
+
 def _check_writable(path: str) -> None:
     """Refuse an output file that cannot be written before generating anything for it."""
     target = Path(path)
@@ -393,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_generate(args)
         if args.command == "chat":
             return cmd_chat(args)
+        if args.command == "cluster":
+            return cmd_cluster(args)
         if args.command == "train-drafter":
             from mirrorspec.training.train_drafter import cmd_train_drafter
 

@@ -78,7 +78,8 @@ class Generator:
 
     def __call__(self, batch: dict) -> dict:
         messages = batch.get("messages", [None] * len(batch["prompt"]))
-        prompts = [json.loads(m) if m else str(p) for p, m in zip(batch["prompt"], messages)]
+        # A column with no messages at all reaches here as NaN floats (Arrow's null type), not None.
+        prompts = [json.loads(m) if isinstance(m, str) else str(p) for p, m in zip(batch["prompt"], messages)]
         outs = self.engine.generate(prompts, self.sampling, self.spec, chat=self.chat)
         return {"id": [str(i) for i in batch["id"]], "text": [o.text for o in outs],
                 "token_ids": [o.token_ids for o in outs], "finish_reason": [o.finish_reason for o in outs],

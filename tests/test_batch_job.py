@@ -1,6 +1,6 @@
 """The batch job on the session's Ray cluster: a rerun after a run that was killed (its process, mid-job)
 answers only the missing rows, so every row is answered exactly once, and the answers equal a clean run's; a
-malformed line is reported in errors.jsonl while the other rows run."""
+malformed line is reported in errors.jsonl while the other rows run, and a row of chat messages is answered too."""
 
 import json
 import os
@@ -32,6 +32,8 @@ def answers(folder) -> list[dict]:
 def test_a_rerun_after_a_killed_job_answers_only_what_is_missing(ray_cluster, tmp_path):
     rows = [{"id": f"q{i:02d}", "prompt": f"Name a fruit that starts with the letter {chr(65 + i)}."}
             for i in range(15)]
+    rows[3] = {"id": rows[3]["id"], "messages": [{"role": "system", "content": "Answer in one word."},
+                                                 {"role": "user", "content": rows[3]["prompt"]}]}
     lines = [json.dumps(r) for r in rows]
     lines.insert(4, '{"id": "broken", "prompt": ')  # a malformed line is its own error; the other rows run
     (tmp_path / "prompts.jsonl").write_text("".join(line + "\n" for line in lines))
