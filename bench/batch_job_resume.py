@@ -1,15 +1,16 @@
 """The batch job as a user runs it: `ray start`, `ray job submit`, a crash halfway, a rerun.
 
-1. `ray start --head` (loopback only, token auth off as PLATFORM.md advises for a local cluster).
+1. `mirrorspec cluster up` (the project's own `ray start --head` on free loopback ports, Ray's token auth on).
 2. A clean run: `ray job submit -- python -m mirrorspec.cluster.batch_job --input P --output clean ...`.
 3. The same job into another folder, and once at least half of the rows are answered the whole cluster is killed
-   (`ray stop --force`: driver, replicas and Ray itself die mid-batch, as in a machine crash); `ray start` again.
+   (every process of that cluster SIGKILLed at once, by pid: driver, replicas and Ray itself die mid-batch, as in
+   a machine crash); `mirrorspec cluster up` again.
 4. The same `ray job submit` again: it must skip what is answered, finish the rest, and end with every row once and
    every answer equal to the clean run's (greedy decoding is batch-invariant, so batches may differ).
 
     python -m mirrorspec.bench.batch_job_resume --rows 200 --name issue7-batch-job-resume
 
-Writes bench/results/NAME.json. Stops any Ray cluster started with `ray start` on this machine.
+Writes bench/results/NAME.json. Stops only the clusters it started.
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from mirrorspec.cluster import local_cluster
 from mirrorspec.cluster.batch_job import read_parts
 from mirrorspec.training.prompt_bank import generate_prompts
-
-DASHBOARD = "http://127.0.0.1:8265"
 
 
 def sh(*cmd: str, check: bool = True) -> str:
@@ -41,14 +41,11 @@ def ray_bin() -> str:
 
 
 def start_cluster(cpus: int) -> float:
+    """`mirrorspec cluster up`, and its job API for `ray job submit`; seconds until a job can run."""
     start = time.perf_counter()
-    sh(ray_bin(), "start", "--head", f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-       "--disable-usage-stats")
+    record = local_cluster.up(cpus)
+    os.environ.update({"RAY_ADDRESS": record["address"], "RAY_AUTH_MODE": "token"})
     return time.perf_counter() - start
-
-
-def stop_cluster() -> None:
-    sh(ray_bin(), "stop", "--force", check=False)
 
 
 def job_command(args: argparse.Namespace, prompts: Path, out: Path, *, wait: bool = True) -> list[str]:
@@ -74,7 +71,7 @@ def crash_halfway(args: argparse.Namespace, prompts: Path, out: Path) -> dict:
             raise RuntimeError("the job answered too little in 30 minutes")
         time.sleep(0.5)
     at_kill = len(read_parts(out))
-    stop_cluster()
+    local_cluster.down(crash=True)
     return {"rows_answered_when_killed": at_kill, "killed_after_s": round(time.perf_counter() - start, 2),
             "temporary_files_left": len(list(out.glob(".tmp-*")))}
 
@@ -100,18 +97,13 @@ def main() -> int:
     p.add_argument("--name", default="issue7-batch-job-resume")
     p.add_argument("--out", default="bench/results")
     args = p.parse_args()
-    # A local cluster: loopback sockets, no token auth (PLATFORM.md: Ray 2.60 turns it on by default, and the job
-    # client then needs the token); the API server address for `ray job submit`.
-    os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-                       "RAY_API_SERVER_ADDRESS": DASHBOARD})
-    os.environ.pop("RAY_ADDRESS", None)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     work = Path(args.work or tempfile.mkdtemp(prefix="batch-job-"))
     prompts = work / "prompts.jsonl"
     rows = [{"id": f"row-{i:04d}", "prompt": r["prompt"]} for i, r in enumerate(generate_prompts(args.rows))]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     ids = [r["id"] for r in rows]
 
-    stop_cluster()
     results: dict = {"command": "python -m mirrorspec.bench.batch_job_resume " + " ".join(sys.argv[1:]),
                      "job": " ".join(job_command(args, Path("PROMPTS"), Path("OUT"))[1:]),
                      "ray_start_s": round(start_cluster(args.cpus), 2)}
@@ -126,7 +118,7 @@ def main() -> int:
         results["rerun"] = {"summary": resumed, "submit_to_end_s": round(resumed_s, 2),
                             "check": check(work / "resumed", reference, ids)}
     finally:
-        stop_cluster()
+        local_cluster.down()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -200,7 +200,19 @@ def summarize(records: list[Record], reference: list[Record] | None) -> dict:
     }
 
 
+def setup_title(results: dict) -> str:
+    """What ran, without local paths: model folder names, dtype, threads, batch."""
+    threads = results["threads"]
+    parts = [f"target {Path(str(results['target'])).name}", f"drafter {Path(str(results['drafter'])).name}",
+             str(results.get("dtype") or ""), f"{threads} thread{'' if threads == 1 else 's'}",
+             f"batch {results.get('batch_size', 1)}",
+             f"{results['prompts']} prompts x {results['max_new_tokens']} tokens"]
+    return " | ".join(p for p in parts if p)
+
+
 def plot(results: dict, path: Path) -> None:
+    """Tokens/s per category (legend below the bars), and per method tau and the speedup over ar with one dot per
+    category, so that a mean over few prompts shows its spread."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,22 +220,29 @@ def plot(results: dict, path: Path) -> None:
 
     methods = list(results["methods"])
     cats = list(next(iter(results["methods"].values()))["categories"])
-    fig, axes = plt.subplots(1, 2, figsize=(15, 5), gridspec_kw={"width_ratios": [3, 1]})
+    fig, axes = plt.subplots(1, 2, figsize=(16, 6), gridspec_kw={"width_ratios": [3, 1.3]})
     width = 0.8 / len(methods)
     for k, m in enumerate(methods):
         speed = [results["methods"][m]["categories"][c]["tokens_per_s"] or 0 for c in cats]
-        axes[0].bar([i + k * width for i in range(len(cats))], speed, width, label=m)
-    axes[0].set_xticks([i + 0.4 - width / 2 for i in range(len(cats))], cats, rotation=45, ha="right")
+        axes[0].bar([i + k * width for i in range(len(cats))], speed, width, label=f"{k + 1}  {m}")
+    axes[0].set_xticks([i + 0.4 - width / 2 for i in range(len(cats))], cats, rotation=35, ha="right", fontsize=8)
     axes[0].set_ylabel("tokens/s")
-    axes[0].set_title(f"{results['target']} | drafter {results['drafter']} | {results['threads']} threads")
-    axes[0].legend()
-    taus = [results["methods"][m]["overall"]["tau"] or 0 for m in methods]
-    speedups = [results["methods"][m]["overall"].get("speedup_vs_ar") or 0 for m in methods]
-    axes[1].bar([i - 0.2 for i in range(len(methods))], taus, 0.4, label="tau (tokens / target forward)")
-    axes[1].bar([i + 0.2 for i in range(len(methods))], speedups, 0.4, label="speedup vs ar")
-    axes[1].set_xticks(range(len(methods)), methods, rotation=30)
+    axes[0].set_title("tokens/s by prompt category", fontsize=10)
+    axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(3, len(methods)), fontsize=8,
+                   frameon=False)
+    overall = [results["methods"][m]["overall"] for m in methods]
+    axes[1].bar([i - 0.2 for i in range(len(methods))], [o["tau"] or 0 for o in overall], 0.4,
+                label="tau (tokens per target forward)")
+    axes[1].bar([i + 0.2 for i in range(len(methods))], [o.get("speedup_vs_ar") or 0 for o in overall], 0.4,
+                label="speedup over ar (dots: per category)")
+    for i, m in enumerate(methods):
+        per_cat = [b.get("speedup_vs_ar") for b in results["methods"][m]["categories"].values()]
+        axes[1].scatter([i + 0.2] * len(per_cat), per_cat, s=9, color="black", zorder=3)
+    axes[1].set_xticks(range(len(methods)), [str(k + 1) for k in range(len(methods))])  # the legend's numbers
+    axes[1].set_xlabel("method (numbered as in the legend)")
     axes[1].axhline(1.0, color="gray", lw=0.8)
-    axes[1].legend(fontsize=8)
+    axes[1].legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=8, frameon=False)
+    fig.suptitle(setup_title(results), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -83,8 +83,11 @@ def plot_variants(results: dict, path: Path) -> None:
     axes[0].set_xticks([i + 0.4 - width / 2 for i in range(len(runs))], list(runs))
     axes[0].set_ylabel("tokens/s")
     first = next(iter(runs.values()))
-    axes[0].set_title(f"{first['target']} | {first['prompts']} prompts | {first['threads']} threads")
-    axes[0].legend(fontsize=8)
+    threads = first["threads"]
+    axes[0].set_title(f"{Path(str(first['target'])).name} | {first['prompts']} prompts | {threads} "
+                      f"thread{'' if threads == 1 else 's'}", fontsize=10)
+    axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(5, len(methods)), fontsize=8,
+                   frameon=False)
     for variant, run in runs.items():
         curve = run["verify_cost"]["ms"]
         axes[1].plot([int(k) for k in curve], list(curve.values()), marker="o", label=variant)

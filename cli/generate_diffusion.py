@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.diffusion import DiffusionDecoder
 from mirrorspec.orchestration.engine import EngineConfig
 from mirrorspec.orchestration.prompts import encode_prompt
+from mirrorspec.orchestration.stats import RequestStats
 from mirrorspec.params import CACHES, STRATEGIES, DiffusionParams
 from mirrorspec.workers.diffusion_gemma import is_diffusion_gemma
 from mirrorspec.workers.models import resolve_model_dir
@@ -60,6 +62,7 @@ def cmd_generate_diffusion(args: argparse.Namespace, engine: EngineConfig) -> in
     model = load_dllm(engine.target, dtype=engine.dtype, device=engine.device,
                       trust_remote_code=args.trust_remote_code)
     ids = encode_prompt(model.tokenizer, model.vocab_size, args.prompt, args.chat)
+    _note_unknown_tokens(model, ids)
     newline = model.tokenizer.encode("\n", add_special_tokens=False) if model.tokenizer is not None else []
     decoder = DiffusionDecoder(model, eos_ids=tuple(eos_token_ids(model)), delimiter_ids=tuple(newline))
     if args.stream and not args.json:
@@ -68,7 +71,19 @@ def cmd_generate_diffusion(args: argparse.Namespace, engine: EngineConfig) -> in
             sys.stdout.flush()
         print()
         return 0
-    return _print(args, model, decoder.generate([ids], params)[0])
+    return _print(args, model, ids, decoder.generate([ids], params)[0])
+
+
+def _note_unknown_tokens(model, ids: list[int]) -> None:
+    """A model trained on a reduced vocabulary (this project's task dLLM knows its synthetic tasks' few tokens)
+    reads any other token as one unknown row: say so rather than answer nonsense silently."""
+    if not model.meta.vocab:
+        return
+    known = set(model.meta.vocab)
+    unknown = sum(t not in known for t in ids)
+    if unknown:
+        print(f"note: {unknown} of the prompt's {len(ids)} tokens are outside this model's {len(known)}-token "
+              f"vocabulary (what it was trained on); expect an answer that makes no sense", file=sys.stderr)
 
 
 def _generate_diffusion_gemma(args: argparse.Namespace, engine: EngineConfig, folder) -> int:
@@ -84,17 +99,23 @@ def _generate_diffusion_gemma(args: argparse.Namespace, engine: EngineConfig, fo
     if streaming:
         print()
         return 0
-    return _print(args, model, out)
+    return _print(args, model, ids, out)
 
 
-def _print(args: argparse.Namespace, model, out) -> int:
+def _print(args: argparse.Namespace, model, prompt_ids: list[int], out) -> int:
+    """The answer as the other methods print it: the text and a stats line, or `--json` with the same keys
+    (`tau` here is tokens per forward; `blocks` the tokens of each block)."""
+    finished = time.perf_counter()
+    stats = RequestStats(prompt_tokens=len(prompt_ids), generated_tokens=len(out.token_ids),
+                         target_forwards=out.forwards, arrival_time=finished - out.seconds, finish_time=finished)
+    text = _text(model, out.token_ids)
     if not args.json:
-        print(_text(model, out.token_ids))
+        print(text)
+        print(f"[{DIFFUSION}] {stats.summary()}, {len(out.blocks)} blocks", file=sys.stderr)
         return 0
-    print(json.dumps({"method": DIFFUSION, "text": _text(model, out.token_ids), "token_ids": out.token_ids,
-                      "finish_reason": out.finish_reason,
-                      "stats": {"forwards": out.forwards, "forwards_per_token": round(out.forwards_per_token, 3),
-                                "blocks": out.blocks, "seconds": round(out.seconds, 3)}}, ensure_ascii=False))
+    print(json.dumps({"method": DIFFUSION, "request_id": None, "text": text, "token_ids": out.token_ids,
+                      "finish_reason": out.finish_reason, "error": None,
+                      "stats": {**stats.as_dict(), "blocks": out.blocks}}, ensure_ascii=False))
     return 0
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,13 +70,26 @@ def up(num_cpus: int | None) -> dict:
     return record
 
 
-def down() -> dict | None:
-    """Stop the recorded cluster and what it started; its record, or None when none was up."""
+def down(crash: bool = False) -> dict | None:
+    """Stop the recorded cluster and what it started (`crash`: SIGKILL every process at once, as a machine crash
+    would); its record, or None when none was up."""
     record = _running()
     if record is not None:
-        _stop(record["pid"], record["started"])
+        _stop(record["pid"], record["started"], grace_s=0.0 if crash else reaper.GRACE_S)
+        _forget_address(record["gcs"])
     state_file().unlink(missing_ok=True)
     return record
+
+
+def _forget_address(gcs: str) -> None:
+    """`ray start` notes its address for `ray.init()` to join by default (as `ray stop` would, drop that note when it
+    names this cluster, so that nothing tries to join a cluster that is gone)."""
+    note = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    try:
+        if note.read_text().strip() == gcs:
+            note.unlink()
+    except OSError:
+        pass
 
 
 def exports(record: dict) -> str:
@@ -112,9 +126,9 @@ def _ray() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
 
-def _stop(pid: int, started: float) -> None:
+def _stop(pid: int, started: float, grace_s: float = reaper.GRACE_S) -> None:
     owner = reaper.still_ours(pid, started)
     if owner is None:
         return
     started_by_it = reaper.descendants(owner, me=os.getpid())
-    reaper.reap({pid: started, **started_by_it})
+    reaper.reap({pid: started, **started_by_it}, grace_s)

@@ -42,14 +42,16 @@ def still_ours(pid: int, started: float) -> psutil.Process | None:
         return None
 
 
-def reap(noted: dict[int, float]) -> None:
+def reap(noted: dict[int, float], grace_s: float = GRACE_S) -> None:
+    """SIGTERM to each noted process still running, SIGKILL to those left after `grace_s` (0: SIGKILL at once,
+    as a crash would)."""
     left = [p for p in (still_ours(pid, started) for pid, started in noted.items()) if p is not None]
-    for process in left:
+    for process in left if grace_s else []:
         try:
             process.terminate()
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(left, timeout=GRACE_S)
+    _, alive = psutil.wait_procs(left, timeout=grace_s)
     for process in alive:
         try:
             process.kill()

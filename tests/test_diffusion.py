@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +10,8 @@ import transformers
 
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.diffusion import DiffusionDecoder
+from mirrorspec.orchestration.outputs import RequestOutput
+from mirrorspec.orchestration.stats import RequestStats
 from mirrorspec.params import DiffusionParams
 from mirrorspec.training.dllm import HELD_OUT, HELD_OUT_SEED, TaskCodec, evaluate
 from mirrorspec.training.synthetic_tasks import examples
@@ -203,9 +206,29 @@ def test_cli_generates_with_a_diffusion_model(dllm_folder, capsys):
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["method"] == "diffusion" and 1 <= len(out["token_ids"]) <= 16
-    assert out["stats"]["forwards"] <= 8  # 8 steps, fewer if EOS ended it
+    assert out["stats"]["target_forwards"] <= 8  # 8 steps, fewer if EOS ended it
+    # The schema of the other methods' --json (RequestOutput.to_dict), tau being tokens per forward.
+    assert set(out) == {"method", *RequestOutput("", [], "", [], True, "length", RequestStats()).to_dict()}
+    assert set(RequestStats().as_dict()) < set(out["stats"]) and sum(out["stats"]["blocks"]) == len(out["token_ids"])
+    assert out["stats"]["tau"] == round(len(out["token_ids"]) / out["stats"]["target_forwards"], 4)
+    assert main(["generate", "Count to five.", "--method", "diffusion", "--target", dllm_folder,
+                 "--max-new-tokens", "16", "--block-length", "8"]) == 0
+    assert "[diffusion] " in capsys.readouterr().err  # the stats line, as for the other methods
     assert main(["generate", "Count to five.", "--method", "diffusion", "--target", dllm_folder,
                  "--max-new-tokens", "16", "--block-length", "8", "--stream"]) == 0
+
+
+@pytest.mark.real_model
+def test_a_prompt_outside_a_task_models_vocabulary_is_noted(capsys):
+    from mirrorspec.cli.main import main
+
+    task_model = str(Path(__file__).parents[1] / "drafters" / "smollm2-tasks-dllm")
+    assert main(["generate", "Sort: 3 1 2", "--method", "diffusion", "--target", task_model,
+                 "--max-new-tokens", "16"]) == 0
+    assert "outside this model's" not in capsys.readouterr().err
+    assert main(["generate", "Why is the sky blue?", "--method", "diffusion", "--target", task_model,
+                 "--max-new-tokens", "16"]) == 0
+    assert "tokens are outside this model's 21-token vocabulary" in capsys.readouterr().err
 
 
 @pytest.mark.real_model
