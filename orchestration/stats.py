@@ -48,6 +48,11 @@ class RequestStats:
         return self.accepted / self.drafted if self.drafted else 0.0
 
     @property
+    def acceptance_length(self) -> float:
+        """vLLM's mean acceptance length: 1 + accepted draft tokens per drafting step (a tree's accepted path)."""
+        return 1 + self.accepted / self.drafts if self.drafts else 1.0
+
+    @property
     def acceptance_by_position(self) -> list[float]:
         return [n / self.drafts for n in self.accepted_per_position] if self.drafts else []
 
@@ -81,6 +86,7 @@ class RequestStats:
             "unverified": self.unverified,
             "tau": r(self.tau),
             "acceptance_rate": r(self.acceptance_rate),
+            "acceptance_length": r(self.acceptance_length),
             "acceptance_by_position": [r(x) for x in self.acceptance_by_position],
             "fallback_steps": self.fallback_steps,
             "late_drafts": self.late_drafts,
@@ -93,8 +99,9 @@ class RequestStats:
 
     def summary(self) -> str:
         parts = [f"{self.generated_tokens} tokens", f"tau {self.tau:.2f}"]
-        if self.drafted:
-            parts.append(f"accept {self.acceptance_rate:.2f}")
+        if self.drafts:  # a tree's drafted nodes are many more than its accepted path: both are said
+            parts.append(f"acceptance length {self.acceptance_length:.2f} "
+                         f"({self.accepted}/{self.drafted} drafted tokens accepted)")
         if self.tokens_per_second is not None:
             parts.append(f"{self.tokens_per_second:.1f} tok/s")
         if self.ttft is not None:
