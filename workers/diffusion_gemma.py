@@ -20,6 +20,7 @@ import torch
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.params import DiffusionParams
 from mirrorspec.workers.diffusion_model import DiffusionOutput
+from mirrorspec.workers.loading import quiet_loading
 
 MODEL_TYPE = "diffusion_gemma"
 _MASK_ONLY = {"strategy": "threshold", "threshold": 0.9, "factor": 1.0, "adaptive_blocks": False,
@@ -52,7 +53,8 @@ class DiffusionGemmaLM:
         from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
         self.path = Path(folder)
-        self.model = DiffusionGemmaForBlockDiffusion.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        with quiet_loading():
+            self.model = DiffusionGemmaForBlockDiffusion.from_pretrained(folder, dtype=dtype, local_files_only=True)
         self.model = self.model.to(device).eval()
         has_tokenizer = (self.path / "tokenizer.json").is_file() or (self.path / "tokenizer.model").is_file()
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True) if has_tokenizer else None

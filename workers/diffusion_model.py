@@ -22,6 +22,7 @@ from transformers.cache_utils import Cache
 
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.workers.models import load_tokenizer, parse_dtype, resolve_model_dir
+from mirrorspec.workers.loading import quiet_loading
 
 META_FILE = "mirrorspec_dllm.json"
 # Remote-code dLLMs this runner knows: model_type -> (mask token id when the config has none, shifted logits).
@@ -219,8 +220,9 @@ def load_dllm(path: str, *, dtype: str = "float32", device: str = "cpu", trust_r
     torch_dtype = parse_dtype(dtype, device=device)
     if is_dllm_folder(folder):
         meta = DllmMeta(**json.loads((folder / META_FILE).read_text()))
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, local_files_only=True,
-                                                     attn_implementation="sdpa")
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, local_files_only=True,
+                                                         attn_implementation="sdpa")
         return DiffusionLM(model.to(device), meta, own=True, tokenizer=load_tokenizer(folder), path=folder)
     # Read as plain JSON: transformers cannot parse a remote-code config before the code is trusted.
     config = json.loads((folder / "config.json").read_text())
@@ -233,6 +235,7 @@ def load_dllm(path: str, *, dtype: str = "float32", device: str = "cpu", trust_r
         raise InvalidRequestError("trust_remote_code", f"{str(folder)!r} is a {model_type} model that runs its own "
                                                        f"code from the folder; pass --trust-remote-code")
     mask_id = config.get("mask_token_id") or kind[0]
-    model = AutoModel.from_pretrained(folder, dtype=torch_dtype, local_files_only=True, trust_remote_code=True)
+    with quiet_loading():
+        model = AutoModel.from_pretrained(folder, dtype=torch_dtype, local_files_only=True, trust_remote_code=True)
     tokenizer = load_tokenizer(folder, trust_remote_code=True)
     return DiffusionLM(model.to(device), DllmMeta(mask_id, kind[1]), own=False, tokenizer=tokenizer, path=folder)

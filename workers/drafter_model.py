@@ -25,6 +25,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from mirrorspec.workers.kv_cache import ForwardPlan
 from mirrorspec.workers.model_worker import ModelWorker
 from mirrorspec.workers.models import LoadedModel
+from mirrorspec.workers.loading import quiet_loading
 
 META_FILE = "mirrorspec_drafter.json"
 FC_FILE = "feature_fc.safetensors"
@@ -81,7 +82,8 @@ class Drafter(nn.Module):
     def load(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> "Drafter":
         folder = Path(folder)
         meta = read_meta(folder)
-        lm = LlamaForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        with quiet_loading():
+            lm = LlamaForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
         drafter = cls(meta, lm).to(dtype)
         if drafter.fc is not None:
             drafter.fc.weight.data.copy_(load_file(str(folder / FC_FILE))["weight"])

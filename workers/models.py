@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.workers import cpu_linear as fast_cpu_linear
 from mirrorspec.workers.default_model import ensure_default_model
+from mirrorspec.workers.loading import quiet_loading
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +121,10 @@ def load_model(
         raise InvalidRequestError(
             field, f"model type {config.model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=dtype, local_files_only=True, attn_implementation=attn_implementation
-    )
+    with quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, local_files_only=True, attn_implementation=attn_implementation
+        )
     model.to(torch.device(device)).eval()
     model.requires_grad_(False)
     if fast_cpu_linear.apply(model, cpu_linear):
