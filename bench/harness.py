@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import platform
 import sys
 import time
@@ -142,8 +143,15 @@ def run_hf_generate(target, drafter, tokenizer, prompts: list[dict], max_new: in
     def count(*_):
         calls["n"] += 1
 
+    from transformers.utils import logging as hf_logging
+
     hook = target.register_forward_pre_hook(count)
     records = []
+    verbosity = hf_logging.get_verbosity()
+    if not logging.getLogger("mirrorspec").isEnabledFor(logging.INFO):
+        # Assisted generation calls the assistant in a way its own deprecation notice objects to, once per prompt;
+        # --verbose keeps it.
+        hf_logging.set_verbosity_error()
     try:
         for i, row in enumerate([prompts[0]] + prompts):  # the first is a warm-up
             ids = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
@@ -161,6 +169,7 @@ def run_hf_generate(target, drafter, tokenizer, prompts: list[dict], max_new: in
             bar.update(1)
     finally:
         hook.remove()
+        hf_logging.set_verbosity(verbosity)
     return records
 
 
