@@ -183,6 +183,18 @@ SUBCOMMANDS = {
 }
 
 
+class HelpWithDefaults(argparse.HelpFormatter):
+    """Each flag's help ends with its default where it has one of its own and does not say it already (a None
+    default means: from ray_config.yaml, or as the help says)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if any(action.default is d for d in (None, False, argparse.SUPPRESS)) or action.default == [] \
+                or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser(commands: set[str] | None = None) -> argparse.ArgumentParser:
     """The parser, with the arguments of `commands` (default: every command) filled in."""
     parser = argparse.ArgumentParser(prog="mirrorspec", description="Lossless speculative decoding engine")
@@ -191,7 +203,7 @@ def build_parser(commands: set[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_args) in SUBCOMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
+        command = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpWithDefaults)
         if commands is None or name in commands:
             add_args(command)
     return parser
