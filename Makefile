@@ -20,11 +20,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m mirrorspec.workers.default_model
 	touch $(STAMP)
 
-# `chain` gamma 3: the fastest model-drafted method on the default (exact fp32) engine here
-# (bench/results/issue16-exact-variants.json: 12.6 tok/s against `tree` 8.8 and `ar` 9.8).
+# The defaults of ray_config.yaml: `chain` with the shipped drafter, gamma 5 with adaptive speculation and ngram
+# branches, the fastest exact setting here (bench/results/issue17-ngram-branches-b1.json: 1.40x `ar` at batch 1);
+# the prompt goes through the model's chat template (the default for a model that has one).
 demo: $(STAMP)
-	$(BIN)/mirrorspec generate "Explain in three sentences why the sky is blue." \
-		--chat --method chain --max-new-tokens 96 --stream
+	$(BIN)/mirrorspec generate "Explain in three sentences why the sky is blue." --max-new-tokens 96 --stream
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15
