@@ -15,6 +15,8 @@ from mirrorspec.cluster import batch_job
 
 pytestmark = pytest.mark.real_model
 
+ROWS = 9  # three part files of three rows: the kill lands after the first
+
 
 def job_args(tmp_path, out_name: str) -> list[str]:
     return ["--input", str(tmp_path / "prompts.jsonl"), "--output", str(tmp_path / out_name), "--max-new-tokens",
@@ -31,14 +33,14 @@ def answers(folder) -> list[dict]:
 
 def test_a_rerun_after_a_killed_job_answers_only_what_is_missing(ray_cluster, tmp_path):
     rows = [{"id": f"q{i:02d}", "prompt": f"Name a fruit that starts with the letter {chr(65 + i)}."}
-            for i in range(15)]
+            for i in range(ROWS)]
     rows[3] = {"id": rows[3]["id"], "messages": [{"role": "system", "content": "Answer in one word."},
                                                  {"role": "user", "content": rows[3]["prompt"]}]}
     lines = [json.dumps(r) for r in rows]
     lines.insert(4, '{"id": "broken", "prompt": ')  # a malformed line is its own error; the other rows run
     (tmp_path / "prompts.jsonl").write_text("".join(line + "\n" for line in lines))
     clean = run(tmp_path, "clean")
-    assert clean["answered"] == 15 and clean["rows_this_run"] == 15 and clean["rejected"] == 1
+    assert clean["answered"] == ROWS and clean["rows_this_run"] == ROWS and clean["rejected"] == 1
     [error] = [json.loads(line) for line in (tmp_path / "clean" / batch_job.ERRORS).read_text().splitlines()]
     assert error["line"].endswith("prompts.jsonl:5") and "is not valid JSON" in error["error"]
     reference = {a["id"]: a["token_ids"] for a in answers(tmp_path / "clean")}
@@ -57,9 +59,9 @@ def test_a_rerun_after_a_killed_job_answers_only_what_is_missing(ray_cluster, tm
         if job.poll() is None:
             job.kill()
     kept = batch_job.finished_ids(interrupted)
-    assert 0 < len(kept) < 15
+    assert 0 < len(kept) < ROWS
     resumed = run(tmp_path, "resumed")
-    assert resumed["resumed_from"] == len(kept) and resumed["rows_this_run"] == 15 - len(kept)
+    assert resumed["resumed_from"] == len(kept) and resumed["rows_this_run"] == ROWS - len(kept)
     merged = answers(interrupted)
     assert sorted(a["id"] for a in merged) == sorted(r["id"] for r in rows)  # each row once
     assert {a["id"]: a["token_ids"] for a in merged} == reference

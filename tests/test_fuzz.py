@@ -14,7 +14,7 @@ from mirrorspec.protos import generation_pb2_grpc as pb_grpc
 from mirrorspec.serving.grpc_server import ServerSecurity
 
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
-CASES = settings(max_examples=150, deadline=None, derandomize=True,
+CASES = settings(max_examples=100, deadline=None, derandomize=True,
                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 u32 = st.integers(0, 2**32 - 1)
