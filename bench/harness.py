@@ -217,7 +217,8 @@ def setup_title(results: dict) -> str:
     threads = results["threads"]
     diffusion = results.get("diffusion_drafter")
     parts = [f"target {Path(str(results['target'])).name}", f"drafter {Path(str(results['drafter'])).name}",
-             f"diffusion-draft drafter {Path(str(diffusion)).name}" if diffusion else "", str(results.get("dtype") or ""), f"{threads} thread{'' if threads == 1 else 's'}",
+             f"diffusion-draft drafter {Path(str(diffusion)).name}" if diffusion else "",
+             str(results.get("dtype") or ""), f"{threads} thread{'' if threads == 1 else 's'}",
              f"batch {results.get('batch_size', 1)}",
              f"{results['prompts']} prompts x {results['max_new_tokens']} tokens"]
     return " | ".join(p for p in parts if p)
