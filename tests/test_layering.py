@@ -15,6 +15,7 @@ PACKAGE = "mirrorspec"
 # `mirrorspec/` itself holds the shared leaf types (errors, params, methods) that every layer may import.
 LAYERS = (PACKAGE, "protos", "workers", "orchestration", "speculation", "serving", "cluster", "training", "bench",
           "cli")
+DATA_PACKAGES = ("drafters",)  # installed for their files (the shipped models); no code, so no layer
 
 
 def layer_of(module: str) -> str:
@@ -90,7 +91,8 @@ def test_every_folder_is_a_layer() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     package_dir = next(line for line in pyproject.splitlines() if line.startswith("package-dir"))
     folders = set(re.findall(rf'"{PACKAGE}\.(\w+)" = "\w+"', package_dir))
-    assert folders == set(LAYERS[1:])
+    assert folders == set(LAYERS[1:]) | set(DATA_PACKAGES)
+    assert all([p.name for p in (ROOT / data).glob("*.py")] == ["__init__.py"] for data in DATA_PACKAGES)
 
 
 def test_no_lower_layer_imports_a_higher_one() -> None:
