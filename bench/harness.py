@@ -272,10 +272,12 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams, cluster
     try:
         for label in run.methods:
             run.run(label)
-            write_results(run.results(), args.out, stem, plot)  # after each method: a later failure keeps these
+            write_results(run.results(), args.out, stem)  # after each method: a later failure keeps these
     finally:
         run.close()
-    _print_table(run.results())
+    results = run.results()
+    write_results(results, args.out, stem, plot)
+    _print_table(results)
     return 0
 
 
@@ -385,13 +387,14 @@ class BenchRun:
         return results
 
 
-def write_results(results: dict, out: str, stem: str, plot_fn) -> None:
-    """<out>/<stem>.json and its plot <stem>.png."""
+def write_results(results: dict, out: str, stem: str, plot_fn=None) -> None:
+    """<out>/<stem>.json, and with `plot_fn` its plot <stem>.png."""
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
-    plot_fn(results, out_dir / f"{stem}.png")
-    print(f"wrote {out_dir / stem}.json and .png", file=sys.stderr)
+    if plot_fn is not None:
+        plot_fn(results, out_dir / f"{stem}.png")
+    print(f"wrote {out_dir / stem}.json" + (" and .png" if plot_fn else ""), file=sys.stderr)
 
 
 def _placement(cluster) -> dict:
