@@ -52,7 +52,7 @@ def test_tp2_logits_match_tp1(tp2, single):
 @pytest.mark.real_model
 def test_every_method_on_the_tp_group_equals_ar(tp2, single):
     rows = [json.loads(line) for line in BENCH_PROMPTS.read_text().splitlines()]
-    prompts = [r["prompt"] for r in rows[:: len(rows) // 4][:4]]
+    prompts = [r["prompt"] for r in rows[:: len(rows) // 2][:2]]  # two: still a batch (the suite's time limit)
     sampling = SamplingParams(max_new_tokens=20)
     reference = [o.token_ids for o in single.generate(prompts, sampling, SpecParams("ar"), chat=True)]
     for method in ("ar", "chain", "tree", "mirror"):
