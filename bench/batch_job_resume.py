@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from mirrorspec.cluster import local_cluster
+from mirrorspec.cluster.local_cluster import ray_bin
 from mirrorspec.cluster.batch_job import read_parts
 from mirrorspec.training.prompt_bank import generate_prompts
 
@@ -34,10 +35,6 @@ def sh(*cmd: str, check: bool = True) -> str:
     if check and proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return proc.stdout
-
-
-def ray_bin() -> str:
-    return str(Path(sys.executable).with_name("ray"))
 
 
 def start_cluster(cpus: int) -> float:

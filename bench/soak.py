@@ -66,15 +66,17 @@ def single(text: str, max_new: int) -> pb.SingleGenerationRequest:
 
 @dataclass
 class Outcome:
-    kind: str
-    started: float
-    ended: float
+    """How one request ended; `client` stamps its kind and times."""
+
     code: str
     detail: str = ""
     checked: bool = False  # a good request whose answer was compared with the reference
     wrong: bool = False
     tokens_lost: int = 0
     tokens_extra: int = 0
+    kind: str = ""
+    started: float = 0.0
+    ended: float = 0.0
 
 
 class Soak:
@@ -102,7 +104,7 @@ class Soak:
     def compare(self, prompt: int, tokens: list[int]) -> Outcome:
         expected = self.reference[prompt]
         common = next((i for i, (a, b) in enumerate(zip(tokens, expected)) if a != b), min(len(tokens), len(expected)))
-        return Outcome("", 0, 0, "OK", checked=True, wrong=tokens != expected,
+        return Outcome("OK", checked=True, wrong=tokens != expected,
                        tokens_lost=len(expected) - common, tokens_extra=len(tokens) - common)
 
     def good_stream(self, rng: random.Random) -> Outcome:
@@ -112,7 +114,7 @@ class Soak:
             for msg in self.server.stub.GenerateStream(single(self.texts[prompt], MAX_NEW), timeout=300):
                 tokens += msg.token_ids
         except grpc.RpcError as exc:
-            return Outcome("", 0, 0, exc.code().name, exc.details() or "")
+            return Outcome(exc.code().name, exc.details() or "")
         return self.compare(prompt, tokens)
 
     def good_unary(self, rng: random.Random) -> Outcome:
@@ -120,7 +122,7 @@ class Soak:
         try:
             reply = self.server.stub.Generate(request(self.texts[prompt]), timeout=300)
         except grpc.RpcError as exc:
-            return Outcome("", 0, 0, exc.code().name, exc.details() or "")
+            return Outcome(exc.code().name, exc.details() or "")
         return self.compare(prompt, list(reply.responses[0].token_ids))
 
     def bad(self, rng: random.Random) -> Outcome:
@@ -131,8 +133,8 @@ class Soak:
             else:
                 self.raw(bytes(rng.randrange(256) for _ in range(rng.randint(1, 64))), timeout=60)
         except grpc.RpcError as exc:
-            return Outcome("", 0, 0, exc.code().name, name)
-        return Outcome("", 0, 0, "OK", name)
+            return Outcome(exc.code().name, name)
+        return Outcome("OK", name)
 
     def cancelled(self, rng: random.Random) -> Outcome:
         call = self.server.stub.GenerateStream(single(self.texts[rng.randrange(len(self.texts))], 200), timeout=300)
@@ -141,15 +143,15 @@ class Soak:
                 if msg.token_ids:
                     call.cancel()
         except grpc.RpcError as exc:
-            return Outcome("", 0, 0, exc.code().name)
-        return Outcome("", 0, 0, "OK")
+            return Outcome(exc.code().name)
+        return Outcome("OK")
 
     def deadline(self, rng: random.Random) -> Outcome:
         try:
             list(self.server.stub.GenerateStream(single(self.texts[rng.randrange(len(self.texts))], 200), timeout=0.5))
         except grpc.RpcError as exc:
-            return Outcome("", 0, 0, exc.code().name)
-        return Outcome("", 0, 0, "OK")
+            return Outcome(exc.code().name)
+        return Outcome("OK")
 
 
 def tree_rss_mb(pid: int) -> float:

@@ -164,8 +164,8 @@ def load_jsonl(files: list[Path]) -> tuple[list[dict], list[dict]]:
     return rows, rejected
 
 
-def check_parquet_ids(path: str) -> None:
-    """Duplicate ids in a Parquet input are refused before any Ray work starts, as in JSONL."""
+def check_parquet_ids(path: str) -> int:
+    """Duplicate ids in a Parquet input are refused before any Ray work starts, as in JSONL; its row count."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -178,17 +178,19 @@ def check_parquet_ids(path: str) -> None:
     repeated = [str(c["values"]) for c in counts.to_pylist() if c["counts"] > 1]
     if repeated:
         raise InvalidRequestError("input", f"{len(repeated)} duplicate id(s): {repeated[:5]}")
+    return len(ids)
 
 
-def load_input(path: str) -> tuple[list[dict] | None, list[dict]]:
-    """(rows, rejected lines) of a JSONL input; (None, []) for Parquet, which ray.data reads itself."""
+def load_input(path: str) -> tuple[list[dict] | None, list[dict], int]:
+    """(rows, rejected lines, good rows) of a JSONL input; (None, [], rows) for Parquet, which ray.data reads
+    itself."""
     source = Path(path)
     if not source.exists():
         raise InvalidRequestError("input", f"{path!r} does not exist")
     if source.suffix == ".parquet" or (source.is_dir() and any(source.glob("*.parquet"))):
-        check_parquet_ids(path)
-        return None, []
-    return load_jsonl(sorted(source.glob("*.jsonl")) if source.is_dir() else [source])
+        return None, [], check_parquet_ids(path)
+    rows, rejected = load_jsonl(sorted(source.glob("*.jsonl")) if source.is_dir() else [source])
+    return rows, rejected, len(rows)
 
 
 def unanswered_parquet(path: str, done: set[str]):
@@ -216,12 +218,12 @@ def run(args: argparse.Namespace) -> dict:
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise InvalidRequestError("output", f"{args.output!r} is a file; give a folder for the part files")
-    rows, rejected = load_input(args.input)
+    rows, rejected, count = load_input(args.input)
     output.mkdir(parents=True, exist_ok=True)
     (output / ERRORS).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected),
                                  encoding="utf-8")
     done = finished_ids(output)
-    summary = {"rows": len(rows or []), "rejected": len(rejected), "answered": len(done), "resumed_from": len(done),
+    summary = {"rows": count, "rejected": len(rejected), "answered": len(done), "resumed_from": len(done),
                "rows_this_run": 0, "tokens_this_run": 0, "seconds": 0.0, "tokens_per_s": None, "tau": None,
                "method": spec.method, "replicas": 0}
     pending = None if rows is None else [row for row in rows if row["id"] not in done]
@@ -263,8 +265,6 @@ def generate(args: argparse.Namespace, config, spec, sampling, pending: list[dic
               "seconds": round(seconds, 2),
               "tokens_per_s": round(tokens / seconds, 2) if seconds else None,
               "tau": round(tokens / forwards, 3) if forwards else None, "replicas": concurrency}
-    if pending is None:
-        counts["rows"] = ray.data.read_parquet(args.input, num_cpus=0).count()
     if owned:
         ray.shutdown()
     return counts

@@ -49,7 +49,7 @@ def up(num_cpus: int | None) -> dict:
         raise InvalidRequestError("cluster", f"already up (pid {running['pid']}, {running['address']}); "
                                              f"`mirrorspec cluster down` first")
     ports = {flag: free_port() for flag in PORT_FLAGS}
-    command = [_ray(), "start", "--head", "--block", "--disable-usage-stats",
+    command = [ray_bin(), "start", "--head", "--block", "--disable-usage-stats",
                "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
                *(f"{flag}={port}" for flag, port in ports.items()),
                *([f"--num-cpus={num_cpus}"] if num_cpus is not None else [])]
@@ -107,7 +107,7 @@ def _running() -> dict | None:
 def _wait_ready(record: dict, process: subprocess.Popen) -> None:
     """Until a job can be placed: `ray job submit` of a no-op job (`true`) is accepted, which needs the job API and
     the head's dashboard agent (before it registers, submissions fail with "No available agent to submit job")."""
-    probe = [_ray(), "job", "submit", "--no-wait", "--", "true"]
+    probe = [ray_bin(), "job", "submit", "--no-wait", "--", "true"]
     env = {**cluster_env(), "RAY_ADDRESS": record["address"]}
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
@@ -122,7 +122,8 @@ def _wait_ready(record: dict, process: subprocess.Popen) -> None:
         time.sleep(1.0)
 
 
-def _ray() -> str:
+def ray_bin() -> str:
+    """The `ray` command of this environment."""
     return str(Path(sys.executable).with_name("ray"))
 
 

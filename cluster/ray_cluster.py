@@ -36,7 +36,7 @@ def connect(cluster: ClusterConfig) -> None:
     if not logging.getLogger("mirrorspec").isEnabledFor(logging.INFO):  # --verbose keeps Ray's notice
         logging.getLogger(RAY_AUTH_LOGGER).addFilter(_not_the_auth_notice)
     # address="local": a new cluster of this process's own, never one that `ray start` left on this machine
-    ray.init(address="local", num_cpus=cluster.num_cpus, resources=dict(cluster.resources) or None, include_dashboard=False,
-             _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=False,
+    ray.init(address="local", num_cpus=cluster.num_cpus, resources=dict(cluster.resources) or None,
+             include_dashboard=False, _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=False,
              configure_logging=False)
     reaper.watch(os.getpid())  # the embedded cluster ends with this process, even after a kill -9

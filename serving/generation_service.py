@@ -153,18 +153,19 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
         try:
             return encode_prompt(self.model.tokenizer, self.model.vocab_size, prompt, chat)
         except InvalidRequestError as exc:  # "prompt[2].role" -> "request.messages[2].role"; "chat" -> "params.chat"
-            named = field + exc.field.removeprefix("prompt") if exc.field.startswith("prompt") else f"params.{exc.field}"
+            prompt_field = exc.field.startswith("prompt")
+            named = field + exc.field.removeprefix("prompt") if prompt_field else f"params.{exc.field}"
             raise InvalidRequestError(named, exc.reason) from None
 
     def _prompt(self, request: pb.GenerationRequest, chat: bool | None, field: str) -> list[int]:
         """A request's token ids from its text or its chat messages (one of the two)."""
+        if request.messages and request.text:
+            raise InvalidRequestError(field, "give text or messages, not both")
         if request.messages:
-            if request.text:
-                raise InvalidRequestError(field, "give text or messages, not both")
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
-            ids, field = self._encode(messages, chat, f"{field}.messages"), f"{field}.messages"
+            prompt, field = [{"role": m.role, "content": m.content} for m in request.messages], f"{field}.messages"
         else:
-            ids, field = self._encode(request.text, chat, f"{field}.text"), f"{field}.text"
+            prompt, field = request.text, f"{field}.text"
+        ids = self._encode(prompt, chat, field)
         if len(ids) > self.limits.max_prompt_tokens:
             raise InvalidRequestError(field, f"{len(ids)} tokens; at most {self.limits.max_prompt_tokens}")
         return ids
