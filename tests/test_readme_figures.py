@@ -736,7 +736,7 @@ def test_the_reviewers_four_findings_fail():
             "60-75% of steps miss the precomputed branches",
         "prompts in every run (runs A and B at batch 1; run C at batch 4, with `ar`, `chain` and `mirror`\nonly))":
             "prompts, at batch 1 and at batch 4)",
-        "token for token on 4 prompts": "token for token on 10 prompts",
+        "token for token on 2 prompts": "token for token on 10 prompts",
     }
     for new, wrong in old.items():
         assert readme.count(new) == 1, new
