@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(BIN)/mirrorspec generate "Explain in three sentences why the sky is blue." --max-new-tokens 96 --stream
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=40
 
 bench: $(STAMP)
 	$(BIN)/mirrorspec bench --name latest --hf-assistant drafters/smollm2-135m-token
