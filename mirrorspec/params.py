@@ -11,6 +11,8 @@ from mirrorspec.methods import Method, method
 
 
 GREEDY_BELOW = 1e-5  # temperatures under this decode greedily (see SamplingParams)
+MAX_TOP_LOGPROBS = 20  # candidates per position (OpenAI's top_logprobs limit)
+MAX_PENALTY = 10.0
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,13 @@ class SamplingParams:
     max_new_tokens: int = 128
     min_new_tokens: int = 0  # EOS cannot be chosen before this many new tokens (stop strings still apply)
     stop: tuple[str, ...] = field(default_factory=tuple)
+    include_stop: bool = False  # the text keeps the stop string that ended it
     ignore_eos: bool = False
+    # Penalties: deterministic transforms of the target's logits given each position's context
+    # (orchestration/logits_processing.py), so that speculation keeps them exact.
+    repetition_penalty: float = 1.0  # 1 = off; > 1 discourages tokens already in the prompt or output (CTRL)
+    length_penalty: tuple[int, float] | None = None  # (start_index, decay_factor): EOS grows likelier after start
+    logprobs: int | None = None  # None = off; n >= 0: each new token's logprob and rank, and the n most likely
 
     def __post_init__(self) -> None:
         # One string is one stop string (not one per character); a list holds several.
@@ -53,7 +61,21 @@ class SamplingParams:
             raise InvalidRequestError("seed", f"must be an integer in [0, 2^64), got {self.seed!r}")
         if not isinstance(self.stop, tuple) or any(not isinstance(s, str) or not s for s in self.stop):
             raise InvalidRequestError("stop", "must be a non-empty string or a list of them")
+        self._validate_penalties()
+        if self.logprobs is not None and (type(self.logprobs) is not int or not 0 <= self.logprobs <= MAX_TOP_LOGPROBS):
+            raise InvalidRequestError("logprobs", f"must be an integer in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs!r}")
         return self
+
+    def _validate_penalties(self) -> None:
+        penalty = self.repetition_penalty
+        if not isinstance(penalty, (int, float)) or not math.isfinite(penalty) or not 0 < penalty <= MAX_PENALTY:
+            raise InvalidRequestError("repetition_penalty", f"must be in (0, {MAX_PENALTY}] (1 = off), got {penalty!r}")
+        if self.length_penalty is not None:
+            start, decay = self.length_penalty
+            if type(start) is not int or start < 0:
+                raise InvalidRequestError("length_penalty.start_index", f"must be an integer >= 0, got {start!r}")
+            if not isinstance(decay, (int, float)) or not 1.0 <= decay <= MAX_PENALTY:
+                raise InvalidRequestError("length_penalty.decay_factor", f"must be in [1, {MAX_PENALTY}], got {decay!r}")
 
 
 @dataclass(frozen=True)

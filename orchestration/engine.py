@@ -144,6 +144,7 @@ class Engine:
             spec=spec,
             generator=seeded_generator(seed),
             stats=RequestStats(),
+            seed=None if sampling.greedy else seed,
         )
         self._sequences[request_id] = seq
         self.scheduler.add(seq)
@@ -258,4 +259,7 @@ class Engine:
             new_text=new_text,
             new_token_ids=new_ids,
             error=seq.error,
+            seed=seq.seed,
+            stop_sequence=seq.stop_sequence,
+            logprobs=None if seq.sampling.logprobs is None else list(seq.logprobs),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mirrorspec.errors import InvalidRequestError
+from mirrorspec.orchestration.logprobs import TokenLogprob
 from mirrorspec.orchestration.stats import RequestStats
 
 
@@ -20,6 +21,14 @@ class RequestOutput:
     new_text: str = ""
     new_token_ids: list[int] = field(default_factory=list)
     error: str | None = None
+    seed: int | None = None  # the random stream's seed (sampling requests)
+    stop_sequence: str | None = None  # the stop string that ended it (finish_reason "stop")
+    logprobs: list[TokenLogprob] | None = None  # per token of token_ids, when asked for
+
+    @property
+    def new_logprobs(self) -> list[TokenLogprob] | None:
+        """The logprobs of new_token_ids."""
+        return None if self.logprobs is None else self.logprobs[len(self.token_ids) - len(self.new_token_ids):]
 
     def to_dict(self) -> dict:
         return {

@@ -22,6 +22,8 @@ from mirrorspec.orchestration.acceptance import Verdict, verify_greedy, verify_s
 from mirrorspec.orchestration.draft_tree import DraftTree, merge
 from mirrorspec.orchestration.drafter_guard import DrafterGuard
 from mirrorspec.orchestration.interfaces import DraftService, OpenSpec, Report
+from mirrorspec.orchestration.logits_processing import needs_processing, process
+from mirrorspec.orchestration.logprobs import token_logprobs
 from mirrorspec.orchestration.mirror import MirrorExit
 from mirrorspec.orchestration.sampling import probabilities
 from mirrorspec.orchestration.sequence import Sequence, TextTracker
@@ -115,8 +117,9 @@ class Scheduler:
                 target_paths[seq.seq_id] = []
                 continue
             target_paths[seq.seq_id] = verdict.path
+            chose = [0] + [1 + n for n in verdict.path]  # the output row that chose each committed token
             if self._wants_features(seq):
-                seq.add_features(hid[[0] + [1 + n for n in verdict.path]])
+                seq.add_features(hid[chose])
             seq.stats.record_step(len(tree), len(verdict.path), sum(path_estimates(tree)))
             seq.stats.unverified += len(draft) - len(tree)
             if self._adaptive(seq) and len(draft):
@@ -127,7 +130,10 @@ class Scheduler:
             # and only copied nodes hang below a copied node).
             seq.sync.accepted_nodes = [nodes[n] for n in verdict.path if nodes[n] < seq.sync.drafter_nodes]
             seq.sync.window = None
-            self.text.deliver(seq, [tree.tokens[n] for n in verdict.path] + [verdict.next_token])
+            committed = [tree.tokens[n] for n in verdict.path] + [verdict.next_token]
+            kept = self.text.deliver(seq, committed)
+            if seq.sampling.logprobs is not None:
+                seq.logprobs += token_logprobs(out[chose[:kept]], committed[:kept], seq.sampling.logprobs)
             if seq.stats.first_token_time is None:
                 seq.stats.first_token_time = time.perf_counter()
         self.target.commit(target_paths)
@@ -311,14 +317,8 @@ class Scheduler:
         if not bool(torch.isfinite(logits).all()):
             raise FloatingPointError("the target's logits for this request are not finite (NaN or infinity)")
         generated = len(seq.output_ids)
-        if seq.sampling.min_new_tokens > generated and self.text.eos_ids:
-            # Hold EOS back at every output row whose token would come before min_new_tokens (row 0: the next
-            # token; the row of node i: the token after it). Drafts are verified against this same law.
-            positions = torch.tensor([generated] + [generated + tree.depth(i) for i in range(len(tree))])
-            rows = (positions < seq.sampling.min_new_tokens).nonzero()[:, 0].to(logits.device)
-            eos = torch.tensor(sorted(self.text.eos_ids), device=logits.device)
-            logits = logits.clone()
-            logits[rows[:, None], eos[None]] = float("-inf")
+        if needs_processing(seq.sampling, generated):
+            logits = process(logits, seq.sampling, seq.tokens, generated, tree, self.text.eos_ids)
         if seq.sampling.greedy:
             return verify_greedy(tree, logits.argmax(dim=-1).tolist())
         return verify_sampling(tree, probabilities(logits, seq.sampling), seq.generator)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mirrorspec.orchestration.draft_tree import DraftTree
+from mirrorspec.orchestration.logprobs import TokenLogprob
 from mirrorspec.orchestration.ngram_draft import NgramIndex
 from mirrorspec.orchestration.stats import RequestStats
 from mirrorspec.params import SamplingParams, SpecParams
@@ -52,8 +53,11 @@ class Sequence:
     tokens: list[int] = field(init=False)  # prompt + generated; the last one is not yet in the target's cache
     output_ids: list[int] = field(default_factory=list)
     text: str = ""
+    seed: int | None = None  # of the random stream (sampling requests), given or drawn
     finish_reason: str | None = None
+    stop_sequence: str | None = None  # the stop string that ended it
     error: str | None = None  # why it ended with finish_reason "error" (a fault in its own step)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # per output token, when sampling.logprobs is set
     emitted_tokens: int = 0
     emitted_text: int = 0
     # Target hidden states of positions 0..n-1 (only kept for feature drafters): features[:n_features].
@@ -89,9 +93,10 @@ class TextTracker:
         self.decode = decode
         self.eos_ids = eos_ids
 
-    def deliver(self, seq: Sequence, tokens: list[int]) -> None:
-        """Append committed tokens one by one, stopping exactly at EOS, the length limit or a stop string."""
-        for token in tokens:
+    def deliver(self, seq: Sequence, tokens: list[int]) -> int:
+        """Append committed tokens one by one, stopping exactly at EOS, the length limit or a stop string;
+        returns how many were appended."""
+        for count, token in enumerate(tokens, start=1):
             seq.output_ids.append(token)
             seq.tokens.append(token)
             seq.stats.generated_tokens += 1
@@ -99,20 +104,21 @@ class TextTracker:
                 previous = len(seq.text)
                 seq.text = self.decode(seq.output_ids)
                 if self._cut_at_stop(seq, previous):
-                    return
+                    return count
             if token in self.eos_ids and not seq.sampling.ignore_eos:
                 seq.finish_reason = "eos"
-                return
+                return count
             if seq.remaining <= 0:
                 seq.finish_reason = "length"
-                return
+                return count
+        return len(tokens)
 
     @staticmethod
     def _cut_at_stop(seq: Sequence, previous: int) -> bool:
         for stop in seq.sampling.stop:
             at = seq.text.find(stop, max(0, previous - len(stop)))
             if at >= 0:
-                seq.text = seq.text[:at]
-                seq.finish_reason = "stop"
+                seq.text = seq.text[: at + len(stop) if seq.sampling.include_stop else at]
+                seq.finish_reason, seq.stop_sequence = "stop", stop
                 return True
         return False
