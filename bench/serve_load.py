@@ -32,6 +32,7 @@ from pathlib import Path
 import grpc
 
 from mirrorspec.bench.harness import load_prompts
+from mirrorspec.protos import admin_pb2, admin_pb2_grpc
 from mirrorspec.protos import generation_pb2 as pb
 from mirrorspec.protos import generation_pb2_grpc as pb_grpc
 
@@ -68,7 +69,7 @@ class Server:
         self.metrics_url = metrics.group(1) if metrics else None
         self.channel = grpc.insecure_channel(self.address)
         self.stub = pb_grpc.GenerationServiceStub(self.channel)
-        self.admin = pb_grpc.AdminServiceStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
 
     def stop(self, timeout_s: float = 120.0) -> int | None:
         """SIGTERM (the server drains, then exits): its exit code, or None when it had to be killed after
@@ -171,7 +172,7 @@ def run_scale(server: Server, texts: list[str], clients: int, max_new: int, sche
     for at_s, replicas in schedule:
         time.sleep(max(0.0, start + at_s - time.perf_counter()))
         asked = time.perf_counter() - start
-        reply = server.admin.Scale(pb.ScaleRequest(replicas=replicas), timeout=600)
+        reply = server.admin.Scale(admin_pb2.ScaleRequest(replicas=replicas), timeout=600)
         events.append({"asked_s": round(asked, 2), "done_s": round(time.perf_counter() - start, 2),
                        "replicas": reply.replicas, "in_flight": reply.in_flight})
     for t in threads:

@@ -46,10 +46,11 @@ BACKOFF_S = 0.5
 KINDS = {"good_stream": 9, "good_unary": 3, "bad": 3, "cancelled": 2, "deadline": 2}
 BAD = {
     "empty prompt": lambda: pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text="")]),
-    "negative temperature": lambda: request("Hi", sampling=pb.SamplingParameters(temperature=-1.0)),
-    "top_p above 1": lambda: request("Hi", sampling=pb.SamplingParameters(temperature=0.7, top_p=1.5)),
+    "negative temperature": lambda: request("Hi", method=pb.SAMPLE, sampling=pb.SamplingParameters(temperature=-1.0)),
+    "top_p above 1": lambda: request("Hi", method=pb.SAMPLE, sampling=pb.SamplingParameters(temperature=0.7,
+                                                                                           top_p=1.5)),
     "max_new_tokens past the limit": lambda: request("Hi", stopping=pb.StoppingCriteria(max_new_tokens=10**6)),
-    "unknown method": lambda: request("Hi", method=999),
+    "unknown method": lambda: request("Hi", speculation=pb.SpeculationParameters(method=999)),
 }
 
 
@@ -85,7 +86,7 @@ class Soak:
         self.outcomes: list[Outcome] = []
         self.lock = threading.Lock()
         self.seed = seed
-        self.raw = server.channel.unary_unary("/mirrorspec.generation.v1.GenerationService/Generate",
+        self.raw = server.channel.unary_unary("/fmaas.GenerationService/Generate",
                                               request_serializer=lambda b: b, response_deserializer=lambda b: b)
 
     def client(self, index: int, stop_at: float) -> None:

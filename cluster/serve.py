@@ -23,8 +23,9 @@ from mirrorspec.methods import AR_DRAFTER, DIFFUSION_DRAFTER, drafted_by
 from mirrorspec.orchestration.factory import build_engine
 from mirrorspec.params import SamplingParams
 from mirrorspec.serving.engine_loop import EngineLoop
-from mirrorspec.serving.generation_service import AdminService, GenerationService, Limits, ServedModel
+from mirrorspec.serving.generation_service import AdminService, GenerationService, ServedModel
 from mirrorspec.serving.grpc_server import GenerationServer, ServerLimits, ServerSecurity
+from mirrorspec.serving.tgis_wire import Limits
 from mirrorspec.serving.metrics import ServingMetrics
 
 logger = logging.getLogger(__name__)
@@ -133,8 +134,7 @@ def scale_server(address: str, replicas: int, *, token_env: str | None = None, t
 
     import grpc
 
-    from mirrorspec.protos import generation_pb2 as pb
-    from mirrorspec.protos import generation_pb2_grpc as pb_grpc
+    from mirrorspec.protos import admin_pb2, admin_pb2_grpc
     from mirrorspec.protos.gate import bearer
 
     if replicas < 0:
@@ -147,8 +147,8 @@ def scale_server(address: str, replicas: int, *, token_env: str | None = None, t
     channel = (grpc.secure_channel(address, grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())) if tls_ca
                else grpc.insecure_channel(address))
     try:
-        reply = pb_grpc.AdminServiceStub(channel).Scale(pb.ScaleRequest(replicas=replicas), metadata=metadata,
-                                                        timeout=600)
+        reply = admin_pb2_grpc.AdminServiceStub(channel).Scale(admin_pb2.ScaleRequest(replicas=replicas),
+                                                              metadata=metadata, timeout=600)
     except grpc.RpcError as exc:
         if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
             raise InvalidRequestError("server", f"{address} has no admin service (serve.admin; by default it is "
@@ -178,7 +178,7 @@ def run_server(project: ProjectConfig, *, host: str | None = None, port: int | N
     _check_free(project.serve.host, project.serve.port, "serve.port")
     _check_free(project.serve.host, project.serve.metrics_port, "serve.metrics_port")
     server, backend, metrics_address = start_server(project)
-    print(f"serving mirrorspec.generation.v1.GenerationService on {server.address}"
+    print(f"serving fmaas.GenerationService on {server.address}"
           + (f"; metrics on {metrics_address}" if metrics_address else ""), flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

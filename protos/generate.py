@@ -13,7 +13,7 @@ from pathlib import Path
 from grpc_tools import protoc
 
 HERE = Path(__file__).resolve().parent
-PROTOS = ("speculation.proto", "generation.proto")
+PROTOS = ("speculation.proto", "generation.proto", "admin.proto")
 
 
 def generate(out_dir: Path = HERE) -> list[Path]:

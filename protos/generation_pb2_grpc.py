@@ -35,22 +35,22 @@ class GenerationServiceStub:
             channel: A grpc.Channel.
         """
         self.Generate = channel.unary_unary(
-                '/mirrorspec.generation.v1.GenerationService/Generate',
+                '/fmaas.GenerationService/Generate',
                 request_serializer=mirrorspec_dot_protos_dot_generation__pb2.BatchedGenerationRequest.SerializeToString,
                 response_deserializer=mirrorspec_dot_protos_dot_generation__pb2.BatchedGenerationResponse.FromString,
                 _registered_method=True)
         self.GenerateStream = channel.unary_stream(
-                '/mirrorspec.generation.v1.GenerationService/GenerateStream',
+                '/fmaas.GenerationService/GenerateStream',
                 request_serializer=mirrorspec_dot_protos_dot_generation__pb2.SingleGenerationRequest.SerializeToString,
                 response_deserializer=mirrorspec_dot_protos_dot_generation__pb2.GenerationResponse.FromString,
                 _registered_method=True)
         self.Tokenize = channel.unary_unary(
-                '/mirrorspec.generation.v1.GenerationService/Tokenize',
+                '/fmaas.GenerationService/Tokenize',
                 request_serializer=mirrorspec_dot_protos_dot_generation__pb2.BatchedTokenizeRequest.SerializeToString,
                 response_deserializer=mirrorspec_dot_protos_dot_generation__pb2.BatchedTokenizeResponse.FromString,
                 _registered_method=True)
         self.ModelInfo = channel.unary_unary(
-                '/mirrorspec.generation.v1.GenerationService/ModelInfo',
+                '/fmaas.GenerationService/ModelInfo',
                 request_serializer=mirrorspec_dot_protos_dot_generation__pb2.ModelInfoRequest.SerializeToString,
                 response_deserializer=mirrorspec_dot_protos_dot_generation__pb2.ModelInfoResponse.FromString,
                 _registered_method=True)
@@ -68,7 +68,7 @@ class GenerationServiceServicer:
 
     def GenerateStream(self, request, context):
         """One prompt; a message per engine step that committed tokens (several tokens when drafts were accepted),
-        the last one with the stop reason and the request's speculation stats.
+        the last one with the stop reason and (mirrorspec) the request's speculation stats.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,9 +111,9 @@ def add_GenerationServiceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'mirrorspec.generation.v1.GenerationService', rpc_method_handlers)
+            'fmaas.GenerationService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('mirrorspec.generation.v1.GenerationService', rpc_method_handlers)
+    server.add_registered_method_handlers('fmaas.GenerationService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -134,7 +134,7 @@ class GenerationService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mirrorspec.generation.v1.GenerationService/Generate',
+            '/fmaas.GenerationService/Generate',
             mirrorspec_dot_protos_dot_generation__pb2.BatchedGenerationRequest.SerializeToString,
             mirrorspec_dot_protos_dot_generation__pb2.BatchedGenerationResponse.FromString,
             options,
@@ -161,7 +161,7 @@ class GenerationService:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/mirrorspec.generation.v1.GenerationService/GenerateStream',
+            '/fmaas.GenerationService/GenerateStream',
             mirrorspec_dot_protos_dot_generation__pb2.SingleGenerationRequest.SerializeToString,
             mirrorspec_dot_protos_dot_generation__pb2.GenerationResponse.FromString,
             options,
@@ -188,7 +188,7 @@ class GenerationService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mirrorspec.generation.v1.GenerationService/Tokenize',
+            '/fmaas.GenerationService/Tokenize',
             mirrorspec_dot_protos_dot_generation__pb2.BatchedTokenizeRequest.SerializeToString,
             mirrorspec_dot_protos_dot_generation__pb2.BatchedTokenizeResponse.FromString,
             options,
@@ -215,84 +215,9 @@ class GenerationService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mirrorspec.generation.v1.GenerationService/ModelInfo',
+            '/fmaas.GenerationService/ModelInfo',
             mirrorspec_dot_protos_dot_generation__pb2.ModelInfoRequest.SerializeToString,
             mirrorspec_dot_protos_dot_generation__pb2.ModelInfoResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-
-class AdminServiceStub:
-    """Operating the server: replicas at run time (`mirrorspec scale N`). Same credentials as GenerationService.
-    """
-
-    def __init__(self, channel):
-        """Constructor.
-
-        Args:
-            channel: A grpc.Channel.
-        """
-        self.Scale = channel.unary_unary(
-                '/mirrorspec.generation.v1.AdminService/Scale',
-                request_serializer=mirrorspec_dot_protos_dot_generation__pb2.ScaleRequest.SerializeToString,
-                response_deserializer=mirrorspec_dot_protos_dot_generation__pb2.ScaleResponse.FromString,
-                _registered_method=True)
-
-
-class AdminServiceServicer:
-    """Operating the server: replicas at run time (`mirrorspec scale N`). Same credentials as GenerationService.
-    """
-
-    def Scale(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-
-def add_AdminServiceServicer_to_server(servicer, server):
-    rpc_method_handlers = {
-            'Scale': grpc.unary_unary_rpc_method_handler(
-                    servicer.Scale,
-                    request_deserializer=mirrorspec_dot_protos_dot_generation__pb2.ScaleRequest.FromString,
-                    response_serializer=mirrorspec_dot_protos_dot_generation__pb2.ScaleResponse.SerializeToString,
-            ),
-    }
-    generic_handler = grpc.method_handlers_generic_handler(
-            'mirrorspec.generation.v1.AdminService', rpc_method_handlers)
-    server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('mirrorspec.generation.v1.AdminService', rpc_method_handlers)
-
-
- # This class is part of an EXPERIMENTAL API.
-class AdminService:
-    """Operating the server: replicas at run time (`mirrorspec scale N`). Same credentials as GenerationService.
-    """
-
-    @staticmethod
-    def Scale(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mirrorspec.generation.v1.AdminService/Scale',
-            mirrorspec_dot_protos_dot_generation__pb2.ScaleRequest.SerializeToString,
-            mirrorspec_dot_protos_dot_generation__pb2.ScaleResponse.FromString,
             options,
             channel_credentials,
             insecure,

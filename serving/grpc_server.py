@@ -21,14 +21,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mirrorspec.errors import InvalidRequestError
-from mirrorspec.protos import generation_pb2 as pb
+from mirrorspec.protos import admin_pb2, admin_pb2_grpc
 from mirrorspec.protos import generation_pb2_grpc as pb_grpc
 from mirrorspec.protos.gate import SERVICE, Gate
 from mirrorspec.serving.generation_service import GenerationService
 
 logger = logging.getLogger(__name__)
 
-ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class GenerationServer:
 
     def __init__(self, servicer: GenerationService, *, host: str, port: int,
                  security: ServerSecurity, limits: ServerLimits, is_up: Callable[[], bool],
-                 admin: pb_grpc.AdminServiceServicer | None = None, health_period_s: float = 0.5) -> None:
+                 admin: admin_pb2_grpc.AdminServiceServicer | None = None, health_period_s: float = 0.5) -> None:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=limits.threads), interceptors=[Gate(security.token)],
             maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
@@ -60,7 +60,7 @@ class GenerationServer:
         pb_grpc.add_GenerationServiceServicer_to_server(servicer, self.server)
         names = [SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
         if admin is not None:
-            pb_grpc.add_AdminServiceServicer_to_server(admin, self.server)
+            admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, self.server)
             names.append(ADMIN_SERVICE)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

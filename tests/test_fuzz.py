@@ -47,10 +47,20 @@ def requests(draw):
     shape = mostly(st.integers(0, 6), u32)
     speculation = pb.SpeculationParameters(gamma=draw(shape), tree_depth=draw(shape), tree_topk=draw(shape),
                                            tree_nodes=draw(shape), kappa=draw(shape),
-                                           fixed_draft=draw(st.booleans()), no_ngram_branches=draw(st.booleans()))
-    method = draw(mostly(st.sampled_from([pb.METHOD_DEFAULT, pb.AR, pb.CHAIN, pb.TREE, pb.NGRAM]),
-                         st.integers(0, 2**31 - 1)))
-    params = pb.Parameters(method=method, sampling=sampling, stopping=stopping, speculation=speculation,
+                                           fixed_draft=draw(st.booleans()), no_ngram_branches=draw(st.booleans()),
+                                           method=draw(mostly(st.sampled_from([pb.METHOD_DEFAULT, pb.AR, pb.CHAIN,
+                                                                               pb.TREE, pb.NGRAM]),
+                                                              st.integers(0, 2**31 - 1))))
+    decoding = pb.DecodingParameters(repetition_penalty=draw(mostly(st.floats(0, 2, width=32), floats)))
+    if draw(st.booleans()):
+        decoding.length_penalty.start_index = draw(mostly(st.integers(0, 8), u32))
+        decoding.length_penalty.decay_factor = draw(mostly(st.floats(1, 2, width=32), floats))
+    response = pb.ResponseOptions(input_text=draw(st.booleans()), generated_tokens=draw(st.booleans()),
+                                  input_tokens=draw(st.booleans()), token_logprobs=draw(st.booleans()),
+                                  token_ranks=draw(st.booleans()), top_n_tokens=draw(mostly(st.integers(0, 5), u32)))
+    params = pb.Parameters(method=draw(mostly(st.sampled_from([pb.GREEDY, pb.SAMPLE]), st.integers(0, 2**31 - 1))),
+                           sampling=sampling, stopping=stopping, speculation=speculation, decoding=decoding,
+                           response=response, truncate_input_tokens=draw(mostly(st.integers(0, 8), u32)),
                            chat=draw(st.booleans()))
     return pb.BatchedGenerationRequest(model_id=draw(mostly(st.sampled_from(["", "tiny"]), st.text(max_size=8))),
                                        params=params, requests=[pb.GenerationRequest(text=t) for t in
@@ -89,7 +99,7 @@ def test_any_request_is_answered_or_refused_by_field(server, request):
 @given(body=st.binary(max_size=200))
 def test_any_bytes_are_answered_or_refused(server, body):
     with grpc.insecure_channel(server.server.address) as channel:
-        raw = channel.unary_unary("/mirrorspec.generation.v1.GenerationService/Generate",
+        raw = channel.unary_unary("/fmaas.GenerationService/Generate",
                                   request_serializer=lambda b: b, response_deserializer=lambda b: b)
         assert status_of(lambda: raw(body, metadata=AUTH, timeout=30)) in ALLOWED
 
@@ -102,5 +112,6 @@ def test_the_server_still_answers_right_after_the_fuzzing(server, tokenizer):  #
     with grpc.insecure_channel(server.server.address) as channel:
         reply = pb_grpc.GenerationServiceStub(channel).Generate(pb.BatchedGenerationRequest(
             requests=[pb.GenerationRequest(text="Hello there")],
-            params=pb.Parameters(method=pb.CHAIN, stopping=pb.StoppingCriteria(max_new_tokens=8))), metadata=AUTH)
+            params=pb.Parameters(speculation=pb.SpeculationParameters(method=pb.CHAIN),
+                                 stopping=pb.StoppingCriteria(max_new_tokens=8))), metadata=AUTH)
     assert list(reply.responses[0].token_ids) == reference[0].token_ids

@@ -19,11 +19,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from helpers import wait_until, worker
 from mirrorspec.orchestration.engine import Engine
 from mirrorspec.params import SamplingParams, SpecParams
+from mirrorspec.protos import admin_pb2, admin_pb2_grpc
 from mirrorspec.protos import generation_pb2 as pb
 from mirrorspec.protos import generation_pb2_grpc as pb_grpc
 from mirrorspec.serving.engine_loop import EngineLoop
 from mirrorspec.serving.generation_service import AdminService, GenerationService, Limits, ServedModel
 from mirrorspec.serving.grpc_server import GenerationServer, ServerLimits, ServerSecurity
+from mirrorspec.workers.model_worker import ModelWorker
 from mirrorspec.workers.models import LoadedModel, load_tokenizer, resolve_model_dir
 
 TOKEN = "s3cret-token"
@@ -44,20 +46,21 @@ def tiny_pair(tokenizer):
     return models
 
 
-def tiny_engine_of(models, tokenizer) -> Engine:
+def tiny_engine_of(models, tokenizer, exact: bool = False) -> Engine:
     target, drafter = models
-    return Engine(worker(target, 4, 400), worker(drafter, 4, 400), tokenizer=tokenizer,
-                  eos_ids=[tokenizer.eos_token_id], max_model_len=300, max_batch=2)
+    return Engine(ModelWorker(target, max_slots=4, capacity=400, max_spec_nodes=64, exact=exact),
+                  worker(drafter, 4, 400), tokenizer=tokenizer, eos_ids=[tokenizer.eos_token_id], max_model_len=300,
+                  max_batch=2)
 
 
 class Served:
     """One engine loop and one server; `stop()` tears both down."""
 
     def __init__(self, tokenizer, *, security=ServerSecurity(), limits=Limits(max_prompt_tokens=64,
-                 max_new_tokens=64), max_in_flight=4, server_limits=ServerLimits(), models=None):
+                 max_new_tokens=64), max_in_flight=4, server_limits=ServerLimits(), models=None, exact=False):
         self.models = models or tiny_pair(tokenizer)
         tokenizer = self.models[0].tokenizer
-        self.loop = EngineLoop(tiny_engine_of(self.models, tokenizer), max_in_flight=max_in_flight)
+        self.loop = EngineLoop(tiny_engine_of(self.models, tokenizer, exact), max_in_flight=max_in_flight)
         self.up = threading.Event()
         self.up.set()
         model = ServedModel("tiny", tokenizer, len(tokenizer), 300, "tiny-drafter", ("ar", "chain", "tree", "ngram"))
@@ -91,7 +94,10 @@ def stub(served):
 
 
 def params(**kw):
+    """Parameters with max_new_tokens 12; `spec_method` is mirrorspec's speculation method (SpeculationParameters)."""
     stopping = pb.StoppingCriteria(max_new_tokens=kw.pop("max_new_tokens", 12), **kw.pop("stopping", {}))
+    if "spec_method" in kw:
+        kw.setdefault("speculation", pb.SpeculationParameters()).method = kw.pop("spec_method")
     return pb.Parameters(stopping=stopping, **kw)
 
 
@@ -102,7 +108,7 @@ def test_unary_batch_is_the_engine_output_for_every_method(stub, served, tokeniz
     reference = engine.generate(texts, SamplingParams(max_new_tokens=12), SpecParams(method="ar"))
     for method, name in ((pb.AR, "ar"), (pb.CHAIN, "chain"), (pb.TREE, "tree"), (pb.METHOD_DEFAULT, "chain")):
         reply = stub.Generate(pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text=t) for t in texts],
-                                                          params=params(method=method)), metadata=AUTH)
+                                                          params=params(spec_method=method)), metadata=AUTH)
         assert [list(r.token_ids) for r in reply.responses] == [o.token_ids for o in reference]
         # The statistics on the wire are the engine's: the same method in process counts the same.
         same = engine.generate(texts, SamplingParams(max_new_tokens=12), SpecParams(method=name, gamma=3))
@@ -191,15 +197,25 @@ def test_min_new_tokens_holds_back_an_eos_that_comes_early(tokenizer):
     (dict(requests=[pb.GenerationRequest(text="word " * 200)]), "requests[0].text"),
     (dict(requests=[]), "requests"),
     (dict(model_id="gpt-9"), "model_id"),
-    (dict(params=params(method=17)), "params.method"),
-    (dict(params=params(method=pb.MIRROR)), "params.method"),
+    (dict(params=params(spec_method=17)), "params.speculation.method"),
+    (dict(params=params(spec_method=pb.MIRROR)), "params.speculation.method"),
+    (dict(params=params(method=5)), "params.method"),
     (dict(params=params(max_new_tokens=65)), "params.stopping.max_new_tokens"),
     (dict(params=params(stopping={"min_new_tokens": 40})), "params.stopping.min_new_tokens"),
-    (dict(params=params(sampling=pb.SamplingParameters(top_p=1.5))), "params.sampling.top_p"),
-    (dict(params=params(sampling=pb.SamplingParameters(temperature=-1))), "params.sampling.temperature"),
-    (dict(params=params(speculation=pb.SpeculationParameters(tree_nodes=500), method=pb.TREE)),
+    (dict(params=params(method=pb.SAMPLE, sampling=pb.SamplingParameters(top_p=1.5))), "params.sampling.top_p"),
+    (dict(params=params(method=pb.SAMPLE, sampling=pb.SamplingParameters(temperature=-1))),
+     "params.sampling.temperature"),
+    (dict(params=params(method=pb.SAMPLE, sampling=pb.SamplingParameters(typical_p=0.5))),
+     "params.sampling.typical_p"),
+    (dict(params=params(decoding=pb.DecodingParameters(repetition_penalty=-2))),
+     "params.decoding.repetition_penalty"),
+    (dict(params=params(decoding=pb.DecodingParameters(regex="a+"))), "params.decoding.regex"),
+    (dict(params=params(response=pb.ResponseOptions(generated_tokens=True, top_n_tokens=50))),
+     "params.response.top_n_tokens"),
+    (dict(adapter_id="lora-1"), "adapter_id"),
+    (dict(params=params(speculation=pb.SpeculationParameters(tree_nodes=500), spec_method=pb.TREE)),
      "params.speculation.tree_nodes"),
-    (dict(params=params(speculation=pb.SpeculationParameters(tree_topk=2**32 - 1), method=pb.TREE)),
+    (dict(params=params(speculation=pb.SpeculationParameters(tree_topk=2**32 - 1), spec_method=pb.TREE)),
      "params.speculation.tree_topk"),
     (dict(params=params(stopping={"stop_sequences": [""]})), "params.stopping.stop_sequences"),
 ])
@@ -216,10 +232,10 @@ def test_bad_requests_name_the_field_and_the_server_keeps_serving(stub, request_
 
 def test_malformed_utf8_names_the_field(served):
     channel = grpc.insecure_channel(served.server.address)
-    raw = channel.unary_unary("/mirrorspec.generation.v1.GenerationService/GenerateStream",
+    raw = channel.unary_unary("/fmaas.GenerationService/GenerateStream",
                               request_serializer=lambda b: b, response_deserializer=lambda b: b)
-    text = b"\x0a\x04ab\xff\xfe"  # GenerationRequest.text = 4 bytes, not UTF-8
-    message = b"\x12" + bytes([len(text)]) + text  # SingleGenerationRequest.request
+    text = b"\x12\x04ab\xff\xfe"  # GenerationRequest.text (field 2) = 4 bytes, not UTF-8
+    message = b"\x1a" + bytes([len(text)]) + text  # SingleGenerationRequest.request (field 3)
     with pytest.raises(grpc.RpcError) as err:
         raw(message, metadata=AUTH)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -248,7 +264,7 @@ def test_health_follows_the_backend_and_draining(served):
     channel = grpc.insecure_channel(served.server.address)
     health = health_pb2_grpc.HealthStub(channel)
     status = lambda: health.Check(health_pb2.HealthCheckRequest(  # noqa: E731
-        service="mirrorspec.generation.v1.GenerationService")).status
+        service="fmaas.GenerationService")).status
     assert status() == health_pb2.HealthCheckResponse.SERVING
     served.up.clear()
     wait_until(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -263,7 +279,7 @@ def test_reflection_lists_the_services(served):
     replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
                                         metadata=AUTH)
     names = {s.name for r in replies for s in r.list_services_response.service}
-    assert {"mirrorspec.generation.v1.GenerationService", "grpc.health.v1.Health"} <= names
+    assert {"fmaas.GenerationService", "grpc.health.v1.Health"} <= names
     channel.close()
 
 
@@ -319,11 +335,11 @@ def test_a_broken_model_answers_internal_and_keeps_its_secrets(tokenizer):
 
 
 def test_scaling_a_server_without_replicas_is_a_failed_precondition(served):
-    admin = pb_grpc.AdminServiceStub(grpc.insecure_channel(served.server.address))
+    admin = admin_pb2_grpc.AdminServiceStub(grpc.insecure_channel(served.server.address))
     with pytest.raises(grpc.RpcError) as err:
-        admin.Scale(pb.ScaleRequest(replicas=2), metadata=AUTH)
+        admin.Scale(admin_pb2.ScaleRequest(replicas=2), metadata=AUTH)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and err.value.details().startswith("replicas:")
-    assert admin.Scale(pb.ScaleRequest(replicas=0), metadata=AUTH).replicas == 1  # reading the load is fine
+    assert admin.Scale(admin_pb2.ScaleRequest(replicas=0), metadata=AUTH).replicas == 1  # reading the load is fine
 
 
 def test_tls_server_answers_a_tls_client_only(tokenizer, tmp_path):
@@ -423,22 +439,22 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, 
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         listing = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=AUTH)
-        assert "mirrorspec.generation.v1.GenerationService" in {s.name for r in listing
+        assert "fmaas.GenerationService" in {s.name for r in listing
                                                                  for s in r.list_services_response.service}
         health = health_pb2_grpc.HealthStub(channel)
         status = lambda: health.Check(health_pb2.HealthCheckRequest(service="")).status  # noqa: E731
         assert status() == health_pb2.HealthCheckResponse.SERVING
-        admin = pb_grpc.AdminServiceStub(channel)
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
         # Scale is bounded: by serve.max_replicas, and by what the session's 2-CPU cluster can place (each
         # replica takes 1 CPU): refused at once, nothing started.
         for replicas, code, said in ((4, grpc.StatusCode.INVALID_ARGUMENT, "serve.max_replicas=3"),
                                      (3, grpc.StatusCode.RESOURCE_EXHAUSTED, "need CPU 2")):
             with pytest.raises(grpc.RpcError) as err:
-                admin.Scale(pb.ScaleRequest(replicas=replicas), metadata=AUTH, timeout=10)
+                admin.Scale(admin_pb2.ScaleRequest(replicas=replicas), metadata=AUTH, timeout=10)
             assert err.value.code() == code and err.value.details().startswith("replicas:") and said in \
                 err.value.details(), err.value.details()
-        assert admin.Scale(pb.ScaleRequest(replicas=0), metadata=AUTH).replicas == 1
-        in_flight = lambda: admin.Scale(pb.ScaleRequest(replicas=0), metadata=AUTH).in_flight  # noqa: E731
+        assert admin.Scale(admin_pb2.ScaleRequest(replicas=0), metadata=AUTH).replicas == 1
+        in_flight = lambda: admin.Scale(admin_pb2.ScaleRequest(replicas=0), metadata=AUTH).in_flight  # noqa: E731
         long = pb.SingleGenerationRequest(request=pb.GenerationRequest(text="Go on"), params=pb.Parameters(
             stopping=pb.StoppingCriteria(max_new_tokens=128, min_new_tokens=128)))
         cancelled = stub.GenerateStream(long, metadata=AUTH)
@@ -496,7 +512,7 @@ def test_chat_messages_and_the_chat_default(stub, served, tokenizer):
     as_turns = pb.GenerationRequest(messages=[pb.ChatMessage(**t) for t in turns])
     for name, request, chat in (("default", as_text, None), ("raw", as_text, False), ("messages", as_turns, None)):
         kw = {} if chat is None else {"chat": chat}
-        reply = stub.Generate(pb.BatchedGenerationRequest(requests=[request], params=params(method=pb.AR, **kw)),
+        reply = stub.Generate(pb.BatchedGenerationRequest(requests=[request], params=params(spec_method=pb.AR, **kw)),
                               metadata=AUTH)
         assert list(reply.responses[0].token_ids) == expected[name], name
     bad = [(pb.GenerationRequest(text="x", messages=[pb.ChatMessage(role="user", content="x")]), {}, "requests[0]"),
