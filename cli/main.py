@@ -136,7 +136,9 @@ def _serve_drafter_args(serve: argparse.ArgumentParser) -> None:
 
 def _serve_args(service: argparse.ArgumentParser) -> None:
     service.add_argument("--host", help="interface to listen on (default: serve.host, 127.0.0.1)")
-    service.add_argument("--port", type=int, help="port (default: serve.port; 0 = any free port)")
+    service.add_argument("--port", type=int, help="gRPC port (default: serve.port; 0 = any free port)")
+    service.add_argument("--http-port", type=int, help="OpenAI-compatible HTTP port (default: serve.http_port; "
+                                                       "0 = any free port)")
     _add_engine_args(service)
     _add_spec_args(service)
     service.add_argument("--method", help=f"the default method of requests that name none "
@@ -450,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             engine_config, spec, cluster = resolve_config(args)
             serve_config = load_config(find_config(args.config)).serve
             return run_server(ProjectConfig(engine_config, spec, cluster, serve_config), host=args.host,
-                              port=args.port)
+                              port=args.port, http_port=args.http_port)
         if args.command == "train-dllm":
             from mirrorspec.training.dllm import cmd_train_dllm
 

@@ -141,10 +141,12 @@ class AutoscalePolicy:
 
 @dataclass
 class ServeConfig:
-    """`mirrorspec serve`: the public GenerationService (serving/generation_service.py)."""
+    """`mirrorspec serve`: the public GenerationService on TGIS's wire (serving/generation_service.py) and the
+    OpenAI-compatible HTTP endpoint (serving/openai_http.py)."""
 
     host: str = "127.0.0.1"
     port: int = 8033
+    http_port: int | None = 8000  # OpenAI-compatible HTTP on `host` (0: any free port; null: off)
     model_id: str | None = None  # what clients name in model_id (null: the target folder's name)
     token_env: str | None = None  # environment variable holding the bearer token (the file never holds it)
     token_file: str | None = None  # or a file holding it
@@ -166,9 +168,9 @@ class ServeConfig:
     metrics_port: int | None = 8034  # Prometheus /metrics over HTTP on `host` (0: any free port; null: off)
 
     def validate(self) -> "ServeConfig":
-        for name in ("port", "metrics_port"):
+        for name in ("port", "http_port", "metrics_port"):
             value = getattr(self, name)
-            if not (value is None and name == "metrics_port") and (
+            if not (value is None and name != "port") and (
                     not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535):
                 raise InvalidRequestError(f"serve.{name}", f"must be in [0, 65535], got {value!r}")
         for name in ("replicas", "max_replicas", "max_queue", "max_prompt_tokens", "max_new_tokens", "default_max_new_tokens",

@@ -27,6 +27,7 @@ from mirrorspec.serving.generation_service import AdminService, GenerationServic
 from mirrorspec.serving.grpc_server import GenerationServer, ServerLimits, ServerSecurity
 from mirrorspec.serving.tgis_wire import Limits
 from mirrorspec.serving.metrics import ServingMetrics
+from mirrorspec.serving.openai_http import HttpServer, OpenAIFrontend
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +80,9 @@ def _ray_backend(project: ProjectConfig):
     return router
 
 
-def start_server(project: ProjectConfig) -> tuple[GenerationServer, object, str | None]:
-    """The server, its backend (an EngineLoop, or the router over Ray replicas) and the metrics address."""
+def start_server(project: ProjectConfig) -> tuple[GenerationServer, object, str | None, HttpServer | None]:
+    """The gRPC server, its backend (an EngineLoop, or the router over Ray replicas), the metrics address and the
+    OpenAI-compatible HTTP server (None when serve.http_port is null)."""
     from mirrorspec.orchestration.factory import resolve_drafter
     from mirrorspec.workers.models import load_model_info
 
@@ -115,7 +117,12 @@ def start_server(project: ProjectConfig) -> tuple[GenerationServer, object, str 
                               limits=ServerLimits(max_message_bytes=serve.max_message_bytes,
                                                   max_concurrent_rpcs=serve.max_concurrent_rpcs),
                               is_up=lambda: backend.load()["up"], admin=_admin(serve, backend))
-    return server, backend, metrics_address
+    http = None
+    if serve.http_port is not None:
+        front = OpenAIFrontend(backend, model, project.speculation, serve.default_max_new_tokens, service.limits,
+                               token=security.token, metrics=metrics)
+        http = HttpServer(front, host=serve.host, port=serve.http_port, tls_cert=serve.tls_cert, tls_key=serve.tls_key)
+    return server, backend, metrics_address, http
 
 
 def _admin(serve, backend) -> AdminService | None:
@@ -172,13 +179,15 @@ def _check_free(host: str, port: int | None, field: str) -> None:
             raise InvalidRequestError(field, f"{host}:{port} is not free ({exc.strerror})") from None
 
 
-def run_server(project: ProjectConfig, *, host: str | None = None, port: int | None = None) -> int:
-    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+def run_server(project: ProjectConfig, *, host: str | None = None, port: int | None = None,
+               http_port: int | None = None) -> int:
+    overrides = {k: v for k, v in (("host", host), ("port", port), ("http_port", http_port)) if v is not None}
     project = dataclasses.replace(project, serve=dataclasses.replace(project.serve, **overrides).validate())
-    _check_free(project.serve.host, project.serve.port, "serve.port")
-    _check_free(project.serve.host, project.serve.metrics_port, "serve.metrics_port")
-    server, backend, metrics_address = start_server(project)
+    for name in ("port", "http_port", "metrics_port"):
+        _check_free(project.serve.host, getattr(project.serve, name), f"serve.{name}")
+    server, backend, metrics_address, http = start_server(project)
     print(f"serving fmaas.GenerationService on {server.address}"
+          + (f"; OpenAI-compatible HTTP on {http.address}/v1" if http else "")
           + (f"; metrics on {metrics_address}" if metrics_address else ""), flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -186,9 +195,13 @@ def run_server(project: ProjectConfig, *, host: str | None = None, port: int | N
     stop.wait()
     logger.warning("draining: %d requests in flight", backend.load()["in_flight"])
     server.drain()
+    if http is not None:
+        http.drain()
     if isinstance(backend, EngineLoop):
         backend.stop(drain=True, timeout_s=project.serve.drain_timeout_s)
     else:
         backend.shutdown(drain=True, timeout_s=project.serve.drain_timeout_s)
     server.stop(grace_s=1.0)
+    if http is not None:
+        http.stop()
     return 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 
 import grpc
@@ -27,6 +26,7 @@ from mirrorspec.protos import generation_pb2 as pb
 from mirrorspec.protos import generation_pb2_grpc as pb_grpc
 from mirrorspec.serving import tgis_wire
 from mirrorspec.serving.engine_loop import QueueFull, ScaleBusy, Stopping
+from mirrorspec.serving.metrics import observed
 from mirrorspec.serving.tgis_wire import METHOD_ENUMS, Limits, Request
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
             handle.cancel()
             return
         with _status(context):  # a replica lost mid-stream: UNAVAILABLE
-            for index, out in enumerate(self._observed(handle)):
+            for index, out in enumerate(observed(handle, self.metrics)):
                 yield self._response(out, parsed, request.request, whole=False, first=index == 0)
 
     def Tokenize(self, request: pb.BatchedTokenizeRequest, context) -> pb.BatchedTokenizeResponse:
@@ -175,19 +175,9 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
         return tgis_wire.parse_params(params, defaults=self.default_sampling, default_spec=self.default_spec,
                                       methods=self.model.methods, limits=self.limits)
 
-    def _observed(self, handle):
-        """The handle's outputs, each counted in the metrics as it passes."""
-        last = None
-        for out in handle:
-            now = time.perf_counter()
-            if self.metrics is not None:
-                self.metrics.output(out, None if last is None else now - last)
-            last = now
-            yield out
-
     def _last(self, handle) -> RequestOutput:
         out = None
-        for out in self._observed(handle):
+        for out in observed(handle, self.metrics):
             pass
         return out
 

@@ -9,7 +9,8 @@ when Prometheus scrapes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -88,3 +89,14 @@ class ServingMetrics:
         """The /metrics endpoint over HTTP; returns (server, its port)."""
         server, _ = start_http_server(port, addr=host, registry=self.registry)
         return server, server.server_port
+
+
+def observed(outputs: Iterable[RequestOutput], metrics: ServingMetrics | None) -> Iterator[RequestOutput]:
+    """A request's outputs, each counted in the metrics (when there are any) as it passes."""
+    last = None
+    for out in outputs:
+        now = time.perf_counter()
+        if metrics is not None:
+            metrics.output(out, None if last is None else now - last)
+        last = now
+        yield out

@@ -396,7 +396,7 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, 
     (tmp_path / "cert.pem").write_bytes(cert)
     (tmp_path / "key.pem").write_bytes(key)
     config = tmp_path / "ray_config.yaml"
-    config.write_text("serve: {port: 0, metrics_port: 0, token_env: MS_TOKEN, max_new_tokens: 128, max_replicas: 3, "
+    config.write_text("serve: {port: 0, http_port: 0, metrics_port: 0, token_env: MS_TOKEN, max_new_tokens: 128, max_replicas: 3, "
                       f"default_max_new_tokens: 64, tls_cert: {tmp_path / 'cert.pem'}, "
                       f"tls_key: {tmp_path / 'key.pem'}}}\n"
                       "speculation: {method: mirror, gamma: 3}\n"
@@ -410,7 +410,8 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, 
     try:
         line = proc.stdout.readline()
         assert "serving" in line, proc.stderr.read()
-        address, metrics_url = re.search(r" on (\S+); metrics on (\S+)", line).groups()
+        address, http_url, metrics_url = re.search(r" on (\S+); OpenAI-compatible HTTP on (\S+); metrics on (\S+)",
+                                                   line).groups()
         channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=cert))
         stub = pb_grpc.GenerationServiceStub(channel)
         stub.Generate(pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text="Hi")], params=pb.Parameters(
@@ -418,6 +419,16 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, 
         scraped = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
         assert 'mirrorspec:request_success_total{finished_reason="length"} 1.0' in scraped or \
             'mirrorspec:request_success_total{finished_reason="eos"} 1.0' in scraped
+        # The same replicas over OpenAI-compatible HTTPS, same token.
+        import httpx
+        import openai
+
+        client = openai.OpenAI(base_url=http_url, api_key=TOKEN, max_retries=0,
+                               http_client=httpx.Client(verify=str(tmp_path / "cert.pem"), timeout=120))
+        chat = client.chat.completions.create(model=client.models.list().data[0].id, max_tokens=8, temperature=0,
+                                              messages=[{"role": "user", "content": "Hi"}])
+        assert chat.choices[0].message.content and chat.usage.completion_tokens >= 1
+        assert chat.choices[0].model_extra["speculation"]["target_forwards"] >= 1
         assert re.search(r"^mirrorspec:spec_decode_num_drafts_total [1-9]", scraped, re.M)
         assert re.search(r"^mirrorspec:time_to_first_token_seconds_count 1.0", scraped, re.M)
         assert "mirrorspec:num_requests_running 0.0" in scraped
