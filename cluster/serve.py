@@ -100,7 +100,7 @@ def start_server(project: ProjectConfig) -> tuple[GenerationServer, object, str 
     model = ServedModel(model_id=serve.model_id or Path(info.path).name, tokenizer=info.tokenizer,
                         vocab_size=info.config.vocab_size, max_model_len=max_model_len, drafter=drafter,
                         methods=methods)
-    metrics = ServingMetrics(backend.load)
+    metrics = ServingMetrics(backend.load, model.model_id)
     metrics_address = None
     if serve.metrics_port is not None:
         _, bound = metrics.serve(serve.host, serve.metrics_port)

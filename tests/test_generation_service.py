@@ -417,8 +417,9 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, 
         stub.Generate(pb.BatchedGenerationRequest(requests=[pb.GenerationRequest(text="Hi")], params=pb.Parameters(
             stopping=pb.StoppingCriteria(max_new_tokens=16))), metadata=AUTH)
         scraped = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
-        assert 'mirrorspec:request_success_total{finished_reason="length"} 1.0' in scraped or \
-            'mirrorspec:request_success_total{finished_reason="eos"} 1.0' in scraped
+        named = 'model_name="SmolLM2-135M-Instruct"'  # every series names the model (as vLLM's); no _created
+        assert re.search(r'^mirrorspec:request_success_total\{%s,finished_reason="(length|eos)"\} 1.0$' % named,
+                         scraped, re.M) and "_created" not in scraped
         # The same replicas over OpenAI-compatible HTTPS, same token.
         import httpx
         import openai
@@ -429,9 +430,9 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, 
                                               messages=[{"role": "user", "content": "Hi"}])
         assert chat.choices[0].message.content and chat.usage.completion_tokens >= 1
         assert chat.choices[0].model_extra["speculation"]["target_forwards"] >= 1
-        assert re.search(r"^mirrorspec:spec_decode_num_drafts_total [1-9]", scraped, re.M)
-        assert re.search(r"^mirrorspec:time_to_first_token_seconds_count 1.0", scraped, re.M)
-        assert "mirrorspec:num_requests_running 0.0" in scraped
+        assert re.search(r"^mirrorspec:spec_decode_num_drafts_total\{%s\} [1-9]" % named, scraped, re.M)
+        assert re.search(r"^mirrorspec:time_to_first_token_seconds_count\{%s\} 1.0" % named, scraped, re.M)
+        assert "mirrorspec:num_requests_running{%s} 0.0" % named in scraped
         # `mirrorspec scale N` against the running server: a second replica, then back to one.
         from mirrorspec.cluster.serve import scale_server
 
