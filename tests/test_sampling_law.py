@@ -1,5 +1,6 @@
 """Sampling is lossless: over 8 generated tokens, the law of every position and of every adjacent pair under
-`chain`, `tree` and `mirror` equals `ar`'s exact law, and a verifier with any of three planted bugs fails the check.
+`chain`, `tree` and `mirror` equals `ar`'s exact law (with the repetition and length penalties too), and a verifier
+with any of three planted bugs fails the check.
 
 Target: a tiny random model over a 4-token vocabulary (token 0 is EOS in the settings that stop at it), sharpened
 so distributions are peaked and top-p / top-k bite. Drafter: a noisy copy of the target, so drafts are accepted to
@@ -46,11 +47,13 @@ SPECS = {
 }
 SETTINGS = {
     "T=0.6": dict(temperature=0.6, ignore_eos=True),
+    # EOS does not stop here, so it may sit in a draft path: the penalty's context differs along each path.
+    "T=0.6,penalties": dict(temperature=0.6, ignore_eos=True, repetition_penalty=1.5, length_penalty=(3, 1.5)),
     "T=1,top_p=0.8": dict(temperature=1.0, top_p=0.8, ignore_eos=True),
     "T=0.9,top_k=3,eos,min_new=3": dict(temperature=0.9, top_k=3, min_new_tokens=3),
 }
 # Each method at least once, each setting at least once (a tree run costs twice a chain's: 35 s on 2 cores).
-CASES = [("chain", "T=0.6"), ("chain", "T=0.9,top_k=3,eos,min_new=3"), ("tree", "T=1,top_p=0.8"),
+CASES = [("chain", "T=0.6,penalties"), ("chain", "T=0.9,top_k=3,eos,min_new=3"), ("tree", "T=1,top_p=0.8"),
          ("mirror", "T=1,top_p=0.8")]
 FAILING = range(7, 100_000, 25)
 CUTTING = StepCost.from_points({1: 1.0, 1024: 1.0, 4096: 2.0})  # free to 1024 tokens, then twice the cost  # the drafter's forward calls that fail: one in 25 (every 5-6 steps here)
@@ -77,6 +80,13 @@ def exact_ar_law(target, params: SamplingParams) -> Law:
         prefixes = list(level)
         with torch.no_grad():
             logits = target.model(torch.tensor([PROMPT + list(p) for p in prefixes])).logits[:, -1].float()
+        penalty = params.repetition_penalty
+        for row, prefix in zip(logits, prefixes):  # the penalties, one row and one token at a time
+            for token in set(PROMPT) | set(prefix) if penalty != 1.0 else ():
+                row[token] = row[token] / penalty if row[token] > 0 else row[token] * penalty
+            if params.length_penalty is not None and position > params.length_penalty[0]:
+                start, decay = params.length_penalty
+                row[EOS] = row[EOS] + abs(row[EOS]) * (decay ** (position - start) - 1)
         if position < params.min_new_tokens:
             logits[:, EOS] = float("-inf")
         probs = probabilities(logits, params)
