@@ -75,6 +75,10 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=0, help="0 = off")
     g.add_argument("--seed", type=int, help="seed of this request's random draws (64-bit; default: engine.seed)")
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 discourages tokens already in the prompt or the answer (1 = off; exact under speculation)")
+    g.add_argument("--logprobs", type=int, help="with --json: each token's logprob and rank from the target, and the "
+                                                "N most likely tokens at each position")
 
 
 def _generate_args(gen: argparse.ArgumentParser) -> None:
@@ -250,6 +254,8 @@ def sampling_from_args(args: argparse.Namespace, overrides: dict | None = None) 
         max_new_tokens=args.max_new_tokens,
         min_new_tokens=args.min_new_tokens,
         stop=tuple(args.stop),
+        repetition_penalty=args.repetition_penalty,
+        logprobs=args.logprobs,
     )
     for key, value in (overrides or {}).items():
         if key not in values:

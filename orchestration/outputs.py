@@ -38,6 +38,11 @@ class RequestOutput:
             "finish_reason": self.finish_reason,
             "error": self.error,
             "stats": self.stats.as_dict(),
+            # Present when there is one: a sampled request's seed, the logprobs asked for.
+            **({} if self.seed is None else {"seed": self.seed}),
+            **({} if self.logprobs is None else {"logprobs": [
+                {"token_id": i.token_id, "logprob": i.logprob, "rank": i.rank, "top": [list(t) for t in i.top]}
+                for i in self.logprobs]}),
         }
 
 

@@ -72,6 +72,16 @@ def test_json_output_has_text_ids_and_stats(capsys):
     assert record["method"] == "chain" and record["stats"]["tau"] >= 1.0
     assert {"drafted", "accepted", "acceptance_rate", "acceptance_by_position", "ttft_s", "tpot_s",
             "tokens_per_s"} <= set(record["stats"])
+    # A penalty and logprobs: chain gives ar's tokens and ar's numbers (the exact path).
+    penalised = ["generate", "What is 2 + 2?", "--chat", "--json", "--drafter", "self", "--max-new-tokens", "12",
+                 "--repetition-penalty", "1.3", "--logprobs", "2"]
+    runs = []
+    for method in ("ar", "chain"):
+        assert main(penalised + ["--method", method]) == 0
+        runs.append(json.loads(capsys.readouterr().out))
+    assert runs[0]["token_ids"] == runs[1]["token_ids"] and runs[0]["logprobs"] == runs[1]["logprobs"]
+    assert [x["token_id"] for x in runs[0]["logprobs"]] == runs[0]["token_ids"]
+    assert all(len(x["top"]) == 2 for x in runs[0]["logprobs"]) and runs[1]["stats"]["accepted"] > 0
 
 
 @pytest.mark.real_model
