@@ -430,11 +430,10 @@ def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, 
         assert value("request_success_total", finished_reason="length") + value(
             "request_success_total", finished_reason="eos") == 1.0
         # The same replicas over OpenAI-compatible HTTPS, same token.
-        import httpx
         import openai
 
-        client = openai.OpenAI(base_url=http_url, api_key=TOKEN, max_retries=0,
-                               http_client=httpx.Client(verify=str(tmp_path / "cert.pem"), timeout=120))
+        client = openai.OpenAI(base_url=http_url, api_key=TOKEN, max_retries=0, timeout=120,
+                               http_client=openai.DefaultHttpxClient(verify=str(tmp_path / "cert.pem")))
         chat = client.chat.completions.create(model=client.models.list().data[0].id, max_tokens=8, temperature=0,
                                               messages=[{"role": "user", "content": "Hi"}])
         assert chat.choices[0].message.content and chat.usage.completion_tokens >= 1
