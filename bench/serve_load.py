@@ -3,7 +3,7 @@
 Two runs, each against a fresh `mirrorspec serve` subprocess on the embedded local Ray cluster:
 
 * `burst`: N clients (64) open their streams at once. Requests past the server's queue bound (replicas x
-  (engine.max_batch + serve.max_queue)) must be refused with RESOURCE_EXHAUSTED; every other one must finish. Reports
+  serve.max_ongoing_requests + serve.max_queued_requests) must be refused with RESOURCE_EXHAUSTED; every other one must finish. Reports
   p50/p99 TTFT (first committed tokens), TPOT (time per output token after the first), ITL (between messages) and
   output tokens/s over the run.
 * `scale`: C closed-loop clients (each sends its next request when the last one ends) for a fixed time while the

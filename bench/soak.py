@@ -10,7 +10,7 @@ Closed-loop clients (each sends its next request when the last one ends) mix, by
 
 At a third of the run the bench kills the drafter actor's process (SIGKILL): the target must go on without drafts.
 At two thirds it kills the serving target actor's process: its requests in flight may fail UNAVAILABLE (retryable),
-the router starts a new replica and every later request is served. Reported: requests by kind and status, answers
+Serve starts a new replica and every later request is served. Reported: requests by kind and status, answers
 checked and wrong, tokens lost or duplicated (must be 0), recovery time after each kill, the server's memory (RSS of
 its process tree, sampled every 5 s) and its growth over the run, and whether the server's in-flight gauges return
 to 0 afterwards.

@@ -115,30 +115,6 @@ class ClusterConfig:
         return dataclasses.replace(self.target, cores=cores)
 
 
-@dataclass(frozen=True)
-class AutoscalePolicy:
-    """serve.autoscale: grow while requests queue, shrink while the others could hold every request."""
-
-    min_replicas: int = 1
-    max_replicas: int = 2
-    target_waiting: float = 2.0  # waiting requests per replica above which one more is started
-    up_after_s: float = 5.0  # ... when that lasted this long
-    down_after_s: float = 30.0  # one fewer when one replica's worth of slots stayed unused this long
-    period_s: float = 1.0
-
-    def validate(self) -> "AutoscalePolicy":
-        if not isinstance(self.min_replicas, int) or self.min_replicas < 1:
-            raise InvalidRequestError("serve.autoscale.min_replicas", f"must be an integer >= 1, got {self.min_replicas!r}")
-        if not isinstance(self.max_replicas, int) or self.max_replicas < self.min_replicas:
-            raise InvalidRequestError("serve.autoscale.max_replicas", f"must be an integer >= min_replicas, got "
-                                                                      f"{self.max_replicas!r}")
-        for name in ("target_waiting", "up_after_s", "down_after_s", "period_s"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise InvalidRequestError(f"serve.autoscale.{name}", f"must be > 0, got {value!r}")
-        return self
-
-
 @dataclass
 class ServeConfig:
     """`mirrorspec serve`: the public GenerationService on TGIS's wire (serving/generation_service.py) and the
@@ -152,12 +128,15 @@ class ServeConfig:
     token_file: str | None = None  # or a file holding it
     tls_cert: str | None = None  # PEM files; both or neither
     tls_key: str | None = None
-    replicas: int = 1  # engine replicas (Ray actors with cluster.target's resources; cluster.ray: never -> 1 in-process)
+    # Replicas are a Ray Serve deployment (cluster/serve_replicas.py), with Serve's names for its settings.
+    replicas: int = 1  # num_replicas (cluster.ray: never -> one engine in this process)
     max_replicas: int = 8  # the most a Scale call (mirrorspec scale N) may ask for
-    scale_timeout_s: float = 300.0  # new replicas not loaded by then are stopped and the Scale call fails
+    scale_timeout_s: float = 300.0  # new replicas not serving by then fail the Scale call
     admin: bool | None = None  # the AdminService (Scale): null = on only when a token is configured
-    autoscale: dict | None = None  # AutoscalePolicy's keys: the server scales itself between min and max replicas
-    max_queue: int = 64  # per replica: requests waiting beyond its running batch; past it RESOURCE_EXHAUSTED
+    autoscaling_config: dict | None = None  # Serve's autoscaling_config (min_replicas, max_replicas,
+    # target_ongoing_requests, upscale_delay_s, downscale_delay_s, ...): Serve scales the replicas itself
+    max_ongoing_requests: int | None = None  # per replica, in its engine (null: 2 x engine.max_batch)
+    max_queued_requests: int = 64  # waiting for a replica with room; past it RESOURCE_EXHAUSTED
     max_prompt_tokens: int = 4096
     max_new_tokens: int = 1024
     default_max_new_tokens: int = 256
@@ -173,7 +152,7 @@ class ServeConfig:
             if not (value is None and name != "port") and (
                     not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535):
                 raise InvalidRequestError(f"serve.{name}", f"must be in [0, 65535], got {value!r}")
-        for name in ("replicas", "max_replicas", "max_queue", "max_prompt_tokens", "max_new_tokens", "default_max_new_tokens",
+        for name in ("replicas", "max_replicas", "max_queued_requests", "max_prompt_tokens", "max_new_tokens", "default_max_new_tokens",
                      "max_batch_prompts", "max_message_bytes", "max_concurrent_rpcs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -196,22 +175,41 @@ class ServeConfig:
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise InvalidRequestError(f"serve.{name}", f"{path!r} does not exist")
-        if self.autoscale is not None:
-            self.policy()
+        if self.max_ongoing_requests is not None and (type(self.max_ongoing_requests) is not int
+                                                      or self.max_ongoing_requests < 1):
+            raise InvalidRequestError("serve.max_ongoing_requests", f"must be an integer >= 1 or null, got "
+                                                                    f"{self.max_ongoing_requests!r}")
+        self.autoscaling()
         if self.token_env is not None and self.token_file is not None:
             raise InvalidRequestError("serve.token_env", "give token_env or token_file, not both")
         return self
 
-    def policy(self) -> AutoscalePolicy | None:
-        if self.autoscale is None:
+    def ongoing_requests(self, max_batch: int) -> int:
+        """Requests one replica's engine holds: its running batch and the next ones waiting in it."""
+        return self.max_ongoing_requests or 2 * max_batch
+
+    def autoscaling(self) -> dict | None:
+        """autoscaling_config, checked by Serve's own model (errors name the key)."""
+        if self.autoscaling_config is None:
             return None
-        if not isinstance(self.autoscale, dict):
-            raise InvalidRequestError("serve.autoscale", "must be a mapping of AutoscalePolicy keys")
-        known = {f.name for f in dataclasses.fields(AutoscalePolicy)}
-        for key in self.autoscale:
-            if key not in known:
-                raise InvalidRequestError(f"serve.autoscale.{key}", f"unknown key; known keys: {', '.join(sorted(known))}")
-        return AutoscalePolicy(**self.autoscale).validate()
+        if not isinstance(self.autoscaling_config, dict):
+            raise InvalidRequestError("serve.autoscaling_config", "must be a mapping of Serve's autoscaling keys")
+        from pydantic import ValidationError
+        from ray.serve.config import AutoscalingConfig
+
+        unknown = sorted(set(self.autoscaling_config) - set(AutoscalingConfig.model_fields))
+        if unknown:
+            known = ", ".join(AutoscalingConfig.model_fields)
+            raise InvalidRequestError(f"serve.autoscaling_config.{unknown[0]}", f"unknown key; Serve's keys: {known}")
+        try:
+            AutoscalingConfig(**self.autoscaling_config)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(["serve.autoscaling_config", *(str(part) for part in first["loc"])])
+            raise InvalidRequestError(where, first["msg"].removeprefix("Value error, ")) from None
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError("serve.autoscaling_config", str(exc)) from None
+        return dict(self.autoscaling_config)
 
     def token(self) -> str | None:
         """The bearer token, read when the server starts (an empty one is an error, not 'no auth')."""

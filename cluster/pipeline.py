@@ -42,9 +42,10 @@ class TargetGroupError(RuntimeError):
 
 class Pipeline:
     def __init__(self, config: ProjectConfig, *, target_actor: type = TargetActor, target_kwargs: dict | None = None,
-                 target_concurrency: int = 2) -> None:
+                 target_concurrency: int = 2, group=None, first_bundle: int = 0) -> None:
         """`target_actor` (with `target_kwargs`) is rank 0's class: a TargetActor, or a subclass that serves
-        requests (cluster/replicas.py) and so needs more concurrent calls."""
+        requests (cluster/replicas.py) and so needs more concurrent calls. `group`: a placement group that already
+        holds a bundle per role from `first_bundle` on (a Serve replica's own); by default the pipeline makes one."""
         cluster, engine = config.cluster, config.engine
         tp = cluster.tp_size
         if tp > 1:  # before any actor starts: a rank without heads is a configuration error
@@ -52,15 +53,8 @@ class Pipeline:
             if engine.exact:
                 raise exact_with_tp_error()
         connect(cluster)
-        roles = pipeline_roles(config)
-        _check_resources(resources_of(roles), ray.cluster_resources())
-        self.group = placement_group([dict(r.resources) for r in roles], strategy=cluster.placement_strategy)
-        ready, _ = ray.wait([self.group.ready()], timeout=PLACEMENT_TIMEOUT_S)
-        if not ready:
-            ray.util.remove_placement_group(self.group)
-            wanted = " + ".join(str(r.resources) for r in roles)
-            raise InvalidRequestError("cluster", f"the Ray cluster cannot place the pipeline ({wanted}, "
-                                                 f"{cluster.placement_strategy}); it has {ray.available_resources()}")
+        self._owns_group, self._first_bundle = group is None, first_bundle
+        self.group = group if group is not None else self._placed(pipeline_roles(config), cluster.placement_strategy)
         self._engine, self._cluster = engine, cluster
         self._target_actor, self._target_kwargs = target_actor, dict(target_kwargs or {})
         self._target_concurrency = max(2, target_concurrency)  # at least: `progress` is read while `generate` runs
@@ -84,8 +78,22 @@ class Pipeline:
                 raise cause from None
             raise
 
+    @staticmethod
+    def _placed(roles: list[RoleConfig], strategy: str):
+        """A placement group with a bundle per role, once Ray has placed it (else the error names what is free)."""
+        _check_resources(resources_of(roles), ray.cluster_resources())
+        group = placement_group([dict(r.resources) for r in roles], strategy=strategy)
+        ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_TIMEOUT_S)
+        if not ready:
+            ray.util.remove_placement_group(group)
+            wanted = " + ".join(str(r.resources) for r in roles)
+            raise InvalidRequestError("cluster", f"the Ray cluster cannot place the pipeline ({wanted}, {strategy}); "
+                                                 f"it has {ray.available_resources()}")
+        return group
+
     def _on(self, bundle: int, role: RoleConfig) -> dict:
-        strategy = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=bundle)
+        index = self._first_bundle + bundle
+        strategy = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=index)
         return {"scheduling_strategy": strategy, **actor_options(role)}
 
     def _start_target(self) -> None:
@@ -113,7 +121,7 @@ class Pipeline:
 
     def group_alive(self) -> bool:
         """Whether every target rank still runs, without calling any: a follower's loop call ends only when its
-        rank dies (or rank 0 stops it at shutdown). A serving router's health probe reads it, since rank 0 alone
+        rank dies (or rank 0 stops it at shutdown). A Serve replica's health check reads it, since rank 0 alone
         may still answer while it waits in a collective for a dead rank."""
         if self._down:
             return False
@@ -210,7 +218,8 @@ class Pipeline:
         for actor in (target, *self.followers, self.drafter):
             if actor is not None:
                 ray.kill(actor, no_restart=True)
-        ray.util.remove_placement_group(self.group)
+        if self._owns_group:
+            ray.util.remove_placement_group(self.group)
 
 
 def pipeline_roles(config: ProjectConfig) -> list[RoleConfig]:

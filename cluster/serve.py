@@ -1,9 +1,10 @@
 """`mirrorspec serve`: the public GenerationService over engine replicas, until SIGTERM/SIGINT.
 
-By default the replicas run on the configured Ray cluster, or an embedded local one (`serve.replicas` of them):
-each a whole speculation pipeline (drafter actor + target rank actors) where the cluster config says Ray for the
-method (`mirror`, `tp_size > 1`, `ray: always`), otherwise one actor holding the engine (`cluster.target.resources`
-and threads); `cluster.ray: never` serves from one engine in this process. On a signal the server drains: health
+By default the replicas are a Ray Serve deployment on the configured Ray cluster, or an embedded local one
+(cluster/serve_replicas.py: `serve.replicas` of them, or Serve's autoscaling): each a whole speculation pipeline
+(drafter actor + target rank actors) where the cluster config says Ray for the method (`mirror`, `tp_size > 1`,
+`ray: always`), otherwise one replica holding the engine (`cluster.target.resources` and threads); `cluster.ray:
+never` serves from one engine in this process. On a signal the server drains: health
 goes NOT_SERVING at once (load balancers stop sending), new requests get UNAVAILABLE, the ones in flight finish (up
 to `serve.drain_timeout_s`), then the port closes.
 """
@@ -42,46 +43,19 @@ def served_methods(drafter: str | None) -> tuple[str, ...]:
 
 
 def _local_backend(project: ProjectConfig) -> EngineLoop:
-    return EngineLoop(build_engine(project.engine), max_in_flight=project.engine.max_batch + project.serve.max_queue)
+    serve = project.serve
+    return EngineLoop(build_engine(project.engine),
+                      max_in_flight=serve.ongoing_requests(project.engine.max_batch) + serve.max_queued_requests)
 
 
-def _ray_backend(project: ProjectConfig):
-    import ray
+def _serve_backend(project: ProjectConfig):
+    from mirrorspec.cluster.serve_replicas import ServeBackend
 
-    from mirrorspec.cluster.pipeline import actor_options, pipeline_roles, resources_of
-    from mirrorspec.cluster.ray_cluster import connect
-    from mirrorspec.cluster.replicas import (Autoscaler, ReplicaActor, ReplicaRouter, actor_replica,
-                                             pipeline_replica)
-
-    connect(project.cluster)
-    max_in_flight = project.engine.max_batch + project.serve.max_queue
-    concurrency = project.serve.max_concurrent_rpcs + 8  # every RPC in flight may be polling its replica
-    cluster = project.cluster
-    if cluster.uses_ray(project.speculation.method):  # mirror, tensor parallelism, or `ray: always`
-
-        def start(index: int):
-            return pipeline_replica(project, max_in_flight=max_in_flight, concurrency=concurrency)
-
-        demand = resources_of(pipeline_roles(project))
-    else:
-        role = cluster.target
-        engine = dataclasses.replace(project.engine, threads=role.threads or project.engine.threads)
-        options = {**actor_options(role), "max_concurrency": concurrency}
-        demand = dict(role.resources)
-
-        def start(index: int):
-            return actor_replica(ray.remote(ReplicaActor).options(**options).remote(engine,
-                                                                                    max_in_flight=max_in_flight))
-
-    policy = project.serve.policy()
-    router = ReplicaRouter(start, policy.min_replicas if policy else project.serve.replicas, demand=demand)
-    if policy is not None:
-        router.autoscaler = Autoscaler(router, policy, slots_per_replica=project.engine.max_batch)
-    return router
+    return ServeBackend(project)
 
 
 def start_server(project: ProjectConfig) -> tuple[GenerationServer, object, str | None, HttpServer | None]:
-    """The gRPC server, its backend (an EngineLoop, or the router over Ray replicas), the metrics address and the
+    """The gRPC server, its backend (an EngineLoop, or the Ray Serve replicas), the metrics address and the
     OpenAI-compatible HTTP server (None when serve.http_port is null)."""
     from mirrorspec.orchestration.factory import resolve_drafter
     from mirrorspec.workers.models import load_model_info
@@ -94,7 +68,7 @@ def start_server(project: ProjectConfig) -> tuple[GenerationServer, object, str 
         raise InvalidRequestError("speculation.method", f"{project.speculation.method} cannot run with this "
                                                         f"drafter; it serves {', '.join(methods)}")
     info = load_model_info(project.engine.target)
-    backend = _local_backend(project) if project.cluster.ray == "never" else _ray_backend(project)
+    backend = _local_backend(project) if project.cluster.ray == "never" else _serve_backend(project)
     max_model_len = min(project.engine.max_model_len,
                         getattr(info.config, "max_position_embeddings", None) or project.engine.max_model_len)
     model = ServedModel(model_id=serve.model_id or Path(info.path).name, tokenizer=info.tokenizer,
@@ -130,7 +104,7 @@ def _admin(serve, backend) -> AdminService | None:
     reach the port)."""
     if not (serve.admin if serve.admin is not None else serve.token() is not None):
         return None
-    return AdminService(backend, autoscaling=serve.autoscale is not None, max_replicas=serve.max_replicas,
+    return AdminService(backend, autoscaling=serve.autoscaling_config is not None, max_replicas=serve.max_replicas,
                         timeout_s=serve.scale_timeout_s)
 
 

@@ -2,8 +2,8 @@
 requests.
 
 A backend is anything with `submit(prompt_ids, sampling, spec, time_limit_s=) -> Handle` (an `EngineLoop` in this
-process, or the router over Ray replicas) plus the served model's facts. serving/tgis_wire.py turns messages into
-validated parameters and outputs into messages; this module runs the RPCs and maps failures onto gRPC status codes:
+process, or the Ray Serve replicas: cluster/serve_replicas.py) plus the served model's facts.
+serving/tgis_wire.py turns messages into validated parameters and outputs into messages; this module runs the RPCs and maps failures onto gRPC status codes:
 bad input -> INVALID_ARGUMENT with the message's field path first ("params.sampling.top_p: ..."), a full queue ->
 RESOURCE_EXHAUSTED, shutting down or a lost replica -> UNAVAILABLE. A client that cancels, or whose deadline
 passes, frees the request's slot at once (the RPC's done-callback cancels it in the engine).
@@ -190,7 +190,7 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
-    """Replicas at run time: `backend.scale(n)` (the router over Ray replicas), unless an autoscaler owns them.
+    """Replicas at run time: `backend.scale(n)` (Serve's num_replicas), unless Serve's autoscaling owns them.
     A call can never wedge the server: past `max_replicas`, or past what the cluster can place now, it is refused
     at once; a second call while one is under way is refused (ABORTED); new replicas not loaded within
     `timeout_s` are stopped (DEADLINE_EXCEEDED)."""
@@ -215,7 +215,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "replicas: this server runs one engine in its own "
                                                                "process (cluster.ray: never)")
         if self.autoscaling:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "replicas: serve.autoscale manages them")
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "replicas: serve.autoscaling_config manages them")
         if replicas > self.max_replicas:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"replicas: {replicas} is above serve.max_replicas="
                                                             f"{self.max_replicas}")

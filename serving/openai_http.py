@@ -185,13 +185,7 @@ def build_app(front: OpenAIFrontend) -> FastAPI:
         sampling = oa.sampling_params(request, max_tokens=request.max_tokens,
                                       default_max_tokens=oa.COMPLETIONS_MAX_TOKENS, logprobs=request.logprobs,
                                       logprobs_field="logprobs")
-        spec = oa.spec_params(request, front.default_spec, front.model.methods)
-        handles = await run_in_threadpool(front.submit, prompts, sampling, spec, request.n, "logprobs")
-        render = _CompletionRender(front, request, prompts)
-        if request.stream:
-            return _sse(front, handles, render)
-        outs = await _finished(front, handles)
-        return render.whole(outs)
+        return await _respond(front, request, prompts, sampling, "logprobs", _CompletionRender)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: oa.ChatCompletionRequest):
@@ -203,15 +197,20 @@ def build_app(front: OpenAIFrontend) -> FastAPI:
         sampling = oa.sampling_params(request, max_tokens=request.max_completion_tokens or request.max_tokens,
                                       default_max_tokens=front.default_max_tokens,
                                       logprobs=top if request.logprobs else None, logprobs_field="top_logprobs")
-        spec = oa.spec_params(request, front.default_spec, front.model.methods)
-        handles = await run_in_threadpool(front.submit, prompts, sampling, spec, request.n, "top_logprobs")
-        render = _ChatRender(front, request, prompts)
-        if request.stream:
-            return _sse(front, handles, render)
-        outs = await _finished(front, handles)
-        return render.whole(outs)
+        return await _respond(front, request, prompts, sampling, "top_logprobs", _ChatRender)
 
     return app
+
+
+async def _respond(front: OpenAIFrontend, request, prompts: list[list[int]], sampling: SamplingParams,
+                   logprobs_field: str, render_class: type):
+    """Queue the request's choices, then answer whole or as a stream of server-sent events."""
+    spec = oa.spec_params(request, front.default_spec, front.model.methods)
+    handles = await run_in_threadpool(front.submit, prompts, sampling, spec, request.n, logprobs_field)
+    render = render_class(front, request, prompts)
+    if request.stream:
+        return _sse(front, handles, render)
+    return render.whole(await _finished(front, handles))
 
 
 async def _finished(front: OpenAIFrontend, handles: list) -> list[RequestOutput]:

@@ -102,7 +102,7 @@ def test_killing_a_rank_mid_request_fails_the_request_clearly_and_a_new_group_ta
     wait_until(lambda: tp2.progress() >= 3, 120, "the group decoded nothing", 0.05)
     assert not ray.wait([ref], timeout=0)[0]
     tp2.kill_target_rank(1)
-    # what a serving router's health probe reads (rank 0 alone may still answer)
+    # what a Serve replica's health check reads (rank 0 alone may still answer)
     wait_until(lambda: not tp2.group_alive(), 30, "the dead rank was not seen", 0.05)
     with ThreadPoolExecutor(1) as pool:  # a hang would fail here, after 60 s, instead of stalling the suite
         waiting = pool.submit(tp2.get, ref)

@@ -1,0 +1,280 @@
+"""Engine replicas on Ray Serve: one Serve deployment whose replicas each serve an engine, so that Serve places
+them, routes each request to a replica with room, queues the rest, autoscales, health-checks and replaces them,
+and retires them gracefully (a retiring replica finishes its requests first).
+
+A replica serves either an engine in its own process (`cluster.target`'s resources), or a whole speculation
+pipeline (what Mirror-SD and tensor parallelism need): the replica's placement group has a bundle per target rank
+and one for the drafter, the pipeline's actors start in those bundles, and the replica (which takes no resources:
+it forwards to the pipeline's serving target actor) sits in rank 0's. Either way the engine runs an EngineLoop
+(continuous batching), reached through EngineServing's submit / poll / cancel (cluster/replicas.py).
+
+Settings keep Serve's names (ray_config.yaml, serve): num_replicas (`replicas`), `autoscaling_config`
+(min_replicas, max_replicas, target_ongoing_requests, upscale_delay_s, downscale_delay_s, ...),
+`max_ongoing_requests` and `max_queued_requests`. The server process keeps the gRPC (TGIS) and OpenAI fronts and
+reaches the replicas through a DeploymentHandle (`ServeBackend`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import ray
+from ray import serve
+from ray.serve._private.common import DeploymentID
+from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+from mirrorspec.cluster.config import ProjectConfig
+from mirrorspec.cluster.pipeline import actor_options, pipeline_roles, resources_of
+from mirrorspec.cluster.ray_cluster import connect
+from mirrorspec.cluster.replicas import EngineServing, ServingTargetActor
+from mirrorspec.errors import InvalidRequestError
+from mirrorspec.orchestration.factory import build_engine
+from mirrorspec.orchestration.outputs import RequestOutput
+from mirrorspec.params import SamplingParams, SpecParams
+from mirrorspec.serving.engine_loop import QueueFull, ScaleBusy, Stopping
+
+logger = logging.getLogger(__name__)
+
+APP = "mirrorspec"
+DEPLOYMENT = "EngineReplica"
+
+
+class EngineReplica:
+    """One Serve replica. `generate` streams this replica's actor name once the engine took the request (or
+    raises its refusal), then the request's outputs; a caller that goes away cancels it (Serve cancels the
+    generator)."""
+
+    def __init__(self, project: ProjectConfig, max_in_flight: int) -> None:
+        self.pipeline = None
+        if project.cluster.uses_ray(project.speculation.method):
+            from mirrorspec.cluster.pipeline import Pipeline
+
+            self.pipeline = Pipeline(project, target_actor=ServingTargetActor,
+                                     target_kwargs={"max_in_flight": max_in_flight},
+                                     target_concurrency=max_in_flight + 8,
+                                     group=ray.util.get_current_placement_group())
+            self.server = self.pipeline.target
+        else:
+            self.local = EngineServing()
+            self.local.serve_engine(build_engine(project.engine), max_in_flight)
+            self.pool = ThreadPoolExecutor(max_in_flight + 8, thread_name_prefix="replica")
+
+    async def _call(self, name: str, *args):
+        if self.pipeline is not None:
+            return await getattr(self.server, name).remote(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, getattr(self.local, name), *args)
+
+    async def generate(self, prompt_ids: list[int], sampling: SamplingParams, spec: SpecParams,
+                       time_limit_s: float | None):
+        request_id = await self._call("submit", prompt_ids, sampling, spec, time_limit_s)
+        yield ray.get_runtime_context().get_actor_name()  # accepted, here
+        done = False
+        try:
+            while not done:
+                for out in await self._call("poll", request_id):
+                    yield out
+                    done = out.finished
+        finally:
+            if not done:
+                await self._call("cancel", request_id)
+
+    async def load(self) -> dict:
+        return await self._call("load")
+
+    async def check_health(self) -> None:
+        """Serve's health probe: a replica whose loop stopped, or one of whose tensor-parallel ranks died, is
+        replaced."""
+        if self.pipeline is not None:
+            if not self.pipeline.group_alive():
+                raise RuntimeError("a rank of this replica's target group died")
+            await self._call("load")  # its serving target actor answers
+        elif not self.local.loop.alive:
+            raise RuntimeError("this replica's engine loop stopped")
+
+    def __del__(self) -> None:
+        if getattr(self, "pipeline", None) is not None:
+            self.pipeline.shutdown()
+
+
+def deployment_options(project: ProjectConfig, replicas: int) -> dict:
+    """Serve's options for the replicas: resources (or a placement group for a pipeline), count or autoscaling,
+    queue limits, graceful retirement."""
+    serve_config, cluster = project.serve, project.cluster
+    options = {"max_ongoing_requests": serve_config.ongoing_requests(project.engine.max_batch),
+               "max_queued_requests": serve_config.max_queued_requests,
+               "graceful_shutdown_timeout_s": serve_config.drain_timeout_s,
+               "graceful_shutdown_wait_loop_s": 0.5, "health_check_period_s": 2.0}
+    autoscaling = serve_config.autoscaling()
+    if autoscaling is not None:
+        options["autoscaling_config"] = autoscaling
+    else:
+        options["num_replicas"] = replicas
+    if cluster.uses_ray(project.speculation.method):
+        # The replica only forwards: it takes no resources of its own and shares bundle 0 with target rank 0.
+        options["placement_group_bundles"] = [dict(r.resources) for r in pipeline_roles(project)]
+        options["placement_group_strategy"] = cluster.placement_strategy
+        options["ray_actor_options"] = {"num_cpus": 0}
+    else:
+        options["ray_actor_options"] = actor_options(cluster.target)
+    return options
+
+
+def replica_project(project: ProjectConfig) -> ProjectConfig:
+    """What a replica builds: an engine replica's engine runs with cluster.target's threads."""
+    if project.cluster.uses_ray(project.speculation.method):
+        return project
+    threads = project.cluster.target.threads or project.engine.threads
+    return dataclasses.replace(project, engine=dataclasses.replace(project.engine, threads=threads))
+
+
+def replica_demand(project: ProjectConfig) -> dict[str, float]:
+    """The Ray resources one replica takes."""
+    if project.cluster.uses_ray(project.speculation.method):
+        return resources_of(pipeline_roles(project))
+    return dict(project.cluster.target.resources)
+
+
+class ServeRequest:
+    """A request on a replica, as the service sees it: iterate for outputs, cancel to stop it."""
+
+    def __init__(self, stream, backend: "ServeBackend", replica: str) -> None:
+        self.stream, self.backend = stream, backend
+        self.replica = replica  # the Serve replica's actor name (namespace "serve")
+        self.state = "waiting"  # (counted by submit) -> running (first output) -> done
+
+    def _to(self, state: str) -> None:
+        if self.state != "done" and state != self.state:
+            self.backend._move(self.state, state)
+            self.state = state
+
+    def __iter__(self) -> Iterator[RequestOutput]:
+        try:
+            for out in self.stream:
+                self._to("done" if out.finished else "running")
+                yield out
+                if out.finished:
+                    return
+        except ray.exceptions.RayActorError as exc:
+            raise ReplicaLost("the replica holding this request died; retry it") from exc
+        except ray.exceptions.TaskCancelledError:
+            return
+        finally:
+            self._to("done")
+
+    def cancel(self) -> None:
+        self.stream.cancel()
+        self._to("done")
+
+
+class ReplicaLost(Stopping):
+    """The replica holding a request died: that request is lost, retryable (UNAVAILABLE); Serve replaces the
+    replica and every other request goes on."""
+
+
+class ServeBackend:
+    """The GenerationService's backend over the Serve deployment: submit, scale, load, shutdown."""
+
+    def __init__(self, project: ProjectConfig) -> None:
+        connect(project.cluster)
+        # The server's own fronts take the traffic: no Serve proxy (it would also claim port 8000).
+        serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
+        self.project = project
+        self.demand = replica_demand(project)
+        self.max_in_flight = project.serve.ongoing_requests(project.engine.max_batch)
+        self.autoscaling = project.serve.autoscaling() is not None
+        self._scaling = threading.Lock()
+        self._count = threading.Lock()
+        self._requests = {"waiting": 0, "running": 0, "done": 0}
+        self.handle = self._deploy(project.serve.replicas)
+
+    def _deploy(self, replicas: int):
+        deployment = serve.deployment(EngineReplica, name=DEPLOYMENT).options(**deployment_options(self.project,
+                                                                                                  replicas))
+        # Scaling by hand goes through Serve's external-scaler API (below); without autoscaling it is enabled.
+        return serve.run(deployment.bind(replica_project(self.project), self.max_in_flight), name=APP,
+                         route_prefix=None, external_scaler_enabled=not self.autoscaling)
+
+    # ---------------------------------------------------------------------------------- requests
+    def submit(self, prompt_ids: list[int], sampling: SamplingParams, spec: SpecParams, *,
+               time_limit_s: float | None = None) -> ServeRequest:
+        self._move(None, "waiting")
+        try:
+            stream = self.handle.options(stream=True).generate.remote(prompt_ids, sampling, spec, time_limit_s)
+            replica = next(stream)  # the replica took it (Serve may queue it first: serve.max_queued_requests)
+        except BaseException as exc:
+            self._move("waiting", "done")
+            if isinstance(exc, serve.exceptions.BackPressureError):
+                raise QueueFull(f"every replica is full and {self.project.serve.max_queued_requests} requests "
+                                f"wait (serve.max_queued_requests)") from exc
+            if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(
+                    exc.cause, (InvalidRequestError, QueueFull, Stopping)):
+                raise exc.cause from None
+            raise
+        return ServeRequest(stream, self, replica)
+
+    # ---------------------------------------------------------------------------------- replicas
+    def _states(self) -> dict:
+        app = serve.status().applications.get(APP)
+        if app is None or DEPLOYMENT not in app.deployments:
+            return {}
+        return dict(app.deployments[DEPLOYMENT].replica_states)
+
+    @property
+    def replicas(self) -> int:
+        return self._states().get("RUNNING", 0)
+
+    def scale(self, replicas: int, *, timeout_s: float | None = None, wait: bool = True) -> None:
+        """Serve's num_replicas: new replicas take requests once loaded; retired ones finish theirs first."""
+        if replicas < 1:
+            raise ValueError("at least one replica")
+        if not self._scaling.acquire(blocking=wait):
+            raise ScaleBusy("another Scale is under way; ask again when it has finished")
+        try:
+            # What Serve's REST scale endpoint (PUT .../deployments/{name}/scale) calls: the controller sets the
+            # deployment's target replica count in place (redeploying would restart every replica).
+            controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+            ray.get(controller.update_deployment_replicas.remote(DeploymentID(name=DEPLOYMENT, app_name=APP),
+                                                                 replicas))
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            while self._states() != {"RUNNING": replicas}:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"{replicas} replicas were not serving within {timeout_s:g} s "
+                                       f"(now: {self._states()})")
+                time.sleep(0.2)
+        finally:
+            self._scaling.release()
+
+    def placement_problem(self, more: int) -> str | None:
+        """Why `more` new replicas cannot be placed on the cluster's free resources now (None: they can)."""
+        free = ray.available_resources()
+        for resource, each in self.demand.items():
+            if each and each * more > free.get(resource, 0.0) + 1e-9:
+                return (f"{more} more replica(s) need {resource} {each * more:g}; the cluster has "
+                        f"{free.get(resource, 0.0):g} free")
+        return None
+
+    def _move(self, old: str | None, new: str) -> None:
+        with self._count:
+            if old is not None:
+                self._requests[old] -= 1
+            self._requests[new] += 1
+
+    def load(self) -> dict:
+        """Replicas serving (Serve's count), and this server's requests: waiting for their first output, or
+        running."""
+        with self._count:
+            waiting, running = self._requests["waiting"], self._requests["running"]
+        replicas = self.replicas
+        return {"num_requests_running": running, "num_requests_waiting": waiting, "in_flight": waiting + running,
+                "num_replicas": replicas, "up": replicas > 0}
+
+    def shutdown(self, drain: bool = True, timeout_s: float | None = None) -> None:
+        """Delete the application: Serve retires every replica, each finishing its requests first (within
+        serve.drain_timeout_s)."""
+        serve.delete(APP, _blocking=True)
