@@ -19,15 +19,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
-from ray import serve
-from ray.serve._private.common import DeploymentID
-from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+# Serve's router asks a replica for its queue length before routing to it, and gives up after 0.1 s by default;
+# a replica whose two cores are busy with its engine often takes longer (measured under the 64-stream bench), and
+# each miss logs a warning and retries. Read when ray.serve is first imported.
+os.environ.setdefault("RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "1.0")
+
+from ray import serve  # noqa: E402
+from ray.serve._private.common import DeploymentID  # noqa: E402
+from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE  # noqa: E402
 
 from mirrorspec.cluster.config import ProjectConfig
 from mirrorspec.cluster.pipeline import actor_options, pipeline_roles, resources_of
