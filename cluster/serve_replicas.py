@@ -153,7 +153,7 @@ class ServeRequest:
     def __init__(self, stream, backend: "ServeBackend", replica: str) -> None:
         self.stream, self.backend = stream, backend
         self.replica = replica  # the Serve replica's actor name (namespace "serve")
-        self.state = "waiting"  # (counted by submit) -> running (first output) -> done
+        self.state = "running"  # taken by a replica's engine (submit counted it) -> done
 
     def _to(self, state: str) -> None:
         if self.state != "done" and state != self.state:
@@ -163,7 +163,8 @@ class ServeRequest:
     def __iter__(self) -> Iterator[RequestOutput]:
         try:
             for out in self.stream:
-                self._to("done" if out.finished else "running")
+                if out.finished:
+                    self._to("done")
                 yield out
                 if out.finished:
                     return
@@ -210,7 +211,7 @@ class ServeBackend:
     # ---------------------------------------------------------------------------------- requests
     def submit(self, prompt_ids: list[int], sampling: SamplingParams, spec: SpecParams, *,
                time_limit_s: float | None = None) -> ServeRequest:
-        self._move(None, "waiting")
+        self._move(None, "waiting")  # in Serve's queue until a replica takes it
         try:
             stream = self.handle.options(stream=True).generate.remote(prompt_ids, sampling, spec, time_limit_s)
             replica = next(stream)  # the replica took it (Serve may queue it first: serve.max_queued_requests)
@@ -223,6 +224,7 @@ class ServeBackend:
                     exc.cause, (InvalidRequestError, QueueFull, Stopping)):
                 raise exc.cause from None
             raise
+        self._move("waiting", "running")
         return ServeRequest(stream, self, replica)
 
     # ---------------------------------------------------------------------------------- replicas
@@ -273,8 +275,8 @@ class ServeBackend:
             self._requests[new] += 1
 
     def load(self) -> dict:
-        """Replicas serving (Serve's count), and this server's requests: waiting for their first output, or
-        running."""
+        """Replicas serving (Serve's count), and this server's requests: waiting in Serve's queue for a replica
+        with room, or running (taken by a replica's engine)."""
         with self._count:
             waiting, running = self._requests["waiting"], self._requests["running"]
         replicas = self.replicas

@@ -95,6 +95,7 @@ def test_scaling_up_and_down_during_a_load_run_drops_nothing(ray_cluster, tokeni
 
 def test_bad_requests_full_replicas_and_a_dead_replica_come_back_as_errors(ray_cluster, tokenizer):
     backend = ServeBackend(project(max_ongoing_requests=1, max_queued_requests=1))
+    held = None
     try:
         with pytest.raises(InvalidRequestError, match="^max_new_tokens:"):
             backend.submit([1, 2, 3], SamplingParams(max_new_tokens=5000), SPEC)
@@ -104,7 +105,7 @@ def test_bad_requests_full_replicas_and_a_dead_replica_come_back_as_errors(ray_c
         queued = threading.Thread(target=lambda: last_of(backend.submit(prompt(tokenizer, "Hi"),
                                                                         SamplingParams(max_new_tokens=4), SPEC)))
         queued.start()  # waits in Serve's queue for the one slot
-        wait_until(lambda: backend.load()["num_requests_waiting"] == 1, 30, "the second request did not queue")
+        wait_until(lambda: backend.load()["num_requests_waiting"] == 1, 30, "the second request did not queue", 0.2)
         with pytest.raises(QueueFull, match="max_queued_requests"):
             backend.submit(prompt(tokenizer, "Hello"), SamplingParams(max_new_tokens=4), SPEC)
         held.cancel()
@@ -140,6 +141,8 @@ def test_bad_requests_full_replicas_and_a_dead_replica_come_back_as_errors(ray_c
         last = last_of(backend.submit(prompt(tokenizer, "Hi"), SamplingParams(max_new_tokens=4), SPEC))
         assert last.finished and last.token_ids
     finally:
+        if held is not None:
+            held.cancel()  # also when an assertion failed with it running: the shutdown below need not wait
         backend.shutdown()
 
 
@@ -147,10 +150,10 @@ def test_serves_autoscaling_grows_with_the_queue_and_shrinks_when_idle(ray_clust
     backend = ServeBackend(project(max_ongoing_requests=4, autoscaling_config={
         "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "upscale_delay_s": 0.5,
         "downscale_delay_s": 2, "metrics_interval_s": 0.2, "look_back_period_s": 1}))
+    requests = []
     try:
         # 6 long requests for one replica of 4: some ongoing above the target, so Serve starts a second replica.
         # They are long so that the load stays however slow the machine is at loading its model; then cancelled.
-        requests = []
         starters = [threading.Thread(target=lambda i=i: requests.append(backend.submit(
             prompt(tokenizer, f"Tell a long story about {i} cats."), SamplingParams(max_new_tokens=256,
                                                                                       ignore_eos=True), SPEC)))
@@ -164,4 +167,6 @@ def test_serves_autoscaling_grows_with_the_queue_and_shrinks_when_idle(ray_clust
             request.cancel()
         wait_until(lambda: backend.replicas == 1, 120, "Serve did not retire the idle replica", 0.2)
     finally:
+        for request in requests:
+            request.cancel()
         backend.shutdown()
