@@ -183,9 +183,10 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
 
     def _response(self, out: RequestOutput, parsed: Request, request: pb.GenerationRequest, *, whole: bool,
                   first: bool = True) -> pb.GenerationResponse:
-        input_text = request.text if parsed.options.input_text and request.text else ""
-        if parsed.options.input_text and not request.text:  # a conversation: the templated prompt
-            input_text = self.model.tokenizer.decode(out.prompt_token_ids)
+        input_text = ""
+        if parsed.options.input_text and (whole or first):  # only the reply or first message carries it
+            # a conversation has no text: its templated prompt stands for it
+            input_text = request.text or self.model.tokenizer.decode(out.prompt_token_ids)
         return tgis_wire.response(out, parsed, self.model.tokenizer, whole=whole, first=first, input_text=input_text)
 
 
