@@ -129,6 +129,9 @@ class ServeConfig:
     tls_cert: str | None = None  # PEM files; both or neither
     tls_key: str | None = None
     # Replicas are a Ray Serve deployment (cluster/serve_replicas.py), with Serve's names for its settings.
+    # Who takes the traffic: `process`, this process's own gRPC and HTTP servers (TLS on both), or `serve`, Ray
+    # Serve's HTTP and gRPC proxies in front of the application's Ingress deployment (cluster/serve_app.py).
+    ingress: str = "process"
     replicas: int = 1  # num_replicas (cluster.ray: never -> one engine in this process)
     max_replicas: int = 8  # the most a Scale call (mirrorspec scale N) may ask for
     scale_timeout_s: float = 300.0  # new replicas not serving by then fail the Scale call
@@ -180,6 +183,14 @@ class ServeConfig:
             raise InvalidRequestError("serve.max_ongoing_requests", f"must be an integer >= 1 or null, got "
                                                                     f"{self.max_ongoing_requests!r}")
         self.autoscaling()
+        if self.ingress not in ("process", "serve"):
+            raise InvalidRequestError("serve.ingress", f"must be process or serve, got {self.ingress!r}")
+        if self.ingress == "serve" and self.tls_cert is not None:
+            raise InvalidRequestError("serve.ingress", "Ray Serve's gRPC proxy has no TLS: serve TLS with ingress: "
+                                                       "process, or terminate it in front of Serve")
+        if self.ingress == "serve" and self.http_port is None:
+            raise InvalidRequestError("serve.http_port", "Ray Serve's proxies serve HTTP: ingress: serve needs a "
+                                                         "port")
         if self.token_env is not None and self.token_file is not None:
             raise InvalidRequestError("serve.token_env", "give token_env or token_file, not both")
         return self

@@ -49,18 +49,27 @@ def _local_backend(project: ProjectConfig) -> EngineLoop:
 
 
 def _serve_backend(project: ProjectConfig):
-    from mirrorspec.cluster.serve_replicas import ServeBackend
+    from mirrorspec.cluster.serve_replicas import deploy_replicas
 
-    return ServeBackend(project)
+    return deploy_replicas(project)
 
 
-def start_server(project: ProjectConfig) -> tuple[GenerationServer, object, str | None, HttpServer | None]:
-    """The gRPC server, its backend (an EngineLoop, or the Ray Serve replicas), the metrics address and the
-    OpenAI-compatible HTTP server (None when serve.http_port is null)."""
+@dataclasses.dataclass
+class Fronts:
+    """What answers clients, over one backend: TGIS's gRPC service, the OpenAI HTTP front, the admin service
+    (None when serve.admin says so) and the metrics they record."""
+
+    service: GenerationService
+    openai: OpenAIFrontend
+    admin: AdminService | None
+    metrics: ServingMetrics
+
+
+def served(project: ProjectConfig) -> tuple[ProjectConfig, ServedModel]:
+    """The project with its drafter resolved, and the facts of the model it serves (its tokenizer loaded)."""
     from mirrorspec.orchestration.factory import resolve_drafter
     from mirrorspec.workers.models import load_model_info
 
-    serve = project.serve
     drafter = resolve_drafter(project.engine, project.speculation.method)
     project = dataclasses.replace(project, engine=dataclasses.replace(project.engine, drafter=drafter))
     methods = served_methods(drafter)
@@ -68,34 +77,51 @@ def start_server(project: ProjectConfig) -> tuple[GenerationServer, object, str 
         raise InvalidRequestError("speculation.method", f"{project.speculation.method} cannot run with this "
                                                         f"drafter; it serves {', '.join(methods)}")
     info = load_model_info(project.engine.target)
-    backend = _local_backend(project) if project.cluster.ray == "never" else _serve_backend(project)
     max_model_len = min(project.engine.max_model_len,
                         getattr(info.config, "max_position_embeddings", None) or project.engine.max_model_len)
-    model = ServedModel(model_id=serve.model_id or Path(info.path).name, tokenizer=info.tokenizer,
-                        vocab_size=info.config.vocab_size, max_model_len=max_model_len, drafter=drafter,
-                        methods=methods)
+    return project, ServedModel(model_id=project.serve.model_id or Path(info.path).name, tokenizer=info.tokenizer,
+                                vocab_size=info.config.vocab_size, max_model_len=max_model_len, drafter=drafter,
+                                methods=methods)
+
+
+def build_fronts(backend, project: ProjectConfig, model: ServedModel) -> Fronts:
+    serve = project.serve
     metrics = ServingMetrics(backend.load, model.model_id)
+    limits = Limits(max_prompt_tokens=serve.max_prompt_tokens, max_new_tokens=serve.max_new_tokens,
+                    max_batch_prompts=serve.max_batch_prompts)
+    service = GenerationService(backend, model, sampling=SamplingParams(max_new_tokens=serve.default_max_new_tokens),
+                                spec=project.speculation, limits=limits, metrics=metrics)
+    openai = OpenAIFrontend(backend, model, project.speculation, serve.default_max_new_tokens, limits,
+                            token=serve.token(), metrics=metrics)
+    return Fronts(service, openai, _admin(serve, backend), metrics)
+
+
+def start_server(project: ProjectConfig) -> tuple[GenerationServer, object, str | None, HttpServer | None]:
+    """The gRPC server, its backend (an EngineLoop, or the Ray Serve replicas), the metrics address and the
+    OpenAI-compatible HTTP server (None when serve.http_port is null)."""
+    project, model = served(project)
+    serve = project.serve
+    backend = _local_backend(project) if project.cluster.ray == "never" else _serve_backend(project)
+    fronts = build_fronts(backend, project, model)
+    if not isinstance(backend, EngineLoop):
+        from mirrorspec.cluster.serve_replicas import ServeSeries
+
+        fronts.metrics.registry.register(ServeSeries())
     metrics_address = None
     if serve.metrics_port is not None:
-        _, bound = metrics.serve(serve.host, serve.metrics_port)
+        _, bound = fronts.metrics.serve(serve.host, serve.metrics_port)
         metrics_address = f"http://{serve.host}:{bound}/metrics"
-    service = GenerationService(backend, model, sampling=SamplingParams(max_new_tokens=serve.default_max_new_tokens),
-                                spec=project.speculation,
-                                limits=Limits(max_prompt_tokens=serve.max_prompt_tokens,
-                                              max_new_tokens=serve.max_new_tokens,
-                                              max_batch_prompts=serve.max_batch_prompts), metrics=metrics)
     security = ServerSecurity(token=serve.token(),
                               tls_cert=None if serve.tls_cert is None else Path(serve.tls_cert).read_bytes(),
                               tls_key=None if serve.tls_key is None else Path(serve.tls_key).read_bytes())
-    server = GenerationServer(service, host=serve.host, port=serve.port, security=security,
+    server = GenerationServer(fronts.service, host=serve.host, port=serve.port, security=security,
                               limits=ServerLimits(max_message_bytes=serve.max_message_bytes,
                                                   max_concurrent_rpcs=serve.max_concurrent_rpcs),
-                              is_up=lambda: backend.load()["up"], admin=_admin(serve, backend))
+                              is_up=lambda: backend.load()["up"], admin=fronts.admin)
     http = None
     if serve.http_port is not None:
-        front = OpenAIFrontend(backend, model, project.speculation, serve.default_max_new_tokens, service.limits,
-                               token=security.token, metrics=metrics)
-        http = HttpServer(front, host=serve.host, port=serve.http_port, tls_cert=serve.tls_cert, tls_key=serve.tls_key)
+        http = HttpServer(fronts.openai, host=serve.host, port=serve.http_port, tls_cert=serve.tls_cert,
+                          tls_key=serve.tls_key)
     return server, backend, metrics_address, http
 
 
@@ -159,14 +185,13 @@ def run_server(project: ProjectConfig, *, host: str | None = None, port: int | N
     project = dataclasses.replace(project, serve=dataclasses.replace(project.serve, **overrides).validate())
     for name in ("port", "http_port", "metrics_port"):
         _check_free(project.serve.host, getattr(project.serve, name), f"serve.{name}")
+    if project.serve.ingress == "serve":
+        return _run_on_serve(project)
     server, backend, metrics_address, http = start_server(project)
     print(f"serving fmaas.GenerationService on {server.address}"
           + (f"; OpenAI-compatible HTTP on {http.address}/v1" if http else "")
           + (f"; metrics on {metrics_address}" if metrics_address else ""), flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    _wait_for_a_signal()
     logger.warning("draining: %d requests in flight", backend.load()["in_flight"])
     server.drain()
     if http is not None:
@@ -178,4 +203,40 @@ def run_server(project: ProjectConfig, *, host: str | None = None, port: int | N
     server.stop(grace_s=1.0)
     if http is not None:
         http.stop()
+    return 0
+
+
+def _wait_for_a_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def _run_on_serve(project: ProjectConfig) -> int:
+    """serve.ingress: serve: the Serve application (cluster/serve_app.py) behind Serve's proxies, until a signal;
+    then Serve retires it gracefully (each replica finishes its requests first), and shuts down if started here."""
+    from mirrorspec.cluster.serve_app import run_application
+    from mirrorspec.cluster.serve_replicas import APP, serve
+
+    if project.cluster.ray == "never":
+        raise InvalidRequestError("serve.ingress", "serve runs on Ray; cluster.ray is never")
+    config = project.serve  # Serve takes no port 0: a free one is chosen here
+    ports = {name: getattr(config, name) or _free_port(config.host) for name in ("port", "http_port")}
+    project = dataclasses.replace(project, serve=dataclasses.replace(config, **ports))
+    started = run_application(project)
+    host = project.serve.host
+    http = f"http://{host}:{ports['http_port']}"
+    print(f"serving fmaas.GenerationService on {host}:{ports['port']} (Ray Serve's gRPC proxy); OpenAI-compatible "
+          f"HTTP on {http}/v1; metrics on {http}/metrics", flush=True)
+    _wait_for_a_signal()
+    serve.delete(APP, _blocking=True)
+    if started:
+        serve.shutdown()
     return 0

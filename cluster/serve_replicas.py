@@ -22,10 +22,12 @@ import logging
 import os
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
+from prometheus_client.parser import text_string_to_metric_families
 
 # Serve's router asks a replica for its queue length before routing to it, and gives up after 0.1 s by default;
 # a replica whose two cores are busy with its engine often takes longer (measured under the 64-stream bench), and
@@ -185,28 +187,47 @@ class ReplicaLost(Stopping):
     replica and every other request goes on."""
 
 
-class ServeBackend:
-    """The GenerationService's backend over the Serve deployment: submit, scale, load, shutdown."""
+def replica_deployment(project: ProjectConfig):
+    """The EngineReplica deployment, bound: what every Serve application of this project routes requests to."""
+    deployment = serve.deployment(EngineReplica, name=DEPLOYMENT).options(
+        **deployment_options(project, project.serve.replicas))
+    return deployment.bind(replica_project(project), project.serve.ongoing_requests(project.engine.max_batch))
 
-    def __init__(self, project: ProjectConfig) -> None:
-        connect(project.cluster)
-        # The server's own fronts take the traffic: no Serve proxy (it would also claim port 8000).
-        serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
+
+def start_serve(project: ProjectConfig, **proxies) -> bool:
+    """Connect to (or start) the Ray cluster and start Serve on it; without `proxies` (proxy_location,
+    http_options, grpc_options) Serve runs no proxy: this process's own fronts take the traffic. Returns whether
+    Serve was started here (then its caller shuts it down when done, and leaves alone a Serve it found running)."""
+    connect(project.cluster)
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        started = False
+    except ValueError:
+        started = True
+    serve.start(**(proxies or {"proxy_location": "Disabled"}), logging_config={"log_level": "WARNING"})
+    return started
+
+
+def deploy_replicas(project: ProjectConfig) -> "ServeBackend":
+    """The replicas alone as the Serve application (`mirrorspec serve` with serve.ingress: process)."""
+    started = start_serve(project)
+    handle = serve.run(replica_deployment(project), name=APP, route_prefix=None,
+                       external_scaler_enabled=project.serve.autoscaling() is None)
+    return ServeBackend(project, handle, owns_serve=started)
+
+
+class ServeBackend:
+    """A front's backend over the EngineReplica deployment's handle: submit, scale, load, shutdown."""
+
+    def __init__(self, project: ProjectConfig, handle, *, owns_serve: bool = False) -> None:
         self.project = project
+        self.handle = handle
+        self.owns_serve = owns_serve
         self.demand = replica_demand(project)
-        self.max_in_flight = project.serve.ongoing_requests(project.engine.max_batch)
         self.autoscaling = project.serve.autoscaling() is not None
         self._scaling = threading.Lock()
         self._count = threading.Lock()
-        self._requests = {"waiting": 0, "running": 0, "done": 0}
-        self.handle = self._deploy(project.serve.replicas)
-
-    def _deploy(self, replicas: int):
-        deployment = serve.deployment(EngineReplica, name=DEPLOYMENT).options(**deployment_options(self.project,
-                                                                                                  replicas))
-        # Scaling by hand goes through Serve's external-scaler API (below); without autoscaling it is enabled.
-        return serve.run(deployment.bind(replica_project(self.project), self.max_in_flight), name=APP,
-                         route_prefix=None, external_scaler_enabled=not self.autoscaling)
+        self._requests = {"waiting": 0, "running": 0}
 
     # ---------------------------------------------------------------------------------- requests
     def submit(self, prompt_ids: list[int], sampling: SamplingParams, spec: SpecParams, *,
@@ -272,7 +293,8 @@ class ServeBackend:
         with self._count:
             if old is not None:
                 self._requests[old] -= 1
-            self._requests[new] += 1
+            if new != "done":
+                self._requests[new] += 1
 
     def load(self) -> dict:
         """Replicas serving (Serve's count), and this server's requests: waiting in Serve's queue for a replica
@@ -287,3 +309,32 @@ class ServeBackend:
         """Delete the application: Serve retires every replica, each finishing its requests first (within
         serve.drain_timeout_s)."""
         serve.delete(APP, _blocking=True)
+        if self.owns_serve:
+            serve.shutdown()
+
+
+class ServeSeries:
+    """Ray Serve's own Prometheus series (`ray_serve_*`: requests, latencies, queued and ongoing requests,
+    replicas, per deployment), read from each node's Ray metrics agent when Prometheus scrapes the engine's
+    /metrics, so one scrape has both. A node whose agent does not answer within a second is left out."""
+
+    def collect(self):
+        families = {}
+        here = ray.util.get_node_ip_address()
+        for node in ray.nodes():
+            if not (node.get("Alive") and node.get("MetricsExportPort")):
+                continue
+            host = "127.0.0.1" if node["NodeManagerAddress"] == here else node["NodeManagerAddress"]  # loopback
+            url = f"http://{host}:{node['MetricsExportPort']}/metrics"
+            try:
+                text = urllib.request.urlopen(url, timeout=1.0).read().decode()
+            except OSError:
+                continue
+            for family in text_string_to_metric_families(text):
+                if not family.name.startswith("ray_serve_"):
+                    continue
+                if family.name in families:  # the same series from another node
+                    families[family.name].samples.extend(family.samples)
+                else:
+                    families[family.name] = family
+        yield from families.values()

@@ -22,7 +22,8 @@ import anyio
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from mirrorspec.errors import InvalidRequestError
@@ -139,12 +140,17 @@ def build_app(front: OpenAIFrontend) -> FastAPI:
 
     @app.middleware("http")
     async def bearer(request: Request, call_next):
-        if front.token is not None and request.url.path != "/health":
+        if front.token is not None and request.url.path.startswith("/v1/"):  # /health and /metrics stay open
             sent = request.headers.get("authorization", "")
             if not hmac.compare_digest(sent.encode(), f"Bearer {front.token}".encode()):
                 return _error(401, "a valid bearer token is required (Authorization: Bearer ...)",
                               "invalid_request_error", code="invalid_api_key")
         return await call_next(request)
+
+    if front.metrics is not None:
+        @app.get("/metrics")
+        async def metrics():  # Prometheus on the HTTP port too, as vLLM's /metrics
+            return Response(generate_latest(front.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, exc: RequestValidationError):

@@ -146,7 +146,7 @@ def test_bad_requests_full_replicas_and_a_dead_replica_come_back_as_errors(ray_c
         backend.shutdown()
 
 
-@pytest.mark.skip(reason="passes alone (37 s), but in two whole-suite runs Serve never started the second replica "
+@pytest.mark.skipif(not __import__("os").environ.get("MS_AUTOSCALE"), reason="passes alone (37 s), but in two whole-suite runs Serve never started the second replica "
                          "within 180 s; cause not found yet (see the stop note)")
 def test_serves_autoscaling_grows_with_the_queue_and_shrinks_when_idle(ray_cluster, tokenizer):
     backend = ServeBackend(project(max_ongoing_requests=4, autoscaling_config={
