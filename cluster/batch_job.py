@@ -32,6 +32,7 @@ from ray.data.block import BlockAccessor
 from ray.data.datasource import Datasink
 
 from mirrorspec.errors import InvalidRequestError
+from mirrorspec.orchestration.outputs import RequestOutput, error_output
 from mirrorspec.orchestration.prompts import add_chat_args, check_messages, is_messages
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-replicas", type=int, default=1, help="autoscaling pool: at least this many")
     p.add_argument("--max-replicas", type=int, default=2, help="autoscaling pool: at most this many")
     p.add_argument("--cpus-per-replica", type=float, default=1.0)
+    p.add_argument("--serve", action="store_true",
+                   help="send the rows to Ray Serve engine replicas, the serving path (each replica's engine batches "
+                        "rows continuously): the running mirrorspec Serve application's, else --replicas N (Serve's "
+                        "num_replicas, from the config's cluster.target) deployed for this job")
     p.add_argument("--merge", action="store_true", help="also write answers.jsonl, sorted by id")
 
 
@@ -77,13 +82,55 @@ class Generator:
         self.spec, self.sampling, self.chat = spec, sampling, chat
 
     def __call__(self, batch: dict) -> dict:
-        messages = batch.get("messages", [None] * len(batch["prompt"]))
-        # A column with no messages at all reaches here as NaN floats (Arrow's null type), not None.
-        prompts = [json.loads(m) if isinstance(m, str) else str(p) for p, m in zip(batch["prompt"], messages)]
-        outs = self.engine.generate(prompts, self.sampling, self.spec, chat=self.chat)
-        return {"id": [str(i) for i in batch["id"]], "text": [o.text for o in outs],
-                "token_ids": [o.token_ids for o in outs], "finish_reason": [o.finish_reason for o in outs],
-                "target_forwards": [o.stats.target_forwards for o in outs], "error": [o.error for o in outs]}
+        return answers(batch, self.engine.generate(prompts_of(batch), self.sampling, self.spec, chat=self.chat))
+
+
+class ServeRows:
+    """A ray.data worker that sends its rows to the Serve application's EngineReplica deployment, as the serving
+    fronts do: Serve routes each row to a replica with room, whose engine batches it with every request in flight
+    (continuous batching across rows and workers). It holds no engine: it takes no CPU of its own."""
+
+    def __init__(self, project, spec, sampling, chat: bool) -> None:
+        from ray import serve
+
+        from mirrorspec.cluster.serve_replicas import APP, DEPLOYMENT, ServeBackend
+        from mirrorspec.workers.models import load_model_info
+
+        info = load_model_info(project.engine.target)
+        self.tokenizer, self.vocab_size = info.tokenizer, info.config.vocab_size
+        self.backend = ServeBackend(project, serve.get_deployment_handle(DEPLOYMENT, APP))
+        self.spec, self.sampling, self.chat = spec, sampling, chat
+
+    def __call__(self, batch: dict) -> dict:
+        from concurrent.futures import ThreadPoolExecutor
+
+        prompts = prompts_of(batch)
+        with ThreadPoolExecutor(len(prompts)) as pool:  # every row in flight at once: Serve queues what waits
+            return answers(batch, list(pool.map(self._answer, range(len(prompts)), prompts)))
+
+    def _answer(self, index: int, prompt) -> RequestOutput:
+        from mirrorspec.orchestration.prompts import encode_prompt
+
+        try:
+            ids = encode_prompt(self.tokenizer, self.vocab_size, prompt, self.chat)
+            last = None
+            for last in self.backend.submit(ids, self.sampling, self.spec):
+                pass
+            return last
+        except InvalidRequestError as exc:  # this row's error; the others run
+            return error_output(f"invalid-{index}", exc)
+
+
+def prompts_of(batch: dict) -> list:
+    messages = batch.get("messages", [None] * len(batch["prompt"]))
+    # A column with no messages at all reaches here as NaN floats (Arrow's null type), not None.
+    return [json.loads(m) if isinstance(m, str) else str(p) for p, m in zip(batch["prompt"], messages)]
+
+
+def answers(batch: dict, outs: list[RequestOutput]) -> dict:
+    return {"id": [str(i) for i in batch["id"]], "text": [o.text for o in outs],
+            "token_ids": [o.token_ids for o in outs], "finish_reason": [o.finish_reason for o in outs],
+            "target_forwards": [o.stats.target_forwards for o in outs], "error": [o.error for o in outs]}
 
 
 class AnswerParts(Datasink):
@@ -251,14 +298,25 @@ def generate(args: argparse.Namespace, config, spec, sampling, pending: list[dic
     concurrency = args.replicas or (args.min_replicas, args.max_replicas)
     pool = (ray.data.ActorPoolStrategy(size=args.replicas) if args.replicas
             else ray.data.ActorPoolStrategy(min_size=args.min_replicas, max_size=args.max_replicas))
-    engine = dataclasses.replace(config.engine, threads=max(1, int(args.cpus_per_replica)))
+    deployed = None
     started = time.perf_counter()
-    answers = todo.map_batches(Generator, batch_size=args.batch_size, compute=pool,
-                               num_cpus=args.cpus_per_replica,
-                               fn_constructor_kwargs={"engine_config": engine, "spec": spec, "sampling": sampling,
-                                                      "chat": args.chat})
+    if args.serve:
+        deployed, concurrency = serve_replicas(config, args.replicas)
+        answered = todo.map_batches(ServeRows, batch_size=args.batch_size, compute=pool, num_cpus=0,
+                                    fn_constructor_kwargs={"project": config, "spec": spec, "sampling": sampling,
+                                                           "chat": args.chat})
+    else:
+        engine = dataclasses.replace(config.engine, threads=max(1, int(args.cpus_per_replica)))
+        answered = todo.map_batches(Generator, batch_size=args.batch_size, compute=pool,
+                                    num_cpus=args.cpus_per_replica,
+                                    fn_constructor_kwargs={"engine_config": engine, "spec": spec,
+                                                           "sampling": sampling, "chat": args.chat})
     sink = AnswerParts(output)
-    answers.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+    try:
+        answered.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+    finally:
+        if deployed is not None:
+            deployed.shutdown()
     seconds = time.perf_counter() - started
     rows_now, tokens, forwards = sink.totals["rows"], sink.totals["tokens"], sink.totals["forwards"]
     counts = {"answered": len(finished_ids(output)), "rows_this_run": rows_now, "tokens_this_run": tokens,
@@ -268,6 +326,19 @@ def generate(args: argparse.Namespace, config, spec, sampling, pending: list[dic
     if owned:
         ray.shutdown()
     return counts
+
+
+def serve_replicas(config, replicas: int | None):
+    """--serve: the running mirrorspec Serve application's replicas (None to undeploy), or `replicas` of them
+    deployed for this job (their ServeBackend, to undeploy when done); and how many serve."""
+    import dataclasses
+
+    from mirrorspec.cluster.serve_replicas import APP, deploy_replicas, serve, serve_running
+
+    if serve_running() and APP in serve.status().applications:
+        return None, "the running application's"
+    project = dataclasses.replace(config, serve=dataclasses.replace(config.serve, replicas=replicas or 1))
+    return deploy_replicas(project), replicas or 1
 
 
 def merge(output: Path) -> None:

@@ -233,8 +233,8 @@ def _run_on_serve(project: ProjectConfig) -> int:
     started = run_application(project)
     host = project.serve.host
     http = f"http://{host}:{ports['http_port']}"
-    print(f"serving fmaas.GenerationService on {host}:{ports['port']} (Ray Serve's gRPC proxy); OpenAI-compatible "
-          f"HTTP on {http}/v1; metrics on {http}/metrics", flush=True)
+    print(f"serving fmaas.GenerationService on {host}:{ports['port']}; OpenAI-compatible HTTP on {http}/v1; "
+          f"metrics on {http}/metrics; through Ray Serve's proxies", flush=True)
     _wait_for_a_signal()
     serve.delete(APP, _blocking=True)
     if started:

@@ -51,6 +51,7 @@ from mirrorspec.serving.engine_loop import QueueFull, ScaleBusy, Stopping
 logger = logging.getLogger(__name__)
 
 APP = "mirrorspec"
+REPLICA_METRICS = "RAY_SERVE_COLLECT_AUTOSCALING_METRICS_ON_HANDLE"  # "0" in a replica: it reports its own load
 DEPLOYMENT = "EngineReplica"
 
 
@@ -131,6 +132,10 @@ def deployment_options(project: ProjectConfig, replicas: int) -> dict:
         options["ray_actor_options"] = {"num_cpus": 0}
     else:
         options["ray_actor_options"] = actor_options(cluster.target)
+    # Autoscaling counts each replica's ongoing requests as the replica reports them (Serve's planned default),
+    # not as every handle reports what it sent: a handle in a process whose earlier replicas were killed stopped
+    # reporting (measured: a deployment there never scaled up), and replica reports take precedence over handles'.
+    options["ray_actor_options"]["runtime_env"] = {"env_vars": {REPLICA_METRICS: "0"}}
     return options
 
 
@@ -199,13 +204,18 @@ def start_serve(project: ProjectConfig, **proxies) -> bool:
     http_options, grpc_options) Serve runs no proxy: this process's own fronts take the traffic. Returns whether
     Serve was started here (then its caller shuts it down when done, and leaves alone a Serve it found running)."""
     connect(project.cluster)
-    try:
-        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-        started = False
-    except ValueError:
-        started = True
+    started = not serve_running()
     serve.start(**(proxies or {"proxy_location": "Disabled"}), logging_config={"log_level": "WARNING"})
     return started
+
+
+def serve_running() -> bool:
+    """Whether Serve runs on the connected Ray cluster (its controller is alive)."""
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return False
+    return True
 
 
 def deploy_replicas(project: ProjectConfig) -> "ServeBackend":

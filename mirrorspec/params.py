@@ -35,6 +35,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # 1 = off; > 1 discourages tokens already in the prompt or output (CTRL)
     length_penalty: tuple[int, float] | None = None  # (start_index, decay_factor): EOS grows likelier after start
     logprobs: int | None = None  # None = off; n >= 0: each new token's logprob and rank, and the n most likely
+    prompt_logprobs: int | None = None  # the same for each prompt token after the first (vLLM's name)
 
     def __post_init__(self) -> None:
         # One string is one stop string (not one per character); a list holds several.
@@ -62,8 +63,10 @@ class SamplingParams:
         if not isinstance(self.stop, tuple) or any(not isinstance(s, str) or not s for s in self.stop):
             raise InvalidRequestError("stop", "must be a non-empty string or a list of them")
         self._validate_penalties()
-        if self.logprobs is not None and (type(self.logprobs) is not int or not 0 <= self.logprobs <= MAX_TOP_LOGPROBS):
-            raise InvalidRequestError("logprobs", f"must be an integer in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs!r}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or not 0 <= value <= MAX_TOP_LOGPROBS):
+                raise InvalidRequestError(name, f"must be an integer in [0, {MAX_TOP_LOGPROBS}], got {value!r}")
         return self
 
     def _validate_penalties(self) -> None:

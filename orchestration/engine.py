@@ -262,4 +262,5 @@ class Engine:
             seed=seq.seed,
             stop_sequence=seq.stop_sequence,
             logprobs=None if seq.sampling.logprobs is None else list(seq.logprobs),
+            prompt_logprobs=seq.prompt_logprobs,
         )

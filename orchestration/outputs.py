@@ -24,6 +24,7 @@ class RequestOutput:
     seed: int | None = None  # the random stream's seed (sampling requests)
     stop_sequence: str | None = None  # the stop string that ended it (finish_reason "stop")
     logprobs: list[TokenLogprob] | None = None  # per token of token_ids, when asked for
+    prompt_logprobs: list[TokenLogprob] | None = None  # per prompt token after the first, when asked for
 
     @property
     def new_logprobs(self) -> list[TokenLogprob] | None:
@@ -43,6 +44,9 @@ class RequestOutput:
             **({} if self.logprobs is None else {"logprobs": [
                 {"token_id": i.token_id, "logprob": i.logprob, "rank": i.rank, "top": [list(t) for t in i.top]}
                 for i in self.logprobs]}),
+            **({} if self.prompt_logprobs is None else {"prompt_logprobs": [
+                {"token_id": i.token_id, "logprob": i.logprob, "rank": i.rank, "top": [list(t) for t in i.top]}
+                for i in self.prompt_logprobs]}),
         }
 
 

@@ -197,6 +197,11 @@ class Scheduler:
         for seq, hid in zip(group, hidden):
             if self._wants_features(seq):
                 seq.add_features(hid)
+            if seq.sampling.prompt_logprobs is not None and seq.prompt_logprobs is None:
+                # Prompt row i chose token i + 1: the target's logits at the prompt rows (the same forward for
+                # every method, so the same bits).
+                seq.prompt_logprobs = token_logprobs(self.target.logits(hid), seq.prompt_ids[1:],
+                                                     seq.sampling.prompt_logprobs)
 
     def _wants_draft(self, seq: Sequence) -> bool:
         return seq.spec.mode.drafter in self.drafters

@@ -58,6 +58,7 @@ class Sequence:
     stop_sequence: str | None = None  # the stop string that ended it
     error: str | None = None  # why it ended with finish_reason "error" (a fault in its own step)
     logprobs: list[TokenLogprob] = field(default_factory=list)  # per output token, when sampling.logprobs is set
+    prompt_logprobs: list[TokenLogprob] | None = None  # prompt tokens 1.., when sampling.prompt_logprobs is set
     emitted_tokens: int = 0
     emitted_text: int = 0
     # Target hidden states of positions 0..n-1 (only kept for feature drafters): features[:n_features].

@@ -10,6 +10,7 @@ input tokens, and the seed of a sampled request.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from mirrorspec.errors import InvalidRequestError
@@ -37,6 +38,7 @@ FIELD_PATHS = {
     "length_penalty.start_index": "params.decoding.length_penalty.start_index",
     "length_penalty.decay_factor": "params.decoding.length_penalty.decay_factor",
     "logprobs": "params.response.top_n_tokens",
+    "prompt_logprobs": "params.response.top_n_tokens",
     **{name: f"params.speculation.{name}" for name in SHAPE_FIELDS},
 }
 
@@ -88,8 +90,8 @@ def parse_params(params: pb.Parameters, *, defaults: SamplingParams, default_spe
         "include_stop": stopping.include_stop_sequence if stopping.HasField("include_stop_sequence") else True,
         "repetition_penalty": decoding.repetition_penalty or 1.0,
         "length_penalty": (length.start_index, length.decay_factor) if decoding.HasField("length_penalty") else None,
-        "logprobs": options.top_n_tokens if options.generated_tokens and (
-            options.token_logprobs or options.token_ranks or options.top_n_tokens) else None,
+        "logprobs": options.top_n_tokens if options.generated_tokens and _numbers(options) else None,
+        "prompt_logprobs": options.top_n_tokens if options.input_tokens and _numbers(options) else None,
     }
     try:
         sampling = dataclasses.replace(defaults, **values).validate()
@@ -149,7 +151,9 @@ def response(out: RequestOutput, request: Request, tokenizer, *, whole: bool, fi
     if options.generated_tokens:
         message.tokens.extend(_token_infos(ids, out.logprobs if whole else out.new_logprobs, options, tokenizer))
     if options.input_tokens and (whole or first):
-        message.input_tokens.extend(_token_infos(out.prompt_token_ids, None, options, tokenizer))
+        # The first prompt token follows nothing: no logprob (NaN, as TGIS), rank or candidates.
+        prompt = None if out.prompt_logprobs is None else [None, *out.prompt_logprobs]
+        message.input_tokens.extend(_token_infos(out.prompt_token_ids, prompt, options, tokenizer))
     if out.finished:
         st = out.stats
         message.speculation.CopyFrom(pb.SpeculationStats(
@@ -160,11 +164,21 @@ def response(out: RequestOutput, request: Request, tokenizer, *, whole: bool, fi
     return message
 
 
+def _numbers(options: pb.ResponseOptions) -> bool:
+    """Whether the options ask for any of the target's numbers about a token."""
+    return bool(options.token_logprobs or options.token_ranks or options.top_n_tokens)
+
+
 def _token_infos(ids: list[int], logprobs, options: pb.ResponseOptions, tokenizer) -> list[pb.TokenInfo]:
-    """Each token's string; with `logprobs` (generated tokens), what the options ask of the target's numbers."""
+    """Each token's string; with `logprobs` (one per token, None for a token without), what the options ask of
+    the target's numbers."""
     texts = tokenizer.convert_ids_to_tokens(ids)
     infos = [pb.TokenInfo(text=text, id=token) for token, text in zip(ids, texts)]
     for info, item in zip(infos, logprobs or ()):
+        if item is None:
+            if options.token_logprobs:
+                info.logprob = math.nan
+            continue
         if options.token_logprobs:
             info.logprob = item.logprob
         if options.token_ranks:

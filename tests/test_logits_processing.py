@@ -71,22 +71,31 @@ def test_ar_penalties_match_transformers_processors():
 
 @pytest.mark.parametrize("spec", SPECS[:2], ids=lambda s: s.method)
 def test_logprobs_ranks_and_top_n_are_the_targets_whatever_the_method(models, spec):
-    sampling = SamplingParams(max_new_tokens=16, logprobs=3, repetition_penalty=1.3)
+    sampling = SamplingParams(max_new_tokens=16, logprobs=3, prompt_logprobs=2, repetition_penalty=1.3)
     ar = generate(models, SpecParams("ar"), sampling, batch=1)
     outs = generate(models, spec, sampling)
     assert sum(o.stats.accepted for o in outs) > 0
     for reference, out in zip(ar, outs):
         assert out.token_ids == reference.token_ids and len(out.logprobs) == len(out.token_ids)
         assert out.logprobs == reference.logprobs  # same bits: equality of floats, not closeness
+        # The prompt's, from prefills grouped differently (batch 1 against 4): the same bits too.
+        assert len(out.prompt_logprobs) == len(out.prompt_token_ids) - 1
+        assert out.prompt_logprobs == reference.prompt_logprobs
 
 
 def test_logprobs_are_the_models_own_log_softmax():
     """`ar`'s reported numbers against transformers' forward over the whole sequence (fp32)."""
     target = tiny_model("llama", VOCAB, seed=1, sharpness=4.0)
-    (out,) = tiny_engine(target, None).generate([PROMPTS[0]], SamplingParams(max_new_tokens=12, logprobs=4))
+    (out,) = tiny_engine(target, None).generate([PROMPTS[0]], SamplingParams(max_new_tokens=12, logprobs=4,
+                                                                             prompt_logprobs=4))
     ids = PROMPTS[0] + out.token_ids
     with torch.no_grad():
         logp = torch.log_softmax(target.model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    for i, item in enumerate(out.prompt_logprobs):  # prompt token i + 1, chosen by prompt row i
+        assert item.token_id == PROMPTS[0][i + 1]
+        assert item.logprob == pytest.approx(float(logp[i, item.token_id]), abs=1e-4)
+        assert item.rank == int((logp[i] > logp[i, item.token_id]).sum()) + 1
+        assert [t for t, _ in item.top] == torch.topk(logp[i], 4).indices.tolist()
     for i, item in enumerate(out.logprobs):
         row = logp[len(PROMPTS[0]) - 1 + i]
         assert item.token_id == out.token_ids[i] and item.rank == 1  # greedy, no penalty: the top token
@@ -113,6 +122,7 @@ def test_a_sampled_request_echoes_its_seed_and_reruns_with_it(models):
     (dict(length_penalty=(2, 0.5)), "length_penalty.decay_factor"),
     (dict(logprobs=21), "logprobs"),
     (dict(logprobs=-1), "logprobs"),
+    (dict(prompt_logprobs=True), "prompt_logprobs"),
 ])
 def test_bad_penalties_and_logprobs_name_the_field(kwargs, field):
     with pytest.raises(InvalidRequestError) as caught:

@@ -54,6 +54,9 @@ def app(ray_cluster, tmp_path_factory):
     # The replicas read serve.token_env where they run: the cluster's environment, or the application's own.
     config["applications"][0]["runtime_env"] = {"env_vars": {"MS_TOKEN": TOKEN}}
     (tmp / "serve.yaml").write_text(yaml.safe_dump(config))
+    from ray import serve
+
+    serve.shutdown()  # a Serve left on the session's cluster by an earlier failed test would keep its own proxies
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     log = open(tmp / "serve.log", "w")  # a file, not a pipe nobody reads until the end (it could fill and block)
     proc = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(tmp / "serve.yaml")],

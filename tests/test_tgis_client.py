@@ -79,11 +79,17 @@ def test_model_info_and_tokenize(stubs, served, tokenizer):  # noqa: F811
 def test_greedy_tokens_logprobs_ranks_and_top_n_are_the_targets(stubs, served, engine, tokenizer):  # noqa: F811
     (reply,) = tgis(stubs, served, generate(PROMPTS, {"method": "GREEDY", "response": RESPONSE,
                                                       "stopping": {"max_new_tokens": 10}}))
-    reference = engine.generate(PROMPTS, SamplingParams(max_new_tokens=10, logprobs=3), SpecParams("ar"))
+    reference = engine.generate(PROMPTS, SamplingParams(max_new_tokens=10, logprobs=3, prompt_logprobs=3),
+                                SpecParams("ar"))
     for prompt, got, want in zip(PROMPTS, reply["responses"], reference):
         assert got["text"] == prompt + want.text and got["generated_token_count"] == len(want.token_ids)
         assert got["input_token_count"] == len(want.prompt_token_ids)
         assert [t["text"] for t in got["input_tokens"]] == tokenizer.convert_ids_to_tokens(want.prompt_token_ids)
+        first, *rest = got["input_tokens"]  # the first prompt token follows nothing: NaN, as TGIS answers
+        assert first["logprob"] == "NaN" and first["rank"] == 0 and first["top_tokens"] == []
+        for token, item in zip(rest, want.prompt_logprobs, strict=True):
+            assert f32(token["logprob"]) == f32(item.logprob) and token["rank"] == item.rank
+            assert [t["text"] for t in token["top_tokens"]] == tokenizer.convert_ids_to_tokens([i for i, _ in item.top])
         assert [t["text"] for t in got["tokens"]] == tokenizer.convert_ids_to_tokens(want.token_ids)
         for token, item in zip(got["tokens"], want.logprobs):
             assert f32(token["logprob"]) == f32(item.logprob) and token["rank"] == item.rank

@@ -64,6 +64,9 @@ class Worker(Protocol):
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """`forward` plus, per row, the final hidden state of every new token (appends, then nodes)."""
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[T, H] final hidden states (as forward_hidden returns them) -> [T, V] logits."""
+
     def commit(self, paths: dict[int, list[int]]) -> None:
         """Keep one root-first path of speculative nodes per sequence; drop the other nodes."""
 

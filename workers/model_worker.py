@@ -203,6 +203,10 @@ class ModelWorker:
     def _inputs(self, plan: ForwardPlan, features: list[torch.Tensor] | None) -> dict[str, torch.Tensor]:
         return {"input_ids": plan.input_ids.to(self.device)}
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[T, H] final hidden states (as forward_hidden returns them) -> [T, V] logits."""
+        return self._logits(hidden)
+
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self._lm_head(hidden[None])[0].float()  # [None]: a tensor-parallel LM head wants [B, T, H]
         if self._softcap:  # Gemma 2/3 cap their final logits inside the CausalLM forward we bypass

@@ -127,6 +127,9 @@ class LockstepWorker:
     def commit(self, paths: dict[int, list[int]]) -> None:
         self._everywhere("commit", paths)
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self._everywhere("logits", hidden)  # a sharded LM head all-reduces: every rank runs it
+
     def clear_speculation(self, seq_id: int) -> None:
         self._everywhere("clear_speculation", seq_id)
 
