@@ -97,6 +97,9 @@ def stream(server: Server, prompt_index: int, text: str, max_new: int) -> Call:
                 call.token_ids += msg.token_ids
     except grpc.RpcError as exc:
         call.code = exc.code().name
+    else:
+        if not call.token_ids:  # OK with no token is no answer: counted apart, never as served
+            call.code = "OK_WITHOUT_TOKENS"
     call.ended = time.perf_counter()
     return call
 

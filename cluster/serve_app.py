@@ -98,16 +98,16 @@ class Ingress:
         return await self._unary(self.fronts.admin.Scale, request, grpc_context, admin_pb2.ScaleResponse)
 
     async def GenerateStream(self, request, grpc_context):
+        """A stream's status travels with its messages: one refused before any message must raise (Serve then
+        answers with the status set on the context) where a unary call returns an empty reply."""
         context = ServeRpcContext(grpc_context)
         if not self._authorized(grpc_context):
-            return
+            raise _Aborted("unauthenticated")
         messages = self.fronts.service.GenerateStream(request, context)
         loop = asyncio.get_running_loop()
         try:
             while (message := await loop.run_in_executor(self.pool, next, messages, None)) is not None:
                 yield message
-        except _Aborted:
-            return  # the status is set
         except asyncio.CancelledError:
             context.cancelled()
             raise

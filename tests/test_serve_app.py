@@ -117,9 +117,16 @@ def test_tgis_wire_health_and_admin_through_serves_grpc_proxy(app):
         generate(stub, "Hi", max_new_tokens=5000)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith("params.stopping.max_new_tokens"), err.value.details()
-    with pytest.raises(grpc.RpcError) as err:
-        stub.ModelInfo(pb.ModelInfoRequest(), timeout=60)
-    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as err:  # a stream refused before its first message keeps its status too
+        list(stub.GenerateStream(pb.SingleGenerationRequest(request=pb.GenerationRequest(text="Hi"), params=pb.Parameters(
+            method=pb.SAMPLE, sampling=pb.SamplingParameters(top_p=7))), metadata=AUTH, timeout=60))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "params.sampling.top_p" in err.value.details()
+    for call in (lambda: stub.ModelInfo(pb.ModelInfoRequest(), timeout=60),
+                 lambda: list(stub.GenerateStream(pb.SingleGenerationRequest(request=pb.GenerationRequest(text="Hi")),
+                                                  timeout=60))):
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=60)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     # Scale by hand maps onto Serve's replica count: asking for 0 more reads the load.
