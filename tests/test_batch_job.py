@@ -1,7 +1,7 @@
 """The batch job on the session's Ray cluster: a rerun after a run that was killed (its process, mid-job)
 answers only the missing rows, so every row is answered exactly once, and the answers equal the engine's own; a
-malformed line is reported in errors.jsonl while the other rows run, and a row of chat messages is answered too;
-with --serve the rows go through Ray Serve engine replicas (the serving path) to the same answers."""
+malformed line is reported in errors.jsonl while the other rows run, and a row of chat messages is answered too.
+(--serve, the rows through the Serve application's replicas: tests/test_serve_app.py.)"""
 
 import json
 import os
@@ -13,7 +13,6 @@ import pytest
 
 from helpers import wait_until
 from mirrorspec.cluster import batch_job
-from mirrorspec.cluster.serve_replicas import serve_running
 from mirrorspec.orchestration.engine import EngineConfig
 from mirrorspec.orchestration.factory import build_engine
 from mirrorspec.params import SamplingParams, SpecParams
@@ -73,8 +72,3 @@ def test_a_rerun_after_a_killed_job_answers_only_what_is_missing(ray_cluster, tm
     merged = answers(interrupted)
     assert sorted(a["id"] for a in merged) == sorted(r["id"] for r in rows)  # each row once
     assert {a["id"]: a["token_ids"] for a in merged} == reference
-    # The same rows through Ray Serve engine replicas, the serving path (one deployed for the job, removed after).
-    served = batch_job.run(batch_job.build_parser().parse_args(job_args(tmp_path, "served") + ["--serve"]))
-    assert served["answered"] == ROWS and served["rejected"] == 1
-    assert {a["id"]: a["token_ids"] for a in answers(tmp_path / "served")} == reference
-    assert not serve_running()  # the job started Serve for its replicas, and shut it down

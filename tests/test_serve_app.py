@@ -1,8 +1,10 @@
 """The Ray Serve application as Serve's own CLI runs it: `serve run` on configs/serve.yaml (its ports moved to free
 ones, its project config a small one) against the session's Ray cluster. TGIS's wire and grpc.health.v1 through
 Serve's gRPC proxy, the OpenAI API and /metrics through Serve's HTTP proxy, both reaching the same EngineReplica;
-answers equal the engine's `ar`; the bearer token, errors naming the field, scale by hand, and Ctrl-C."""
+answers equal the engine's `ar`; the bearer token, errors naming the field, scale by hand, a batch job through the
+application's replicas, and Ctrl-C."""
 
+import json
 import os
 import signal
 import socket
@@ -20,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
 from helpers import wait_until
+from mirrorspec.cluster import batch_job
 from mirrorspec.cluster.serve_app import GRPC_SERVICERS
 from mirrorspec.protos import admin_pb2, admin_pb2_grpc
 from mirrorspec.protos import generation_pb2 as pb
@@ -169,6 +172,24 @@ def test_openai_api_and_metrics_through_serves_http_proxy(app):
 
     wait_until(lambda: {"ray_serve_num_http_requests", "ray_serve_num_grpc_requests"} <= serves_own(), 60,
                "Serve's own request counters are not on /metrics", 2.0)
+
+
+def test_a_batch_job_with_serve_runs_on_the_applications_replicas(app, tmp_path):
+    """`batch_job --serve` finds the running application and sends its rows to the same EngineReplica: the
+    answers are the ones gRPC gets for the same prompts."""
+    channel, _, _ = app
+    prompts = [f"Name a fruit that starts with the letter {letter}." for letter in "ABC"]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n"
+                                                 for i, p in enumerate(prompts)))
+    summary = batch_job.run(batch_job.build_parser().parse_args([
+        "--input", str(tmp_path / "rows.jsonl"), "--output", str(tmp_path / "out"), "--serve", "--method", "ar",
+        "--max-new-tokens", "8", "--replicas", "1", "--batch-size", "3", "--merge"]))
+    assert summary["answered"] == 3 and summary["replicas"] == "the running application's"
+    stub = pb_grpc.GenerationServiceStub(channel)
+    for line in (tmp_path / "out" / "answers.jsonl").read_text().splitlines():
+        answer = json.loads(line)
+        reply = generate(stub, prompts[int(answer["id"])], pb.AR, max_new_tokens=8)
+        assert answer["token_ids"] == list(reply.token_ids) and answer["text"] == reply.text
 
 
 def test_ctrl_c_stops_the_application_and_serve(app, ray_cluster):
