@@ -29,19 +29,23 @@ class _Malformed:
         self.reason = reason
 
 
+def bearer_ok(token: str | None, sent) -> bool:
+    """Whether an `authorization` value carries the token (always, with no token configured); constant time."""
+    return token is None or hmac.compare_digest(str(sent).encode(), f"Bearer {token}".encode())
+
+
 class Gate(grpc.ServerInterceptor):
     """Bearer-token check and malformed-message handling for every RPC (also the speculation channel's)."""
 
     def __init__(self, token: str | None) -> None:
-        self.expected = None if token is None else f"Bearer {token}".encode()
+        self.token = token
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
         if handler is None:
             return None
-        if self.expected is not None and not details.method.startswith(HEALTH_METHODS):
-            sent = dict(details.invocation_metadata or ()).get("authorization", "")
-            if not hmac.compare_digest(str(sent).encode(), self.expected):
+        if not details.method.startswith(HEALTH_METHODS):
+            if not bearer_ok(self.token, dict(details.invocation_metadata or ()).get("authorization", "")):
                 return _denied(handler)
         if handler.request_deserializer is None:
             return handler

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hmac
 import json
 import logging
 import queue
@@ -30,6 +29,7 @@ from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.outputs import RequestOutput
 from mirrorspec.orchestration.prompts import encode_prompt
 from mirrorspec.params import SamplingParams, SpecParams
+from mirrorspec.protos.gate import bearer_ok
 from mirrorspec.serving import openai_protocol as oa
 from mirrorspec.serving.engine_loop import QueueFull, Stopping
 from mirrorspec.serving.metrics import observed
@@ -140,11 +140,10 @@ def build_app(front: OpenAIFrontend) -> FastAPI:
 
     @app.middleware("http")
     async def bearer(request: Request, call_next):
-        if front.token is not None and request.url.path.startswith("/v1/"):  # /health and /metrics stay open
-            sent = request.headers.get("authorization", "")
-            if not hmac.compare_digest(sent.encode(), f"Bearer {front.token}".encode()):
-                return _error(401, "a valid bearer token is required (Authorization: Bearer ...)",
-                              "invalid_request_error", code="invalid_api_key")
+        sent = request.headers.get("authorization", "")
+        if request.url.path.startswith("/v1/") and not bearer_ok(front.token, sent):  # /health, /metrics: open
+            return _error(401, "a valid bearer token is required (Authorization: Bearer ...)",
+                          "invalid_request_error", code="invalid_api_key")
         return await call_next(request)
 
     if front.metrics is not None:
