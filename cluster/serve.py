@@ -87,6 +87,10 @@ def served(project: ProjectConfig) -> tuple[ProjectConfig, ServedModel]:
 def build_fronts(backend, project: ProjectConfig, model: ServedModel) -> Fronts:
     serve = project.serve
     metrics = ServingMetrics(backend.load, model.model_id)
+    if not isinstance(backend, EngineLoop):  # replicas on Ray Serve: Serve's own series next to the engine's
+        from mirrorspec.cluster.serve_replicas import ServeSeries
+
+        metrics.registry.register(ServeSeries())
     limits = Limits(max_prompt_tokens=serve.max_prompt_tokens, max_new_tokens=serve.max_new_tokens,
                     max_batch_prompts=serve.max_batch_prompts)
     service = GenerationService(backend, model, sampling=SamplingParams(max_new_tokens=serve.default_max_new_tokens),
@@ -103,10 +107,6 @@ def start_server(project: ProjectConfig) -> tuple[GenerationServer, object, str 
     serve = project.serve
     backend = _local_backend(project) if project.cluster.ray == "never" else _serve_backend(project)
     fronts = build_fronts(backend, project, model)
-    if not isinstance(backend, EngineLoop):
-        from mirrorspec.cluster.serve_replicas import ServeSeries
-
-        fronts.metrics.registry.register(ServeSeries())
     metrics_address = None
     if serve.metrics_port is not None:
         _, bound = fronts.metrics.serve(serve.host, serve.metrics_port)
@@ -223,7 +223,7 @@ def _run_on_serve(project: ProjectConfig) -> int:
     """serve.ingress: serve: the Serve application (cluster/serve_app.py) behind Serve's proxies, until a signal;
     then Serve retires it gracefully (each replica finishes its requests first), and shuts down if started here."""
     from mirrorspec.cluster.serve_app import run_application
-    from mirrorspec.cluster.serve_replicas import APP, serve
+    from mirrorspec.cluster.serve_replicas import undeploy
 
     if project.cluster.ray == "never":
         raise InvalidRequestError("serve.ingress", "serve runs on Ray; cluster.ray is never")
@@ -236,7 +236,5 @@ def _run_on_serve(project: ProjectConfig) -> int:
     print(f"serving fmaas.GenerationService on {host}:{ports['port']}; OpenAI-compatible HTTP on {http}/v1; "
           f"metrics on {http}/metrics; through Ray Serve's proxies", flush=True)
     _wait_for_a_signal()
-    serve.delete(APP, _blocking=True)
-    if started:
-        serve.shutdown()
+    undeploy(owns_serve=started)
     return 0

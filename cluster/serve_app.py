@@ -17,7 +17,6 @@ where gRPC needs TLS, keep `serve.ingress: process` (the default), or terminate 
 from __future__ import annotations
 
 import asyncio
-import hmac
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,12 +25,11 @@ from grpc_health.v1 import health_pb2
 
 from mirrorspec.cluster.config import ProjectConfig, load_config
 from mirrorspec.cluster.serve import build_fronts, served
-from mirrorspec.cluster.serve_replicas import (APP, ServeBackend, ServeSeries, replica_deployment, serve,
-                                                start_serve)
+from mirrorspec.cluster.serve_replicas import APP, ServeBackend, replica_deployment, serve, start_serve
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.protos import admin_pb2
 from mirrorspec.protos import generation_pb2 as pb
-from mirrorspec.protos.gate import SERVICE
+from mirrorspec.protos.gate import SERVICE, bearer_ok
 from mirrorspec.serving.openai_http import build_app
 
 INGRESS = "Ingress"
@@ -52,8 +50,7 @@ class ServeRpcContext:
         self.callbacks = []
 
     def abort(self, code: grpc.StatusCode, details: str):
-        self.context.set_code(code)
-        self.context.set_details(details)
+        _set_status(self.context, code, details)
         raise _Aborted(details)
 
     def add_callback(self, callback) -> bool:
@@ -73,9 +70,7 @@ class Ingress:
     def __init__(self, project: ProjectConfig, replicas) -> None:
         project, model = served(project)
         self.fronts = build_fronts(ServeBackend(project, replicas), project, model)
-        self.fronts.metrics.registry.register(ServeSeries())
-        token = project.serve.token()
-        self.expected = None if token is None else f"Bearer {token}".encode()
+        self.token = project.serve.token()
         self.pool = ThreadPoolExecutor(project.serve.max_concurrent_rpcs, thread_name_prefix="ingress")
 
     def __serve_build_asgi_app__(self):
@@ -123,11 +118,10 @@ class Ingress:
 
     def _authorized(self, grpc_context) -> bool:
         """With a token configured, the call must carry it; else its status is set to UNAUTHENTICATED."""
-        sent = dict(grpc_context.invocation_metadata()).get("authorization", "")
-        if self.expected is None or hmac.compare_digest(str(sent).encode(), self.expected):
+        if bearer_ok(self.token, dict(grpc_context.invocation_metadata()).get("authorization", "")):
             return True
-        grpc_context.set_code(grpc.StatusCode.UNAUTHENTICATED)
-        grpc_context.set_details("a valid bearer token is required (authorization: Bearer ...)")
+        _set_status(grpc_context, grpc.StatusCode.UNAUTHENTICATED,
+                    "a valid bearer token is required (authorization: Bearer ...)")
         return False
 
     async def _unary(self, method, request, grpc_context, reply_type):
@@ -145,9 +139,13 @@ class Ingress:
             raise
 
 
-def _error(grpc_context, code: grpc.StatusCode, details: str, reply_type):
+def _set_status(grpc_context, code: grpc.StatusCode, details: str) -> None:
     grpc_context.set_code(code)
     grpc_context.set_details(details)
+
+
+def _error(grpc_context, code: grpc.StatusCode, details: str, reply_type):
+    _set_status(grpc_context, code, details)
     return reply_type()
 
 

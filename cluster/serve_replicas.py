@@ -160,18 +160,18 @@ class ServeRequest:
     def __init__(self, stream, backend: "ServeBackend", replica: str) -> None:
         self.stream, self.backend = stream, backend
         self.replica = replica  # the Serve replica's actor name (namespace "serve")
-        self.state = "running"  # taken by a replica's engine (submit counted it) -> done
+        self.done = False  # taken by a replica's engine (submit counted it running) until done
 
-    def _to(self, state: str) -> None:
-        if self.state != "done" and state != self.state:
-            self.backend._move(self.state, state)
-            self.state = state
+    def _finish(self) -> None:
+        if not self.done:
+            self.done = True
+            self.backend._move("running", None)
 
     def __iter__(self) -> Iterator[RequestOutput]:
         try:
             for out in self.stream:
                 if out.finished:
-                    self._to("done")
+                    self._finish()
                 yield out
                 if out.finished:
                     return
@@ -180,11 +180,11 @@ class ServeRequest:
         except ray.exceptions.TaskCancelledError:
             return
         finally:
-            self._to("done")
+            self._finish()
 
     def cancel(self) -> None:
         self.stream.cancel()
-        self._to("done")
+        self._finish()
 
 
 class ReplicaLost(Stopping):
@@ -247,7 +247,7 @@ class ServeBackend:
             stream = self.handle.options(stream=True).generate.remote(prompt_ids, sampling, spec, time_limit_s)
             replica = next(stream)  # the replica took it (Serve may queue it first: serve.max_queued_requests)
         except BaseException as exc:
-            self._move("waiting", "done")
+            self._move("waiting", None)
             if isinstance(exc, serve.exceptions.BackPressureError):
                 raise QueueFull(f"every replica is full and {self.project.serve.max_queued_requests} requests "
                                 f"wait (serve.max_queued_requests)") from exc
@@ -299,11 +299,12 @@ class ServeBackend:
                         f"{free.get(resource, 0.0):g} free")
         return None
 
-    def _move(self, old: str | None, new: str) -> None:
+    def _move(self, old: str | None, new: str | None) -> None:
+        """A request moves from `old` to `new` ("waiting", "running"; None: not counted, arriving or gone)."""
         with self._count:
             if old is not None:
                 self._requests[old] -= 1
-            if new != "done":
+            if new is not None:
                 self._requests[new] += 1
 
     def load(self) -> dict:
@@ -318,9 +319,14 @@ class ServeBackend:
     def shutdown(self, drain: bool = True, timeout_s: float | None = None) -> None:
         """Delete the application: Serve retires every replica, each finishing its requests first (within
         serve.drain_timeout_s)."""
-        serve.delete(APP, _blocking=True)
-        if self.owns_serve:
-            serve.shutdown()
+        undeploy(self.owns_serve)
+
+
+def undeploy(owns_serve: bool) -> None:
+    """Delete the application (Serve retires its replicas gracefully); shut Serve down if it was started here."""
+    serve.delete(APP, _blocking=True)
+    if owns_serve:
+        serve.shutdown()
 
 
 class ServeSeries:
