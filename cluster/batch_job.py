@@ -105,7 +105,8 @@ class ServeRows:
         from concurrent.futures import ThreadPoolExecutor
 
         prompts = prompts_of(batch)
-        with ThreadPoolExecutor(len(prompts)) as pool:  # every row in flight at once: Serve queues what waits
+        # The batch's rows in flight at once, up to what may wait for a replica (more would be refused)
+        with ThreadPoolExecutor(min(len(prompts), self.backend.project.serve.max_queued_requests)) as pool:
             return answers(batch, list(pool.map(self._answer, range(len(prompts)), prompts)))
 
     def _answer(self, index: int, prompt) -> RequestOutput:

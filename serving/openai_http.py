@@ -189,7 +189,8 @@ def build_app(front: OpenAIFrontend) -> FastAPI:
         prompts = _completion_prompts(front, request.prompt)
         sampling = oa.sampling_params(request, max_tokens=request.max_tokens,
                                       default_max_tokens=oa.COMPLETIONS_MAX_TOKENS, logprobs=request.logprobs,
-                                      logprobs_field="logprobs")
+                                      logprobs_field="logprobs",
+                                      prompt_logprobs=request.logprobs if request.echo else None)
         return await _respond(front, request, prompts, sampling, "logprobs", _CompletionRender)
 
     @app.post("/v1/chat/completions")
@@ -294,14 +295,21 @@ class _CompletionRender(_Render):
     def _echo(self, index: int) -> str:
         return self.front.model.tokenizer.decode(self.prompts[index // self.n]) if self.request.echo else ""
 
-    def _choice(self, index: int, out: RequestOutput, text: str, logprobs, offset: int) -> dict:
-        items = None if logprobs is None else oa.completion_logprobs(self.front.model.tokenizer, logprobs, offset)
+    def _choice(self, index: int, out: RequestOutput, text: str, logprobs, offset: int, first: bool) -> dict:
+        """One choice; its first text (and logprobs) echo the prompt when asked: the prompt's tokens with the
+        target's logprobs of each after the first (OpenAI's legacy `echo` with `logprobs`)."""
+        items = None
+        if logprobs is not None:
+            ids, entries = [i.token_id for i in logprobs], list(logprobs)
+            if first and self.request.echo:
+                ids, entries, offset = self.prompts[index // self.n] + ids, [None, *out.prompt_logprobs, *entries], 0
+            items = oa.completion_logprobs(self.front.model.tokenizer, ids, entries, offset)
         return {"index": index, "text": text, "logprobs": items, "finish_reason": oa.finish_reason(out),
                 **self._extra(out)}
 
     def whole(self, outs: list[RequestOutput]) -> dict:
         self.last = dict(enumerate(outs))
-        choices = [self._choice(i, o, self._echo(i) + o.text, o.logprobs, len(self._echo(i)))
+        choices = [self._choice(i, o, self._echo(i) + o.text, o.logprobs, len(self._echo(i)), True)
                    for i, o in enumerate(outs)]
         return {**self.envelope("text_completion", choices), "usage": oa.usage(outs, self._choice_prompts())}
 
@@ -310,7 +318,7 @@ class _CompletionRender(_Render):
         self.last[index] = out
         text = (self._echo(index) if first else "") + out.new_text
         offset = len(out.text) - len(out.new_text) + len(self._echo(index))
-        return [self.envelope(self.CHUNK, [self._choice(index, out, text, out.new_logprobs, offset)])]
+        return [self.envelope(self.CHUNK, [self._choice(index, out, text, out.new_logprobs, offset, first)])]
 
 
 class _ChatRender(_Render):

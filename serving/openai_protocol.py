@@ -123,14 +123,14 @@ def refuse_unoffered(request: _Common) -> None:
 
 
 def sampling_params(request: _Common, *, max_tokens: int | None, default_max_tokens: int,
-                    logprobs: int | None, logprobs_field: str) -> SamplingParams:
+                    logprobs: int | None, logprobs_field: str, prompt_logprobs: int | None = None) -> SamplingParams:
     values = dict(temperature=1.0 if request.temperature is None else request.temperature,
                   top_p=1.0 if request.top_p is None else request.top_p,
                   top_k=0 if request.top_k == -1 else request.top_k, seed=request.seed,
                   max_new_tokens=default_max_tokens if max_tokens is None else max_tokens,
                   min_new_tokens=request.min_tokens, stop=request.stop or (),
                   include_stop=request.include_stop_str_in_output, ignore_eos=request.ignore_eos,
-                  repetition_penalty=request.repetition_penalty, logprobs=logprobs)
+                  repetition_penalty=request.repetition_penalty, logprobs=logprobs, prompt_logprobs=prompt_logprobs)
     try:
         return SamplingParams(**values).validate()
     except InvalidRequestError as exc:
@@ -185,15 +185,16 @@ def chat_logprobs(tokenizer, items: list[TokenLogprob]) -> dict:
                         for i in items]}
 
 
-def completion_logprobs(tokenizer, items: list[TokenLogprob], offset: int) -> dict:
-    """OpenAI's legacy completions `logprobs`: parallel lists, text offsets counted from `offset`."""
-    tokens = [token_text(tokenizer, i.token_id) for i in items]
+def completion_logprobs(tokenizer, token_ids: list[int], items: list[TokenLogprob | None], offset: int) -> dict:
+    """OpenAI's legacy completions `logprobs`: parallel lists, text offsets counted from `offset`. An item is None
+    for a token with no logprob (an echoed prompt's first token)."""
+    tokens = [token_text(tokenizer, t) for t in token_ids]
     offsets, at = [], offset
     for text in tokens:
         offsets.append(at)
         at += len(text)
-    return {"tokens": tokens, "token_logprobs": [i.logprob for i in items],
-            "top_logprobs": [{token_text(tokenizer, t): v for t, v in i.top} for i in items],
+    return {"tokens": tokens, "token_logprobs": [None if i is None else i.logprob for i in items],
+            "top_logprobs": [None if i is None else {token_text(tokenizer, t): v for t, v in i.top} for i in items],
             "text_offset": offsets}
 
 

@@ -78,6 +78,27 @@ def test_chat_logprobs_are_the_targets(client, engine, tokenizer):  # noqa: F811
         assert entry.bytes == list(entry.token.encode())
 
 
+def test_echo_with_logprobs_gives_the_prompts_logprobs_too(client, engine, tokenizer):  # noqa: F811
+    """OpenAI's legacy echo: the prompt comes back in front, and with `logprobs` its tokens too, each after the
+    first with the target's logprob of it (the first has none), then the generated tokens'; unary and streamed."""
+    prompt = "The capital of France is"
+    (want,) = engine.generate([prompt], SamplingParams(max_new_tokens=6, logprobs=2, prompt_logprobs=2),
+                              SpecParams("ar"), chat=False)
+    ids = want.prompt_token_ids + want.token_ids
+    reply = client.completions.create(model="tiny", prompt=prompt, max_tokens=6, temperature=0, echo=True,
+                                      logprobs=2)
+    got = reply.choices[0].logprobs
+    assert reply.choices[0].text == tokenizer.decode(want.prompt_token_ids) + want.text
+    assert got.tokens == [tokenizer.decode([t]) for t in ids]
+    assert got.token_logprobs[0] is None and got.top_logprobs[0] is None
+    assert got.token_logprobs[1:] == pytest.approx([i.logprob for i in want.prompt_logprobs + want.logprobs], abs=1e-5)
+    assert got.text_offset[0] == 0 and got.text_offset[len(want.prompt_token_ids)] == sum(
+        len(t) for t in got.tokens[:len(want.prompt_token_ids)])
+    chunks = list(client.completions.create(model="tiny", prompt=prompt, max_tokens=6, temperature=0, echo=True,
+                                            logprobs=2, stream=True))
+    assert [x for c in chunks for x in c.choices[0].logprobs.token_logprobs] == got.token_logprobs
+
+
 def test_n_choices_with_a_seed_repeat(client):
     ask = dict(model="tiny", prompt=["One", "Two"], max_tokens=8, temperature=0.9, n=2, seed=7)
     first, again = client.completions.create(**ask), client.completions.create(**ask)

@@ -524,33 +524,31 @@ def serve_load_table():
 
 @claim
 def serve_load_on_serve_tables():
-    """The two tables after 'Serving under load': the same bench on the Ray Serve replicas, through the server
-    process's fronts (issue20-serve-load-on-serve.json) and through Serve's proxies
-    (issue20-serve-load-serve-ingress.json), throughput against the router's (issue7-serve-load.json)."""
-    router = result("issue7-serve-load")
+    """The table after 'Serving under load': the same bench on the Ray Serve replicas through the server process's
+    fronts (issue20-serve-load-on-serve.json), through Serve's proxies (issue20-serve-load-serve-ingress.json) and
+    with Mirror-SD pipeline replicas (issue20-serve-load-mirror-on-serve.json), each against the hand-made router's
+    last commit rerun the same day (issue20-router-rerun.json, issue20-router-rerun-mirror.json)."""
 
     def row(label, run, before):
         seconds = lambda q: num(dec(run["ttft_ms"][q]) / 1000, 1)  # noqa: E731
         ratio = num(dec(run["output_tokens_per_s"]) / dec(before["output_tokens_per_s"]), 2) + "x"
-        if "phases" in run:
-            ratio += f"; {' / '.join(num(p['output_tokens_per_s'], 1) for p in run['phases'])} by phase"
         return Row(cells(label, str(run["requests"]), ", ".join(f"{n} {code}" for code, n in run["codes"].items()),
                          f"{seconds('p50')} / {seconds('p99')} s",
                          f"{num(run['tpot_ms']['p50'])} / {num(run['tpot_ms']['p99'])} ms",
-                         f"{num(run['output_tokens_per_s'], 1)} ({ratio})"))
+                         f"{num(before['output_tokens_per_s'], 1)}", f"{num(run['output_tokens_per_s'], 1)} ({ratio})"))
 
-    def scale_label(run):
-        up, down = run["events"]
-        return (f"{run['clients']} closed-loop clients for {num(run['wall_s'])} s, `Scale` to {up['replicas']} at "
-                f"{num(up['asked_s'])} s (ready at {num(up['done_s'])} s), to {down['replicas']} at "
-                f"{num(down['asked_s'])} s")
-
-    rows = []
-    for name in ("issue20-serve-load-on-serve", "issue20-serve-load-serve-ingress"):
-        r = result(name)
-        rows += [row(f"{r['burst']['requests']} streams opened at once, 1 replica", r["burst"], router["burst"]),
-                 row(scale_label(r["scale"]), r["scale"], router["scale"])]
-    return rows
+    rows, runs = [], []
+    for name, path, router in (("issue20-serve-load-on-serve", "server process", "issue20-router-rerun"),
+                               ("issue20-serve-load-serve-ingress", "Serve's proxies", "issue20-router-rerun"),
+                               ("issue20-serve-load-mirror-on-serve", "server process, Mirror-SD pipelines",
+                                "issue20-router-rerun-mirror")):
+        r, before = result(name), result(router)
+        runs += [r["burst"], r["scale"], before["burst"], before["scale"]]
+        rows += [row(f"burst, {path}", r["burst"], before["burst"]),
+                 row(f"1 -> 2 -> 1, {path}", r["scale"], before["scale"])]
+    prompts = same(*(r["prompts"] for r in runs))
+    return rows + [Phrase(f"every prompt's answer was the same everywhere ({min(r['prompts_with_one_answer'] for r in "
+                          f"runs)} of {prompts} in every run)")]
 
 
 @claim

@@ -99,6 +99,25 @@ def test_bad_requests_full_replicas_and_a_dead_replica_come_back_as_errors(ray_c
     try:
         with pytest.raises(InvalidRequestError, match="^max_new_tokens:"):
             backend.submit([1, 2, 3], SamplingParams(max_new_tokens=5000), SPEC)
+        # A burst of four at once: one slot and one queue place, so at least two are refused (the first may still
+        # be waiting when the others come, so up to three).
+        outcomes: list[str] = []
+        start = threading.Barrier(4)
+
+        def burst(i: int) -> None:
+            start.wait()
+            try:
+                last_of(backend.submit(prompt(tokenizer, f"Say {i}."), SamplingParams(max_new_tokens=4), SPEC))
+                outcomes.append("served")
+            except QueueFull:
+                outcomes.append("refused")
+
+        threads = [threading.Thread(target=burst, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert len(outcomes) == 4 and 1 <= outcomes.count("served") <= 2, outcomes
         # Long enough to hold the one slot however slow the machine is (it is cancelled below).
         held = backend.submit(prompt(tokenizer, "Count to ten."), SamplingParams(max_new_tokens=1000,
                                                                                  ignore_eos=True), SPEC)

@@ -200,3 +200,47 @@ def test_ctrl_c_stops_the_application_and_serve(app, ray_cluster):
         urllib.request.urlopen(f"{http}/health", timeout=5)
     with pytest.raises(ValueError):  # Serve's controller is gone from the cluster
         ray_cluster.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+
+
+def test_without_an_application_batch_jobs_and_mirrorspec_serve_start_their_own(ray_cluster, tmp_path):
+    """Serve is down (the test above stopped it). `batch_job --serve --replicas 1` deploys replicas for itself and
+    removes them (and Serve) when done; `mirrorspec serve` with serve.ingress: serve builds the same application
+    behind Serve's proxies on free ports, answers the same prompts with the same tokens, and on a signal deletes
+    it and shuts down the Serve it started."""
+    from mirrorspec.cluster.serve_replicas import serve_running
+
+    assert not serve_running()
+    project = tmp_path / "project.yaml"
+    project.write_text("engine: {max_batch: 2, threads: 1}\nspeculation: {method: ar}\n"
+                       "cluster: {target: {resources: {CPU: 1}, threads: 1}}\n"
+                       "serve: {ingress: serve, port: 0, http_port: 0, max_new_tokens: 64, default_max_new_tokens: 8}\n")
+    prompts = ["Name a colour.", "Name an animal."]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n"
+                                                 for i, p in enumerate(prompts)))
+    summary = batch_job.run(batch_job.build_parser().parse_args([
+        "--config", str(project), "--input", str(tmp_path / "rows.jsonl"), "--output", str(tmp_path / "out"),
+        "--serve", "--replicas", "1", "--max-new-tokens", "8", "--batch-size", "2", "--merge"]))
+    assert summary["answered"] == 2 and summary["replicas"] == 1 and not serve_running()
+    batch_answers = [json.loads(line) for line in (tmp_path / "out" / "answers.jsonl").read_text().splitlines()]
+
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mirrorspec"), "serve", "--config", str(project)],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()  # printed once the application is ready
+        assert "through Ray Serve's proxies" in line, line
+        address = line.split("fmaas.GenerationService on ")[1].split(";")[0]
+        channel = grpc.insecure_channel(address)
+        stub = pb_grpc.GenerationServiceStub(channel)
+        for answer in batch_answers:
+            reply = stub.Generate(pb.BatchedGenerationRequest(
+                requests=[pb.GenerationRequest(text=prompts[int(answer["id"])])],
+                params=pb.Parameters(stopping=pb.StoppingCriteria(max_new_tokens=8))), timeout=120).responses[0]
+            assert list(reply.token_ids) == answer["token_ids"]
+        channel.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0 and not serve_running()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

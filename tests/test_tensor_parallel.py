@@ -47,6 +47,14 @@ def test_tp2_logits_match_tp1(tp2, single):
     whole = greedy_logits(single.target, ids, steps=8)
     assert split.shape == whole.shape == (9, single.target.vocab_size)
     assert (split - whole).abs().max().item() <= 1e-4
+    # The prompt's logprobs (TGIS's input tokens, OpenAI's echo) come from the split target's logits as well.
+    asked = SamplingParams(max_new_tokens=1, prompt_logprobs=2)
+    (split_out,) = tp2.generate(["Explain why the sky is blue."], asked, SpecParams("ar"), chat=True)
+    (whole_out,) = single.generate(["Explain why the sky is blue."], asked, SpecParams("ar"), chat=True)
+    assert len(split_out.prompt_logprobs) == len(ids) - 1
+    for got, want in zip(split_out.prompt_logprobs, whole_out.prompt_logprobs):
+        assert got.token_id == want.token_id and abs(got.logprob - want.logprob) <= 1e-4
+        assert [t for t, _ in got.top] == [t for t, _ in want.top]
 
 
 @pytest.mark.real_model
