@@ -241,6 +241,8 @@ class ServeBackend:
         self._scaling = threading.Lock()
         self._count = threading.Lock()
         self._requests = {"waiting": 0, "running": 0}
+        self.ongoing = project.serve.ongoing_requests(project.engine.max_batch)
+        self._serving_count, self._serving_at = 0, float("-inf")
 
     # ---------------------------------------------------------------------------------- requests
     def submit(self, prompt_ids: list[int], sampling: SamplingParams, spec: SpecParams, *,
@@ -302,14 +304,23 @@ class ServeBackend:
         return None
 
     def _queue(self) -> None:
-        """Count a new request as waiting, or refuse it when serve.max_queued_requests already wait. Serve's own
-        check of that bound leaks under a burst: a request sent to a replica and waiting for the replica's
-        accept-or-reject answer is not counted as queued (Ray 2.60's router), so while a busy replica answers
-        slowly most of a burst slips past it (measured: 0 to 16 of 64 refused where 16 should be, run to run)."""
+        """Count a new request as waiting, or refuse it when serve.max_queued_requests already wait: when this
+        front has that many in flight beyond what the serving replicas hold (max_ongoing_requests each). Serve's
+        own check leaks under a burst: Ray 2.60's router does not count a request sent to a replica and waiting
+        for its accept-or-reject answer, so while a busy replica answers slowly most of a burst slips past (measured:
+        0 to 16 of the 16 requests over the bound of a 64-stream burst got through, run to run)."""
+        bound = self.project.serve.max_queued_requests + self.ongoing * self._serving()
         with self._count:
-            if self._requests["waiting"] >= self.project.serve.max_queued_requests:
+            if self._requests["waiting"] + self._requests["running"] >= bound:
                 raise self._full()
             self._requests["waiting"] += 1
+
+    def _serving(self) -> int:
+        """Serve's count of running replicas, asked of its controller at most once a second."""
+        now = time.monotonic()
+        if now - self._serving_at > 1.0:
+            self._serving_count, self._serving_at = self.replicas, now
+        return self._serving_count
 
     def _full(self) -> QueueFull:
         return QueueFull(f"every replica is full and {self.project.serve.max_queued_requests} requests wait "

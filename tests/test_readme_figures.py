@@ -527,7 +527,9 @@ def serve_load_on_serve_tables():
     """The table after 'Serving under load': the same bench on the Ray Serve replicas through the server process's
     fronts (issue20-serve-load-on-serve.json), through Serve's proxies (issue20-serve-load-serve-ingress.json) and
     with Mirror-SD pipeline replicas (issue20-serve-load-mirror-on-serve.json), each against the hand-made router's
-    last commit rerun the same day (issue20-router-rerun.json, issue20-router-rerun-mirror.json)."""
+    last commit rerun the same day (issue20-router-rerun.json, issue20-router-rerun-mirror.json); the router's
+    issue-7 burst (issue7-serve-load.json), its morning rerun (issue20-router-rerun-early.json) and the Serve code
+    before the bound fixes (issue20-serve-before-bound-fix.json)."""
 
     def row(label, run, before):
         seconds = lambda q: num(dec(run["ttft_ms"][q]) / 1000, 1)  # noqa: E731
@@ -547,8 +549,16 @@ def serve_load_on_serve_tables():
         rows += [row(f"burst, {path}", r["burst"], before["burst"]),
                  row(f"1 -> 2 -> 1, {path}", r["scale"], before["scale"])]
     prompts = same(*(r["prompts"] for r in runs))
-    return rows + [Phrase(f"every prompt's answer was the same everywhere ({min(r['prompts_with_one_answer'] for r in "
-                          f"runs)} of {prompts} in every run)")]
+    then, early, late = (result(n) for n in ("issue7-serve-load", "issue20-router-rerun-early", "issue20-router-rerun"))
+    unfixed = result("issue20-serve-before-bound-fix")
+    burst = lambda r: num(r["burst"]["output_tokens_per_s"], 1)  # noqa: E731
+    rows += [Phrase(f"the router's own burst gave {burst(then)} tokens/s at issue 7, {burst(early)} in the morning of "
+                    f"2026-12-02 and {burst(late)} an hour and a half later"),
+             Phrase(f"gave {burst(unfixed)} / {num(unfixed['scale']['output_tokens_per_s'], 1)} tokens/s (burst / "
+                    f"scaling run; the router then: {burst(early)} / {num(early['scale']['output_tokens_per_s'], 1)}) "
+                    f"and let {unfixed['burst']['codes']['OK']} of {unfixed['burst']['requests']} in")]
+    agreed = min(r["prompts_with_one_answer"] for r in runs)
+    return rows + [Phrase(f"every prompt's answer was the same everywhere ({agreed} of {prompts} in every run)")]
 
 
 @claim

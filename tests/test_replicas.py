@@ -99,8 +99,7 @@ def test_bad_requests_full_replicas_and_a_dead_replica_come_back_as_errors(ray_c
     try:
         with pytest.raises(InvalidRequestError, match="^max_new_tokens:"):
             backend.submit([1, 2, 3], SamplingParams(max_new_tokens=5000), SPEC)
-        # A burst of four at once: one slot and one queue place, so at least two are refused (the first may still
-        # be waiting when the others come, so up to three).
+        # A burst of four at once: one slot and one queue place, so at most two are taken and the others refused.
         outcomes: list[str] = []
         start = threading.Barrier(4)
 

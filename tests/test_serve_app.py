@@ -213,7 +213,8 @@ def test_without_an_application_batch_jobs_and_mirrorspec_serve_start_their_own(
     project = tmp_path / "project.yaml"
     project.write_text("engine: {max_batch: 2, threads: 1}\nspeculation: {method: ar}\n"
                        "cluster: {target: {resources: {CPU: 1}, threads: 1}}\n"
-                       "serve: {ingress: serve, port: 0, http_port: 0, max_new_tokens: 64, default_max_new_tokens: 8}\n")
+                       "serve: {ingress: serve, port: 0, http_port: 0, max_new_tokens: 64,"
+                       " default_max_new_tokens: 8}\n")
     prompts = ["Name a colour.", "Name an animal."]
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n"
                                                  for i, p in enumerate(prompts)))
