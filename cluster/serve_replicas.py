@@ -175,10 +175,12 @@ class ServeRequest:
                 yield out
                 if out.finished:
                     return
-        except ray.exceptions.RayActorError as exc:
-            raise ReplicaLost("the replica holding this request died; retry it") from exc
         except ray.exceptions.TaskCancelledError:
             return
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
+            if not replica_lost(exc):
+                raise
+            raise ReplicaLost("the replica holding this request died; retry it") from exc
         finally:
             self._finish()
 
@@ -190,6 +192,13 @@ class ServeRequest:
 class ReplicaLost(Stopping):
     """The replica holding a request died: that request is lost, retryable (UNAVAILABLE); Serve replaces the
     replica and every other request goes on."""
+
+
+def replica_lost(exc: BaseException) -> bool:
+    """Whether a call failed because its replica died, or an actor of the replica's pipeline did (the replica's
+    own call to it failed; Serve replaces the replica once its health check sees it)."""
+    return isinstance(exc, ray.exceptions.RayActorError) or (
+        isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, ray.exceptions.RayActorError))
 
 
 def replica_deployment(project: ProjectConfig):
@@ -255,6 +264,8 @@ class ServeBackend:
             self._move("waiting", None)
             if isinstance(exc, serve.exceptions.BackPressureError):
                 raise self._full() from exc
+            if replica_lost(exc):
+                raise ReplicaLost("the replica taking this request died; retry it") from exc
             if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(
                     exc.cause, (InvalidRequestError, QueueFull, Stopping)):
                 raise exc.cause from None
