@@ -292,8 +292,13 @@ class _Render:
 class _CompletionRender(_Render):
     PREFIX, CHUNK = "cmpl", "text_completion"
 
+    def __init__(self, front: OpenAIFrontend, request, prompts: list[list[int]]) -> None:
+        super().__init__(front, request, prompts)
+        # Each prompt's echo, decoded once: every stream chunk needs its length.
+        self.echoes = [front.model.tokenizer.decode(p) if request.echo else "" for p in prompts]
+
     def _echo(self, index: int) -> str:
-        return self.front.model.tokenizer.decode(self.prompts[index // self.n]) if self.request.echo else ""
+        return self.echoes[index // self.n]
 
     def _choice(self, index: int, out: RequestOutput, text: str, logprobs, offset: int, first: bool) -> dict:
         """One choice; its first text (and logprobs) echo the prompt when asked: the prompt's tokens with the

@@ -385,8 +385,9 @@ def _self_signed() -> tuple[bytes, bytes]:
 def test_mirrorspec_serve_answers_then_drains_on_sigterm(tmp_path, ray_cluster, capsys, monkeypatch):
     """The CLI server on the default pair serving `mirror`, so each replica is a whole pipeline (the drafter's
     actor and the target's, half a core each) on the session's Ray cluster: a token from the environment,
-    TLS only (a plain client is refused), Prometheus metrics of the requests, `mirrorspec scale`, auth, reflection, health, cancel and deadline, and a streamed request that is still running when SIGTERM
-    arrives finishes whole while health reads NOT_SERVING; the process exits 0."""
+    TLS only (a plain client is refused), Prometheus metrics of the requests, `mirrorspec scale`, auth, reflection,
+    health, cancel and deadline, and a streamed request that is still running when SIGTERM arrives finishes whole
+    while health reads NOT_SERVING; the process exits 0."""
     import os
     import signal
     import subprocess
