@@ -3,6 +3,8 @@
 - Patience: a drafter gets at most about one (average) target step to answer a `propose`: a draft that takes
   longer than a plain step cannot pay for itself at the acceptance rates drafters reach. A later answer is dropped
   by the channel (the request's `late_drafts` counts it). An in-process drafter always answers.
+- Cost: the measured seconds of a drafter forward against a whole step's give the drafting stop rule's threshold
+  (`min_path`): a level is worth drafting when the tokens it may add are worth the forward it costs.
 - Back-off: after a failure the engine decodes without drafts for 1, 2, 4, ... 64 steps (doubling with every
   consecutive failure), then reopens its sequences on the drafter (which may have come back) and tries again.
 """
@@ -29,12 +31,29 @@ class DrafterGuard:
         self._steps = 0
         self._back_at = 0  # step from which the drafter is asked again after a failure
         self._step_seconds: float | None = None  # moving average of the target's decoding forward
+        self._propose_seconds: float | None = None  # ... of a `propose` call that drafted
+        self._forward_seconds: float | None = None  # ... of one of its drafter forwards
 
     def new_step(self) -> None:
         self._steps += 1
 
     def target_step_took(self, seconds: float) -> None:
-        self._step_seconds = seconds if self._step_seconds is None else 0.9 * self._step_seconds + 0.1 * seconds
+        self._step_seconds = _average(self._step_seconds, seconds)
+
+    def drafting_took(self, seconds: float, forwards: int) -> None:
+        """A `propose` that drafted took `seconds` for `forwards` drafter forwards (a draft of depth d takes d: the
+        catch-up forward gives the first level, each fed level the next)."""
+        self._propose_seconds = _average(self._propose_seconds, seconds)
+        self._forward_seconds = _average(self._forward_seconds, seconds / max(1, forwards))
+
+    def min_path(self, tau: float) -> float:
+        """The drafting stop rule's threshold for a row committing `tau` tokens per step: one more drafter forward
+        costs f seconds of a t-second step, so a level pays when its expected extra tokens exceed tau * f / t
+        (the row's tokens per second times the forward's seconds). 0 until both costs are measured."""
+        if self._forward_seconds is None or self._step_seconds is None:
+            return 0.0
+        step = self._step_seconds + self._propose_seconds
+        return min(1.0, tau * self._forward_seconds / step)
 
     @property
     def resting(self) -> bool:
@@ -64,3 +83,8 @@ class DrafterGuard:
             self.service.reset()
         except Exception:
             logger.exception("drafter could not be reset")
+
+
+def _average(mean: float | None, sample: float) -> float:
+    """An exponential moving average over about the last ten samples."""
+    return sample if mean is None else 0.9 * mean + 0.1 * sample

@@ -208,7 +208,7 @@ class DrafterSession:
             if self.uses_features and not tokens:
                 raise InvalidRequestError("propose.features", f"sequence {report.seq_id}: no hidden state to draft from")
             jobs.append(DraftJob(report.seq_id, tokens, report.depth, report.topk, report.budget, state.sampling,
-                                 state.generator, catchup_features=feats))
+                                 state.generator, catchup_features=feats, min_path=report.min_path))
         drafts = draft_trees(self.drafter, jobs)
         out = {}
         for (report, state), job, draft in zip(work, jobs, drafts):

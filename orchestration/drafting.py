@@ -4,7 +4,10 @@ Each level keeps the `topk` best children over the whole frontier, scored by the
 of their path; at the end the `budget` best nodes over all levels form the tree (EAGLE-2's dynamic tree,
 arXiv 2406.16858). With topk = 1 this is a chain; a chain for a sampling request draws its tokens from the
 drafter's distribution (so that rejection sampling can use min(1, p/q)), every other node is a deterministic
-top-k pick. All rows of a batch expand together: one drafter forward per level.
+top-k pick. All rows of a batch expand together: one drafter forward per level. A row stops early where its
+next level is unlikely to pay for the drafter forward it costs (`min_path`, set by the scheduler from measured
+costs: the drafting half of SpecDec++'s stop rule, arXiv 2405.19715; the verifying half is
+orchestration/spec_budget.py). Stopping depends only on the drafter's own numbers, so the verifier's law holds.
 
 A feature drafter (EAGLE-style) takes a hidden state with every token: the target's for the catch-up tokens,
 and its own output at the parent for each tree node (the target has not seen the node yet).
@@ -12,6 +15,7 @@ and its own output at the parent for each tree node (the target has not seen the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +36,7 @@ class DraftJob:
     params: SamplingParams
     generator: torch.Generator
     catchup_features: torch.Tensor | None = None  # [len(catchup), H] for feature drafters
+    min_path: float = 0.0  # the stop rule (below); 0 drafts the whole shape
 
 
 @dataclass
@@ -83,6 +88,16 @@ class _Expansion:
             self.fed.append(None)
         return new
 
+    def worth_feeding(self, nodes: list[int]) -> bool:
+        """The stop rule: feed a level only if some node's children may reach the job's `min_path`. A child's path
+        estimate is predicted as its parent's times the parent's own probability (confidence runs along a path)."""
+        floor = self.job.min_path
+        return floor <= 0.0 or any(2 * self.scores[n] - self._parent_score(n) >= math.log(floor) for n in nodes)
+
+    def _parent_score(self, node: int) -> float:
+        parent = self.parents[node]
+        return 0.0 if parent == ROOT else self.scores[parent]
+
     def mark_fed(self, nodes: list[int]) -> list[int]:
         """Give nodes drafter indices; return their parents' drafter indices (-1 = the last committed token)."""
         parents = []
@@ -125,7 +140,7 @@ def draft_trees(drafter: Worker, jobs: list[DraftJob]) -> list[Draft]:
                 continue
             new = state.grow()
             state.frontier = []
-            if level < state.job.depth and new:
+            if level < state.job.depth and new and state.worth_feeding(new):
                 feed.append((state, new))
         if not feed:
             continue

@@ -198,7 +198,8 @@ def build_engine(config: EngineConfig) -> Engine:
 def step_cost_source(config: EngineConfig, target: Worker) -> StepCost | Callable[[], StepCost] | None:
     """The adaptive budget's cost curve as engine.step_cost asks: a table, none, or (auto) a probe of `target`
     whose result is kept in the cache folder for this machine, model and kernels, so that it is measured once
-    (and every later engine there sizes its drafts alike). Delete the file to measure again."""
+    (and every later engine there sizes its drafts alike); a probe disturbed by other work is used but not kept.
+    Delete the file to measure again."""
     setting = parse_step_cost(config.step_cost)
     if setting != MEASURE:
         return setting
@@ -216,6 +217,10 @@ def step_cost_source(config: EngineConfig, target: Worker) -> StepCost | Callabl
         except (OSError, ValueError, KeyError, TypeError):
             pass
         cost = measure_step_cost(target, counts=counts, context=context)
+        if not cost.steady:  # measured beside other work: good enough for now, not for every later engine
+            logger.warning("measured the target's step cost %s while the machine was busy (its forwards disagreed); "
+                           "using it in this process only", cost.as_dict())
+            return cost
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"key": key, "cost": cost.as_dict()}, indent=1))

@@ -33,6 +33,9 @@ class Report:
     topk: int = 1
     budget: int = 0
     branches: bool = False  # mirror: the next window is a chain whose branches are rolled out at early exit
+    # The drafting stop rule: stop extending the draft where no new node's predicted child path estimate reaches
+    # this (orchestration/drafting.py); 0 drafts the whole shape.
+    min_path: float = 0.0
 
 
 @dataclass

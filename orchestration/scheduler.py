@@ -147,6 +147,10 @@ class Scheduler:
         rolled out for every window position)."""
         return seq.spec.adaptive and self._wants_draft(seq) and not seq.spec.mode.early_exit
 
+    def _budgeted(self, seq: Sequence) -> bool:
+        """Whether the budget sizes this row's drafts now (an adaptive row, with a measured cost curve)."""
+        return isinstance(self.step_cost, StepCost) and self._adaptive(seq)
+
     def _measure_step_cost(self) -> None:
         """Probe the target's cost curve once, before the first step with an adaptive row, while a KV slot is
         free for the probe (a few forwards: about a second for a 135M model on two CPU cores)."""
@@ -229,12 +233,13 @@ class Scheduler:
                 for seq in joining:
                     seq.sync.open = True
             for seq in rows:
-                report = self._report(seq, service)
+                report = self._report(seq, guard)
                 if report is not None:
                     reports.append(report)
             started = time.perf_counter()
             proposals = guard.propose(reports)
-            self.timing.propose_s += time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            self.timing.propose_s += seconds
         except Exception:  # a failing drafter must never stop generation: decode without drafts for a while
             self._drafter_failed(guard, rows)
             return
@@ -243,6 +248,9 @@ class Scheduler:
             for seq in rows:
                 seq.stats.late_drafts += 1
             return
+        fresh = [p.tree for p in proposals.values() if not p.reused and len(p.tree)]
+        if fresh:
+            guard.drafting_took(seconds, max(t.depth(n) for t in fresh for n in range(len(t))))
         by_id = {s.seq_id: s for s in rows}
         for report in reports:
             seq = by_id[report.seq_id]
@@ -272,9 +280,10 @@ class Scheduler:
         seq.copies.extend(seq.tokens[len(seq.copies.tokens):])
         return seq.copies.draft(report.depth, report.topk, report.budget)
 
-    def _report(self, seq: Sequence, service: DraftService) -> Report | None:
+    def _report(self, seq: Sequence, guard: DrafterGuard) -> Report | None:
         """What the drafter has not heard of this sequence yet, and the shape of the next draft (None: no draft
         this step)."""
+        service = guard.service
         depth, topk, budget = seq.spec.shape()
         depth = min(depth, seq.remaining - 1)  # never draft past max_new_tokens
         if self._adaptive(seq) and seq.sync.deepest_kept is not None:
@@ -291,7 +300,8 @@ class Scheduler:
                 return None
             features = seq.features[seq.sync.reported_features : seq.n_features]
         return Report(seq.seq_id, seq.tokens[seq.sync.reported_tokens :], seq.sync.accepted_nodes, features,
-                      depth, topk, max(depth, min(budget, depth * topk)), branches=seq.spec.mode.early_exit)
+                      depth, topk, max(depth, min(budget, depth * topk)), branches=seq.spec.mode.early_exit,
+                      min_path=guard.min_path(max(1.0, seq.stats.tau)) if self._budgeted(seq) else 0.0)
 
     def _drafter_failed(self, guard: DrafterGuard, rows: list[Sequence]) -> None:
         guard.failed()

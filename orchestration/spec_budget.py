@@ -8,13 +8,17 @@ Glossary:
                   the root. A node's expected contribution to the step's committed tokens is its path estimate.
   step cost       the target forward's relative cost at a token count (orchestration/step_cost.py).
 
-The rule: sort every adaptive row's nodes by path estimate (a child never ranks before its parent) and verify
-the first k, with k chosen to maximise expected committed tokens per unit of the step's cost,
-    (rows + fixed accepted + accepted(k)) / cost(rows + fixed nodes + k).
+The rule: a batched forward is padded, every row to the widest row's token count (the last committed token plus
+its nodes), so the step costs cost(rows * (1 + width)) however the nodes are spread. Rank each adaptive row's nodes
+by path estimate (a child never ranks before its parent) and verify each row's first `width` of them, with the
+width chosen to maximise expected committed tokens per unit of the step's cost,
+    (rows + fixed accepted + accepted(width)) / cost(rows * (1 + max(width, widest fixed row))).
 So a draft's unlikely tail is never verified (the stop rule: SpecDec++, arXiv 2405.19715, stops where acceptance
 falls below a threshold; here the threshold follows from the cost curve), the likely branches of a tree are kept
-wherever they are (EAGLE-2's ranking, across the whole batch), and as the batch fills a machine whose forward
-cost grows with its tokens the budget shrinks to nothing: plain decoding, never slower than `ar` by the curve.
+wherever they are (EAGLE-2's ranking), nodes that fit in the padding of a wider row ride free, and as the batch
+fills a machine whose forward cost grows with its tokens the width shrinks to nothing: plain decoding, never
+slower than `ar` by the curve. (The first version ranked nodes across the whole batch and priced the step by its
+real tokens, rows + nodes: at batch 8 it verified a few nodes on a few rows, each of which widened all 8 rows.)
 Rows with adaptive speculation off (per request) and Mirror-SD windows (whose branches are rolled out for the
 whole window) are verified whole and counted as fixed load. Pruning only chooses what to verify: every verified
 node is still accepted by the exact rule, so outputs keep their law (and greedy ones their tokens).
@@ -45,35 +49,31 @@ class RowDraft:
 
 
 def plan(rows: list[RowDraft], cost: StepCost) -> list[list[int]]:
-    """Per row, the nodes to verify (ascending, closed under parents): all of a fixed row's, the best of the
-    adaptive rows' by the rule above."""
-    fixed_nodes, fixed_accepted = 0, 0.0
-    candidates: list[tuple[float, int, int, int]] = []  # (-path estimate, depth, row, node)
-    for r, row in enumerate(rows):
+    """Per row, the nodes to verify (ascending, closed under parents): all of a fixed row's, the best `width` of
+    each adaptive row's by the rule above."""
+    fixed_width, fixed_accepted = 0, 0.0
+    ranked: list[list[tuple[float, int, int]]] = []  # per adaptive row: (-path estimate, depth, node), best first
+    for row in rows:
         estimates = path_estimates(row.tree)
         if not row.adaptive:
-            fixed_nodes += len(row.tree)
+            fixed_width = max(fixed_width, len(row.tree))
             fixed_accepted += sum(estimates)
+            ranked.append([])
             continue
         depths: list[int] = []
         for parent in row.tree.parents:
             depths.append(1 if parent == ROOT else depths[parent] + 1)
-        candidates += [(-p, d, r, n) for n, (p, d) in enumerate(zip(estimates, depths))]
-    # A child's estimate never exceeds its parent's and, on a tie, the shallower node comes first, so every
-    # prefix of this order is closed under parents.
-    candidates.sort()
-    base = len(rows) + fixed_accepted
-    tokens = len(rows) + fixed_nodes
-    best_k, best_rate, accepted = 0, base / cost(tokens), 0.0
-    for k, (negative_estimate, _, _, _) in enumerate(candidates, start=1):
-        accepted -= negative_estimate
-        rate = (base + accepted) / cost(tokens + k)
+        # A child's estimate never exceeds its parent's and, on a tie, the shallower node comes first, so every
+        # prefix of this order is closed under parents.
+        ranked.append(sorted((-p, d, n) for n, (p, d) in enumerate(zip(estimates, depths))))
+    best_width, best_rate = 0, -1.0
+    for width in range(max(map(len, ranked), default=0) + 1):
+        accepted = fixed_accepted + sum(-p for order in ranked for p, _, _ in order[:width])
+        rate = (len(rows) + accepted) / cost(len(rows) * (1 + max(width, fixed_width)))
         if rate > best_rate:
-            best_k, best_rate = k, rate
-    kept: list[list[int]] = [list(range(len(row.tree))) if not row.adaptive else [] for row in rows]
-    for _, _, r, n in candidates[:best_k]:
-        kept[r].append(n)
-    return [sorted(nodes) for nodes in kept]
+            best_width, best_rate = width, rate
+    return [list(range(len(row.tree))) if not row.adaptive else sorted(n for _, _, n in order[:best_width])
+            for row, order in zip(rows, ranked)]
 
 
 def prune(tree: DraftTree, kept: list[int]) -> DraftTree:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,6 +19,9 @@ from mirrorspec.workers.interface import Worker
 PROBE_COUNTS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)  # tokens per probed forward
 MEASURE, OFF = "auto", "off"  # the engine's `step_cost` setting besides a table
 PROBE_SEQ = -1  # a sequence id no request uses
+# Two forwards of the same shape on a quiet machine take within this share of each other; a probe whose forwards
+# spread wider ran beside other work (another process's threads on the same cores can slow a forward 10x).
+STEADY_SPREAD = 0.25
 
 
 @dataclass(frozen=True)
@@ -30,9 +33,12 @@ class StepCost:
 
     counts: tuple[int, ...]
     costs: tuple[float, ...]
+    # A probe's forwards agreed with each other (within STEADY_SPREAD at every count): no other work on the
+    # machine disturbed it, so the curve may be kept for later engines. A table given by hand is steady.
+    steady: bool = field(default=True, compare=False)
 
     @classmethod
-    def from_points(cls, points: dict[int, float]) -> "StepCost":
+    def from_points(cls, points: dict[int, float], steady: bool = True) -> "StepCost":
         if not points or any(not isinstance(k, int) or k < 1 or not v > 0 for k, v in points.items()):
             raise ValueError(f"a step cost needs token counts >= 1 with positive costs, got {points!r}")
         counts = tuple(sorted(points))
@@ -41,7 +47,7 @@ class StepCost:
         for k in counts:
             running = max(running, round(points[k] / base, 4))
             costs.append(running)
-        return cls(counts, tuple(costs))
+        return cls(counts, tuple(costs), steady)
 
     def __call__(self, tokens: int) -> float:
         i = bisect.bisect_left(self.counts, tokens)
@@ -97,9 +103,15 @@ def time_forwards(workers: dict[str, Worker], counts: tuple[int, ...], repeats: 
     return times
 
 
-def measure_step_cost(worker: Worker, counts: tuple[int, ...] = PROBE_COUNTS, repeats: int = 2,
+def measure_step_cost(worker: Worker, counts: tuple[int, ...] = PROBE_COUNTS, repeats: int = 3,
                       context: int = 128) -> StepCost:
     """The worker's curve, from the fastest of `repeats` forwards at each count (the least disturbed by other
-    work on the machine)."""
+    work on the machine), marked steady or not (is_steady)."""
     times = time_forwards({"": worker}, counts, repeats, context)[""]
-    return StepCost.from_points({k: min(v) for k, v in times.items()})
+    return StepCost.from_points({k: min(v) for k, v in times.items()}, is_steady(times))
+
+
+def is_steady(times: dict[int, list[float]]) -> bool:
+    """Whether at every count the two fastest forwards agree within STEADY_SPREAD (one slow outlier is allowed:
+    the curve takes the fastest)."""
+    return all(sorted(v)[min(1, len(v) - 1)] <= (1 + STEADY_SPREAD) * min(v) for v in times.values())

@@ -97,7 +97,7 @@ class Features(_message.Message):
     def __init__(self, width: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("id", "committed", "accepted_nodes", "features", "depth", "topk", "budget", "branches")
+    __slots__ = ("id", "committed", "accepted_nodes", "features", "depth", "topk", "budget", "branches", "min_path")
     ID_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_NODES_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,7 @@ class Verdict(_message.Message):
     TOPK_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     BRANCHES_FIELD_NUMBER: _ClassVar[int]
+    MIN_PATH_FIELD_NUMBER: _ClassVar[int]
     id: int
     committed: _containers.RepeatedScalarFieldContainer[int]
     accepted_nodes: _containers.RepeatedScalarFieldContainer[int]
@@ -114,7 +115,8 @@ class Verdict(_message.Message):
     topk: int
     budget: int
     branches: bool
-    def __init__(self, id: _Optional[int] = ..., committed: _Optional[_Iterable[int]] = ..., accepted_nodes: _Optional[_Iterable[int]] = ..., features: _Optional[_Union[Features, _Mapping]] = ..., depth: _Optional[int] = ..., topk: _Optional[int] = ..., budget: _Optional[int] = ..., branches: _Optional[bool] = ...) -> None: ...
+    min_path: float
+    def __init__(self, id: _Optional[int] = ..., committed: _Optional[_Iterable[int]] = ..., accepted_nodes: _Optional[_Iterable[int]] = ..., features: _Optional[_Union[Features, _Mapping]] = ..., depth: _Optional[int] = ..., topk: _Optional[int] = ..., budget: _Optional[int] = ..., branches: _Optional[bool] = ..., min_path: _Optional[float] = ...) -> None: ...
 
 class Propose(_message.Message):
     __slots__ = ("verdicts",)

@@ -85,7 +85,7 @@ def encode_propose(reports: list[Report]) -> pb.Propose:
     return pb.Propose(verdicts=[
         pb.Verdict(id=r.seq_id, committed=r.committed, accepted_nodes=r.accepted_nodes,
                    features=_encode_features(r.features), depth=r.depth, topk=r.topk, budget=r.budget,
-                   branches=r.branches)
+                   branches=r.branches, min_path=r.min_path)
         for r in reports
     ])
 
@@ -100,13 +100,16 @@ def decode_propose(msg: pb.Propose, vocab_size: int, feature_size: int) -> list[
             raise InvalidRequestError(f"{where}.accepted_nodes", "holds a negative node index")
         if v.topk < 1 or v.budget < v.depth:
             raise InvalidRequestError(f"{where}.topk", "a draft needs topk >= 1 and budget >= depth")
+        if not 0.0 <= v.min_path <= 1.0:  # NaN fails too
+            raise InvalidRequestError(f"{where}.min_path", f"must be a probability in [0, 1], got {v.min_path}")
         features = None
         if feature_size:
             features = _decode_features(v.features, feature_size, f"{where}.features")
         elif v.features.data:
             raise InvalidRequestError(f"{where}.features", "this drafter takes no hidden states")
         reports.append(Report(v.id, _check_ids(v.committed, vocab_size, f"{where}.committed"),
-                              list(v.accepted_nodes), features, v.depth, v.topk, v.budget, v.branches))
+                              list(v.accepted_nodes), features, v.depth, v.topk, v.budget, v.branches,
+                              v.min_path))
     _check_unique([r.seq_id for r in reports], "propose.verdicts")
     return reports
 

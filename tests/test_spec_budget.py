@@ -9,13 +9,16 @@ import dataclasses
 import math
 
 import pytest
+import torch
 
 from helpers import noisy_copy, tiny_engine, tiny_model, worker
 from mirrorspec.orchestration import factory
 from mirrorspec.orchestration.engine import EngineConfig
 from mirrorspec.orchestration.draft_tree import ROOT, DraftTree
+from mirrorspec.orchestration.drafter_guard import DrafterGuard
+from mirrorspec.orchestration.drafting import DraftJob, draft_trees
 from mirrorspec.orchestration.spec_budget import RowDraft, path_estimates, plan, prune
-from mirrorspec.orchestration.step_cost import MEASURE, StepCost, measure_step_cost, parse_step_cost
+from mirrorspec.orchestration.step_cost import MEASURE, StepCost, is_steady, measure_step_cost, parse_step_cost
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.params import SamplingParams, SpecParams
 
@@ -67,9 +70,14 @@ def test_a_full_batch_decodes_plainly():
     assert plan(rows, KNEE) == [[], [], [], []]  # the 4 rows already fill the free part of the curve
 
 
-def test_nodes_go_to_the_likeliest_drafts_across_the_batch():
+def test_every_row_gets_the_same_width_because_the_forward_pads_rows_to_the_widest():
     rows = [RowDraft(chain(0.3, 0.9), True), RowDraft(chain(0.95, 0.9, 0.9), True)]
-    assert plan(rows, KNEE) == [[], [0, 1]]
+    # Width 1 fills the free 4 tokens (2 rows x 2) with 1.25 expected accepts; width 2 pads to 6 tokens (cost 2)
+    # for 4.375 expected tokens, less than 3.25 per unit.
+    assert plan(rows, KNEE) == [[0], [0]]
+    # A lone likely row among plain ones is not widened: its nodes would widen every row.
+    plain = [RowDraft(DraftTree(), True) for _ in range(3)]
+    assert plan([RowDraft(chain(0.95, 0.9, 0.9), True), *plain], KNEE) == [[], [], [], []]
 
 
 def test_tree_branches_are_kept_by_path_and_stay_closed_under_parents():
@@ -85,7 +93,50 @@ def test_tree_branches_are_kept_by_path_and_stay_closed_under_parents():
 
 def test_a_fixed_row_is_verified_whole_and_counts_as_load():
     fixed, adaptive = RowDraft(chain(*[0.9] * 6), False), RowDraft(chain(0.5, 0.5), True)
-    assert plan([fixed, adaptive], KNEE) == [list(range(6)), []]  # 2 + 6 tokens fill the curve's last step
+    # The fixed row pads both rows to 7 tokens: the adaptive row's nodes ride in that padding for free.
+    assert plan([fixed, adaptive], KNEE) == [list(range(6)), [0, 1]]
+    assert plan([fixed, RowDraft(chain(*[0.9] * 8), True)], KNEE) == [list(range(6)), list(range(6))]
+
+
+# --------------------------------------------------------------------------------------- drafting stop rule
+def test_the_stop_rule_threshold_weighs_a_drafter_forward_against_the_step():
+    guard = DrafterGuard(service=None)
+    assert guard.min_path(2.0) == 0.0  # nothing measured yet: draft the whole shape
+    guard.target_step_took(0.090)
+    guard.drafting_took(0.050, forwards=5)  # 10 ms a forward of a 50 ms propose, in a 140 ms step
+    # A row committing 2 tokens a step makes a token every 70 ms: a 10 ms forward must add 1/7 token.
+    assert guard.min_path(2.0) == pytest.approx(2 * 0.010 / 0.140)
+    guard.drafting_took(10.0, forwards=1)
+    assert guard.min_path(100.0) == 1.0
+
+
+def stop_rule_drafts(drafter, min_path: float) -> list[DraftTree]:
+    jobs = [DraftJob(seq_id=i, catchup=prompt, depth=6, topk=topk, budget=6 * topk, params=SamplingParams(),
+                     generator=torch.Generator(), min_path=min_path)
+            for i, (prompt, topk) in enumerate([([3, 4, 5], 1), ([9, 8, 7, 6], 3)])]
+    for job in jobs:
+        drafter.open(job.seq_id)
+    trees = [d.tree for d in draft_trees(drafter, jobs)]
+    for job in jobs:
+        drafter.release(job.seq_id)
+    return trees
+
+
+def test_the_stop_rule_ends_a_draft_where_its_next_level_would_not_pay(target):
+    drafter = worker(noisy_copy(target, 0.3, seed=2))
+    whole = stop_rule_drafts(drafter, 0.0)
+    assert [max(t.depth(n) for n in range(len(t))) for t in whole] == [6, 6]
+    for tree, cut in zip(whole, stop_rule_drafts(drafter, 0.3)):
+        paths = path_estimates(tree)
+        # Level d + 1 is drafted iff some level-d node's path times its own probability reaches the threshold.
+        depth = 1
+        while depth < 6 and any(paths[n] * math.exp(tree.logprobs[n]) >= 0.3
+                                for n in range(len(tree)) if tree.depth(n) == depth):
+            depth += 1
+        assert max(cut.depth(n) for n in range(len(cut))) == depth < 6
+        # What it drafts up to there is the whole draft's (the same top-k choices, level by level).
+        kept = [n for n in range(len(tree)) if tree.depth(n) <= depth]
+        assert (cut.tokens, cut.parents) == (prune(tree, kept).tokens, prune(tree, kept).parents)
 
 
 # ------------------------------------------------------------------------------------------------ engines
@@ -146,7 +197,12 @@ def test_auto_measures_once_per_machine_and_model(target, tmp_path, monkeypatch)
     monkeypatch.setenv("MIRRORSPEC_CACHE", str(tmp_path))
     calls = []
     measure = factory.measure_step_cost
-    monkeypatch.setattr(factory, "measure_step_cost", lambda w, **kw: calls.append(kw) or measure(w, **kw))
+
+    def probe(steady: bool):
+        # The real probe, its steadiness set: a tiny model's forwards take a millisecond, too short to judge.
+        return lambda w, **kw: calls.append(kw) or dataclasses.replace(measure(w, **kw), steady=steady)
+
+    monkeypatch.setattr(factory, "measure_step_cost", probe(True))
     config = EngineConfig(target="tiny", max_spec_nodes=8, max_model_len=128)
     first = factory.step_cost_source(config, worker(target))()
     again = factory.step_cost_source(config, worker(target))()  # another engine: read from the cache folder
@@ -154,4 +210,15 @@ def test_auto_measures_once_per_machine_and_model(target, tmp_path, monkeypatch)
     assert factory.step_cost_source(dataclasses.replace(config, step_cost="off"), worker(target)) is None
     table = factory.step_cost_source(dataclasses.replace(config, step_cost={1: 1, 8: 2}), worker(target))
     assert table(8) == 2.0 and len(calls) == 1
+    # A probe disturbed by other work (forwards that disagree) is used, and measured again by the next engine.
+    monkeypatch.setenv("MIRRORSPEC_CACHE", str(tmp_path / "busy"))
+    monkeypatch.setattr(factory, "measure_step_cost", probe(False))
+    assert factory.step_cost_source(config, worker(target))().counts == (1, 2, 4, 8)
+    factory.step_cost_source(config, worker(target))()
+    assert len(calls) == 3 and not (tmp_path / "busy").exists()
 
+
+def test_a_probe_is_steady_when_its_two_fastest_forwards_agree_at_every_count():
+    assert is_steady({1: [0.010, 0.011, 0.030], 8: [0.020, 0.024, 0.021]})  # one outlier: the fastest is kept
+    assert not is_steady({1: [0.010, 0.011, 0.012], 8: [0.020, 0.030, 0.031]})
+    assert is_steady({1: [0.010]})

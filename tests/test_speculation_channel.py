@@ -37,11 +37,10 @@ def test_every_message_round_trips():
 
     feats = torch.randn(3, 8)
     reports = [Report(3, [5, 6, 7], [0, 1], feats, depth=4, topk=2, budget=6, branches=True),
-               Report(4, [9], [], None, depth=2, topk=1, budget=2)]
+               Report(4, [9], [], None, depth=2, topk=1, budget=2, min_path=0.125)]
     back = wire.decode_propose(through_bytes(wire.encode_propose(reports)), VOCAB, feature_size=8)
     assert torch.equal(back[0].features, feats) and back[1].features is None
-    assert [(r.seq_id, r.committed, r.accepted_nodes, r.depth, r.topk, r.budget, r.branches) for r in back] == \
-        [(r.seq_id, r.committed, r.accepted_nodes, r.depth, r.topk, r.budget, r.branches) for r in reports]
+    assert [_fields(r) for r in back] == [_fields(r) for r in reports]
 
     cands = [ExitCandidates(3, torch.tensor([[1, 2], [3, 4], [5, 6]]), torch.log(torch.tensor([[.5, .25]] * 3)))]
     (c,) = wire.decode_early_exit(through_bytes(pb.EarlyExit(sequences=wire.encode_early_exit(cands).sequences)),
@@ -60,6 +59,10 @@ def test_every_message_round_trips():
     assert out[4].tree.logprobs == pytest.approx(greedy.logprobs)
 
 
+def _fields(r: Report) -> tuple:
+    return r.seq_id, r.committed, r.accepted_nodes, r.depth, r.topk, r.budget, r.branches, r.min_path
+
+
 def _verdict(**kw):
     base = dict(id=1, committed=[3], depth=2, topk=1, budget=2)
     return pb.Propose(verdicts=[pb.Verdict(**{**base, **kw})])
@@ -69,6 +72,8 @@ MALFORMED = [
     (lambda: wire.decode_propose(_verdict(committed=[]), VOCAB, 0), "propose.verdicts[0].committed"),
     (lambda: wire.decode_propose(_verdict(committed=[VOCAB]), VOCAB, 0), "propose.verdicts[0].committed"),
     (lambda: wire.decode_propose(_verdict(budget=1), VOCAB, 0), "propose.verdicts[0].topk"),
+    (lambda: wire.decode_propose(_verdict(min_path=float("nan")), VOCAB, 0), "propose.verdicts[0].min_path"),
+    (lambda: wire.decode_propose(_verdict(min_path=1.5), VOCAB, 0), "propose.verdicts[0].min_path"),
     (lambda: wire.decode_propose(_verdict(features=pb.Features(width=4, data=b"\0" * 16)), VOCAB, 8),
      "propose.verdicts[0].features.width"),
     (lambda: wire.decode_propose(_verdict(features=pb.Features(width=8, data=b"\0" * 20)), VOCAB, 8),
