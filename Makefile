@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # The defaults of ray_config.yaml: `chain` with the shipped drafter, gamma 5 with adaptive speculation and ngram
-# branches, the fastest exact setting here (bench/results/issue17-ngram-branches-b1.json: 1.40x `ar` at batch 1);
+# branches, the fastest exact setting here (bench/results/issue17-padded-budget-b1.json: 1.56x `ar` at batch 1);
 # the prompt goes through the model's chat template (the default for a model that has one).
 demo: $(STAMP)
 	$(BIN)/mirrorspec generate "Explain in three sentences why the sky is blue." --max-new-tokens 96 --stream

@@ -665,22 +665,41 @@ def switch_label(method: str, switch: str, on: str, off: str) -> str:
     return label + ("" if name == "ar" else f", {off}" if shape.get(switch) == "off" else f", {on}")
 
 
-@claim
-def adaptive_table():
-    """'Adaptive speculation' table: issue17-adaptive-b1.json and -b8.json (one run each)."""
+HF_LABELS = {"hf-generate": "transformers `generate`", "hf-assisted": "transformers assisted, token drafter"}
+
+
+def budget_table(names: tuple[str, ...]):
+    """Rows (batch, method, tau, tok/s, vs ar, accepted / predicted, cut, = ar) and each run's setting."""
     rows, phrases = [], []
-    for name in ADAPTIVE_RUNS:
+    for name in names:
         run = result(name)
         for method, summary in run["methods"].items():
             o = summary["overall"]
-            predicted = "-" if method == "ar" else f"{o['accepted']} / {num(o['predicted_accepted'])}"
-            rows.append(Row(cells(str(run["batch_size"]), switch_label(method, "adaptive", "adaptive", "fixed"),
-                                  num(o["tau"], 2), num(o["tokens_per_s"], 2), num(o["speedup_vs_ar"], 2) + "x",
-                                  predicted, str(o["unverified"]), equal_count(o))))
+            drafted = method not in ("ar", *HF_LABELS)
+            label = HF_LABELS.get(method) or switch_label(method, "adaptive", "adaptive", "fixed")
+            predicted = f"{o['accepted']} / {num(o['predicted_accepted'])}" if drafted else "-"
+            rows.append(Row(cells(str(run["batch_size"]), label, num(o["tau"], 2), num(o["tokens_per_s"], 2),
+                                  num(o["speedup_vs_ar"], 2) + "x", predicted, str(o["unverified"]),
+                                  equal_count(o))))
         phrases.append(Phrase(f"batch {run['batch_size']}: {run['prompts']} prompts, {run['max_new_tokens']} new "
                               f"tokens, greedy, {run_setting(run)}"))
         phrases.append(Phrase(f"--name {name}`"))
     return rows + phrases
+
+
+@claim
+def adaptive_table():
+    """'Adaptive speculation' table (the first version): issue17-adaptive-b1.json and -b8.json (one run each)."""
+    return budget_table(ADAPTIVE_RUNS)
+
+
+PADDED_RUNS = ("issue17-padded-budget-b1", "issue17-padded-budget-b8")
+
+
+@claim
+def padded_budget_table():
+    """'The padded width and the drafting stop rule' table: issue17-padded-budget-b1.json and -b8.json."""
+    return budget_table(PADDED_RUNS)
 
 
 BRANCHES_RUN = "issue17-ngram-branches-b1"
