@@ -66,9 +66,10 @@ def plan(rows: list[RowDraft], cost: StepCost) -> list[list[int]]:
         # A child's estimate never exceeds its parent's and, on a tie, the shallower node comes first, so every
         # prefix of this order is closed under parents.
         ranked.append(sorted((-p, d, n) for n, (p, d) in enumerate(zip(estimates, depths))))
-    best_width, best_rate = 0, -1.0
+    best_width, best_rate, accepted = 0, -1.0, fixed_accepted
     for width in range(max(map(len, ranked), default=0) + 1):
-        accepted = fixed_accepted + sum(-p for order in ranked for p, _, _ in order[:width])
+        if width:  # each row's width-th likeliest node joins
+            accepted -= sum(order[width - 1][0] for order in ranked if len(order) >= width)
         rate = (len(rows) + accepted) / cost(len(rows) * (1 + max(width, fixed_width)))
         if rate > best_rate:
             best_width, best_rate = width, rate

@@ -135,8 +135,8 @@ def test_the_stop_rule_ends_a_draft_where_its_next_level_would_not_pay(target):
             depth += 1
         assert max(cut.depth(n) for n in range(len(cut))) == depth < 6
         # What it drafts up to there is the whole draft's (the same top-k choices, level by level).
-        kept = [n for n in range(len(tree)) if tree.depth(n) <= depth]
-        assert (cut.tokens, cut.parents) == (prune(tree, kept).tokens, prune(tree, kept).parents)
+        prefix = prune(tree, [n for n in range(len(tree)) if tree.depth(n) <= depth])
+        assert (cut.tokens, cut.parents) == (prefix.tokens, prefix.parents)
 
 
 # ------------------------------------------------------------------------------------------------ engines
