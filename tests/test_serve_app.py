@@ -62,8 +62,11 @@ def app(ray_cluster, tmp_path_factory):
     serve.shutdown()  # a Serve left on the session's cluster by an earlier failed test would keep its own proxies
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     log = open(tmp / "serve.log", "w")  # a file, not a pipe nobody reads until the end (it could fill and block)
+    # Ctrl-C reaches `serve run` as a terminal's would even when this suite runs in the background (`make test &`),
+    # where SIGINT comes ignored and Python then never raises the KeyboardInterrupt that serve run shuts down on.
     proc = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(tmp / "serve.yaml")],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     http = f"http://127.0.0.1:{http_port}"
 
     def up() -> bool:
