@@ -55,6 +55,21 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="results file stem (default: bench-<timestamp>)")
     p.add_argument("--variants", help="comma list of DTYPE:exact or DTYPE:fast (e.g. float32:fast,bfloat16:exact): "
                                       "every method once per variant, in this run, with each target's verify cost")
+    p.add_argument("--cost-repeats", type=_positive,
+                   help="timed forwards per point of the cost measurements (default: 20 for the one-thread decode "
+                        "cost, 5 per point of each --variants target's verify cost curve); 1 for a quick smoke run")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def cost_repeats(args: argparse.Namespace) -> dict:
+    """The cost measurements' repeats as --cost-repeats sets them (none: each measurement's own default)."""
+    return {} if args.cost_repeats is None else {"repeats": args.cost_repeats}
 
 
 def load_prompts(path: str | None, per_category: int = 0) -> list[dict]:
@@ -373,7 +388,7 @@ class BenchRun:
             "spec": dataclasses.asdict(self.spec),
             "hf_assistant": self.args.hf_assistant or str(config.drafter),
             "prompts": len(self.prompts),
-            "forward_cost_1_thread": None if two_roles else forward_cost(self.engine),
+            "forward_cost_1_thread": None if two_roles else forward_cost(self.engine, **cost_repeats(self.args)),
             "channel_round_trip_ms": None if self.round_trip is None else round(self.round_trip * 1000, 3),
             "methods": {m: summarize(rs, ref) for m, rs in self.records.items()},
         }

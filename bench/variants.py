@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from mirrorspec.bench.harness import HF_GENERATE, BenchRun, write_results
+from mirrorspec.bench.harness import HF_GENERATE, BenchRun, cost_repeats, write_results
 from mirrorspec.bench.verify_cost import verify_cost_curves
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.params import SpecParams
@@ -41,7 +41,7 @@ def run_variants(args: argparse.Namespace, engine_config, spec: SpecParams, clus
     for method in next(iter(runs.values())).methods:
         for run in runs.values():
             run.run(method)
-    curves = verify_cost_curves({label: run.engine.target for label, run in runs.items()})
+    curves = verify_cost_curves({label: run.engine.target for label, run in runs.items()}, **cost_repeats(args))
     results = {"variants": {label: {**run.results(), "verify_cost": curves[label]} for label, run in runs.items()}}
     results["summary"] = variant_summary(results["variants"])
     write_results(results, args.out, stem, plot_variants)

@@ -119,7 +119,7 @@ def test_bench_compares_methods_dtypes_and_exactness_in_one_run(tmp_path, capsys
     chain = "chain:gamma=3+adaptive=off"
     assert main(["bench", "--prompts", str(prompts), "--methods", f"ar,{chain},hf-assisted,hf-generate",
                  "--drafter", "self", "--variants", "float32:fast,bfloat16:exact", "--max-new-tokens", "6",
-                 "--ray", "never", "--out", str(tmp_path), "--name", "v"]) == 0
+                 "--cost-repeats", "1", "--ray", "never", "--out", str(tmp_path), "--name", "v"]) == 0
     results = json.loads((tmp_path / "v.json").read_text())
     assert (tmp_path / "v.png").stat().st_size > 10_000
     assert list(results["variants"]) == ["float32:fast", "bfloat16:exact"]
@@ -139,6 +139,9 @@ def test_bench_compares_methods_dtypes_and_exactness_in_one_run(tmp_path, capsys
     assert rows[("float32:fast", "hf-generate")]["vs_hf_generate_fp32"] == 1.0
     assert main(["bench", "--variants", "float32:quick", "--ray", "never", "--out", str(tmp_path)]) == 2
     assert "variants: 'float32:quick': write DTYPE:exact or DTYPE:fast" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--cost-repeats", "0", "--out", str(tmp_path)])
+    assert "--cost-repeats: must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_channel_summary_follows_the_mirror_latency_model():

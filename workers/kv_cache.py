@@ -180,74 +180,53 @@ class KVCache:
         parents: list[list[int]],
         pad_token_id: int = 0,
     ) -> ForwardPlan:
-        """Lay out one forward: per row, `appends` then speculative `nodes` with `parents` (-1 = root)."""
+        """Lay out one forward: per row, `appends` then speculative `nodes` with `parents` (-1 = root).
+
+        Every request is checked before anything changes. The tensors are built in a few operations per forward
+        and per node depth, never per token: at a few hundred rows a per-token loop costs more than the forward."""
         rows = len(seq_ids)
         slots = [self.slot(s) for s in seq_ids]
         widths = [len(a) + len(n) for a, n in zip(appends, nodes)]
         if not rows or max(widths) == 0:
             raise ValueError("a forward needs at least one new token")
         width = max(widths)
-        input_ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
-        position_ids = torch.zeros((rows, width), dtype=torch.long)
-        write_pos = torch.full((rows, width), self.capacity, dtype=torch.long)
-        # New spec nodes only extend their parents' ancestor rows, so the bookkeeping is cheap per node.
-        new_ends = []
-        for r, (slot, app, nds, par) in enumerate(zip(slots, appends, nodes, parents)):
+        bases = [self.lengths[slot] for slot in slots]
+        spec0s = [self.spec_counts[slot] for slot in slots]
+        roots = [base + len(app) for base, app in zip(bases, appends)]  # committed length once appends are in
+        ids, writes, limits, ends = [], [], [], []
+        for seq_id, slot, app, nds, par, base, spec0, root in zip(seq_ids, slots, appends, nodes, parents, bases,
+                                                                   spec0s, roots):
             if len(nds) != len(par):
                 raise ValueError("every speculative node needs a parent")
-            if app and self.spec_counts[slot]:
+            if app and spec0:
                 raise ValueError("tokens can only be committed while no speculation is pending")
-            base = self.lengths[slot]
-            spec0 = self.spec_counts[slot]
-            end = base + len(app) + spec0 + len(nds)
+            end = root + spec0 + len(nds)
             if end > self.capacity:
-                raise ValueError(f"sequence {seq_ids[r]} would exceed the KV capacity of {self.capacity} tokens")
+                raise ValueError(f"sequence {seq_id} would exceed the KV capacity of {self.capacity} tokens")
             if spec0 + len(nds) > self.max_spec_nodes:
                 raise ValueError(f"more than {self.max_spec_nodes} speculative nodes for one sequence")
-            n_app = len(app)
-            if n_app:
-                input_ids[r, :n_app] = torch.tensor(app)
-                cols = torch.arange(base, base + n_app)
-                position_ids[r, :n_app] = cols
-                write_pos[r, :n_app] = cols
-            root = base + n_app  # committed length once the appends are in
-            for t, (tok, p) in enumerate(zip(nds, par)):
-                g = spec0 + t
+            for g, p in enumerate(par, start=spec0):
                 if not -1 <= p < g:
                     raise ValueError(f"node {g} has parent {p}; parents must precede their children")
-                anc = self.spec_anc[slot, g]
-                anc.zero_()
-                if p >= 0:
-                    anc |= self.spec_anc[slot, p]
-                    self.spec_depth[slot, g] = self.spec_depth[slot, p] + 1
-                else:
-                    self.spec_depth[slot, g] = 0
-                anc[g] = True
-                input_ids[r, n_app + t] = tok
-                position_ids[r, n_app + t] = root + self.spec_depth[slot, g]
-                write_pos[r, n_app + t] = root + g
-            new_ends.append(end)
-        view_len = max(new_ends)
-        allowed = torch.zeros((rows, width, view_len), dtype=torch.bool)
-        key_positions = torch.zeros((rows, view_len), dtype=torch.long)
-        for r, (slot, app, nds) in enumerate(zip(slots, appends, nodes)):
-            base, n_app = self.lengths[slot], len(app)
-            root = base + n_app
-            spec_total = self.spec_counts[slot] + len(nds)
-            # Appended tokens are causal over the prefix; spec nodes see the whole prefix plus their ancestors.
-            for t in range(n_app):
-                allowed[r, t, : base + t + 1] = True
-            q0 = n_app
-            q1 = n_app + len(nds)
-            if q1 > q0:
-                allowed[r, q0:q1, :root] = True
-                g0 = self.spec_counts[slot]
-                allowed[r, q0:q1, root : root + spec_total] = self.spec_anc[slot, g0 : g0 + len(nds), :spec_total]
-            # Padding queries attend to column 0 only (finite data); their outputs are discarded.
-            allowed[r, q1:, 0] = True
-            key_positions[r] = self.key_pos[slot, :view_len]
-            new_cols = write_pos[r, :q1]
-            key_positions[r, new_cols] = position_ids[r, :q1]
+            pad = width - len(app) - len(nds)
+            ids.append([*app, *nds, *[pad_token_id] * pad])
+            writes.append([*range(base, root), *range(root + spec0, end), *[self.capacity] * pad])
+            # Key columns each query sees below its row's committed length: appends causally, nodes the whole
+            # prefix (their ancestors are added below), padding column 0 only (finite data; outputs discarded).
+            limits.append([*range(base + 1, root + 1), *[root] * len(nds), *[1] * pad])
+            ends.append(end)
+        view_len = max(ends)
+        input_ids = torch.tensor(ids, dtype=torch.long)
+        write_pos = torch.tensor(writes, dtype=torch.long)
+        allowed = torch.arange(view_len) < torch.tensor(limits)[..., None]  # [B, T, V]
+        position_ids = torch.tensor([[*range(base, root), *[0] * (width - root + base)]
+                                     for base, root in zip(bases, roots)], dtype=torch.long)
+        if any(nodes):
+            self._add_nodes(slots, spec0s, roots, [len(a) for a in appends], nodes, parents, position_ids, allowed)
+        key_positions = self.key_pos[slots, :view_len].clone()  # [B, V]
+        new = torch.arange(width) < torch.tensor(widths)[:, None]  # [B, T] real tokens, not padding
+        row = torch.arange(rows)[:, None].expand(rows, width)[new]
+        key_positions[row, write_pos[new]] = position_ids[new]
         contiguous = slots == list(range(slots[0], slots[0] + rows))
         return ForwardPlan(
             slots=torch.tensor(slots),
@@ -260,13 +239,42 @@ class KVCache:
             contiguous=contiguous,
         )
 
+    def _add_nodes(self, slots: list[int], spec0s: list[int], roots: list[int], starts: list[int],
+                   nodes: list[list[int]], parents: list[list[int]], position_ids: torch.Tensor,
+                   allowed: torch.Tensor) -> None:
+        """Record the new nodes' ancestor bitmaps and depths, node t of every row at once (a parent precedes
+        its child, so its bitmap is ready); set their RoPE positions (root + depth) and let each attend its own
+        ancestors' columns."""
+        most = max(len(n) for n in nodes)
+        slot = torch.tensor(slots)
+        spec0 = torch.tensor(spec0s)
+        count = torch.tensor([len(n) for n in nodes])
+        parent = torch.tensor([[*p, *[-1] * (most - len(p))] for p in parents], dtype=torch.long)  # [B, N]
+        for t in range(most):
+            live = (count > t).nonzero().flatten()
+            s, g, p = slot[live], spec0[live] + t, parent[live, t]
+            has_parent = p >= 0
+            above = p.clamp(min=0)
+            ancestors = self.spec_anc[s, above] & has_parent[:, None]  # [n, M]
+            ancestors[torch.arange(live.numel()), g] = True
+            self.spec_anc[s, g] = ancestors
+            self.spec_depth[s, g] = torch.where(has_parent, self.spec_depth[s, above] + 1, 0)
+        real = torch.arange(most) < count[:, None]  # [B, N]
+        row = torch.arange(len(slots))[:, None].expand_as(real)[real]
+        node = (spec0[:, None] + torch.arange(most))[real]  # node index in its slot's spec region
+        query = (torch.tensor(starts)[:, None] + torch.arange(most))[real]  # its column in the forward
+        root = torch.tensor(roots)[row]
+        position_ids[row, query] = root + self.spec_depth[slot[row], node]
+        hit, column = self.spec_anc[slot[row], node].nonzero(as_tuple=True)  # each node's ancestors-or-self
+        allowed[row[hit], query[hit], root[hit] + column] = True
+
     def apply(self, plan: ForwardPlan, seq_ids: list[int], appends: list[list[int]], nodes: list[list[int]]) -> None:
         """Advance the bookkeeping after the forward of `plan` ran: appends become committed, nodes speculative."""
-        for r, (seq_id, app, nds) in enumerate(zip(seq_ids, appends, nodes)):
-            slot = self.slot(seq_id)
-            n = len(app) + len(nds)
-            cols = plan.write_pos[r, :n]
-            self.key_pos[slot, cols] = plan.position_ids[r, :n]
+        slots = [self.slot(s) for s in seq_ids]
+        counts = torch.tensor([len(a) + len(n) for a, n in zip(appends, nodes)])
+        new = torch.arange(plan.write_pos.shape[1]) < counts[:, None]  # [B, T]
+        self.key_pos[plan.slots[:, None].expand_as(new)[new], plan.write_pos[new]] = plan.position_ids[new]
+        for slot, app, nds in zip(slots, appends, nodes):
             self.lengths[slot] += len(app)
             self.spec_counts[slot] += len(nds)
 
