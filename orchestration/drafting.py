@@ -67,15 +67,17 @@ class _Expansion:
         sampled_chain = job.topk == 1 and not job.params.greedy
         candidates: list[tuple[float, int, int, torch.Tensor | None]] = []
         hidden_of = {node: hidden for node, _, hidden in self.frontier}
-        for node, logits, _ in self.frontier:
-            base = self.scores[node] if node != ROOT else 0.0
-            if sampled_chain:
+        bases = [self.scores[node] if node != ROOT else 0.0 for node, _, _ in self.frontier]
+        if sampled_chain:
+            for base, (node, logits, _) in zip(bases, self.frontier):
                 token, logq, q = _sampled_child(logits, job.params, job.generator)
                 candidates.append((base + logq, token, node, q))
-                continue
-            logp = log_probabilities(logits[None], job.params)[0]
+        elif self.frontier:  # the whole level's top-k in one call: [nodes, V] -> [nodes, topk]
+            logp = log_probabilities(torch.stack([logits for _, logits, _ in self.frontier]), job.params)
             values, tokens = torch.topk(logp, min(job.topk, logp.shape[-1]))
-            candidates += [(base + float(v), int(t), node, None) for v, t in zip(values, tokens) if v > float("-inf")]
+            for base, (node, _, _), row_values, row_tokens in zip(bases, self.frontier, values.tolist(),
+                                                                   tokens.tolist()):
+                candidates += [(base + v, t, node, None) for v, t in zip(row_values, row_tokens) if v > -math.inf]
         candidates.sort(key=lambda c: -c[0])  # stable: ties keep frontier order
         new = []
         for score, token, parent, proposal in candidates[: job.topk]:
