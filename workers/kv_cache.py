@@ -224,7 +224,7 @@ class KVCache:
         if any(nodes):
             self._add_nodes(slots, spec0s, roots, [len(a) for a in appends], nodes, parents, position_ids, allowed)
         key_positions = self.key_pos[slots, :view_len].clone()  # [B, V]
-        new = torch.arange(width) < torch.tensor(widths)[:, None]  # [B, T] real tokens, not padding
+        new = write_pos < self.capacity  # [B, T] real tokens (padding writes to the trash column)
         row = torch.arange(rows)[:, None].expand(rows, width)[new]
         key_positions[row, write_pos[new]] = position_ids[new]
         contiguous = slots == list(range(slots[0], slots[0] + rows))
@@ -268,13 +268,11 @@ class KVCache:
         hit, column = self.spec_anc[slot[row], node].nonzero(as_tuple=True)  # each node's ancestors-or-self
         allowed[row[hit], query[hit], root[hit] + column] = True
 
-    def apply(self, plan: ForwardPlan, seq_ids: list[int], appends: list[list[int]], nodes: list[list[int]]) -> None:
+    def apply(self, plan: ForwardPlan, appends: list[list[int]], nodes: list[list[int]]) -> None:
         """Advance the bookkeeping after the forward of `plan` ran: appends become committed, nodes speculative."""
-        slots = [self.slot(s) for s in seq_ids]
-        counts = torch.tensor([len(a) + len(n) for a, n in zip(appends, nodes)])
-        new = torch.arange(plan.write_pos.shape[1]) < counts[:, None]  # [B, T]
+        new = plan.write_pos < self.capacity  # [B, T] real tokens (padding writes to the trash column)
         self.key_pos[plan.slots[:, None].expand_as(new)[new], plan.write_pos[new]] = plan.position_ids[new]
-        for slot, app, nds in zip(slots, appends, nodes):
+        for slot, app, nds in zip(plan.slots.tolist(), appends, nodes):
             self.lengths[slot] += len(app)
             self.spec_counts[slot] += len(nds)
 

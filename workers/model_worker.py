@@ -151,7 +151,7 @@ class ModelWorker:
             exact_linear.PROMPT_ROWS.reset(prompt_rows)
             if hook is not None:
                 hook.remove()
-        self.cache.apply(plan, seq_ids, appends, nodes)
+        self.cache.apply(plan, appends, nodes)
         rows, cols, counts = [], [], []
         for r, (app, nds) in enumerate(zip(appends, nodes)):
             wanted = list(range(firsts[r], len(app) + len(nds)))
