@@ -24,6 +24,7 @@ import platform
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="ar,chain,tree,hf-assisted",
                    help=f"comma list of {', '.join(BENCH_METHODS)}, each optionally ':key=value+key=value'")
     p.add_argument("--hf-assistant", help="assistant model folder for hf-assisted (default: the engine's drafter)")
+    p.add_argument("--hf-dtype", help="dtype of hf-generate and hf-assisted (default: the engine's), e.g. float32 "
+                                      "for transformers' float32 baseline beside a bfloat16 engine")
     p.add_argument("--diffusion-drafter", default="default",
                    help="the block-diffusion drafter of diffusion-draft (default: the shipped one); the other "
                         "methods keep --drafter")
@@ -53,6 +56,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="prompts submitted together (continuous batching)")
     p.add_argument("--out", default="bench/results", help="folder for JSON and PNG")
     p.add_argument("--name", help="results file stem (default: bench-<timestamp>)")
+    p.add_argument("--interleave", action="store_true",
+                   help="run the methods in turn on each prompt (each batch), not one method over all prompts after "
+                        "another: on a machine whose speed drifts (a shared VM) the ratios then compare like with like")
     p.add_argument("--variants", help="comma list of DTYPE:exact or DTYPE:fast (e.g. float32:fast,bfloat16:exact): "
                                       "every method once per variant, in this run, with each target's verify cost")
     p.add_argument("--cost-repeats", type=_positive,
@@ -128,15 +134,20 @@ def parse_method(label: str, spec: SpecParams) -> tuple[str, SpecParams]:
     return name, dataclasses.replace(spec, method=name if name in ENGINE_METHODS else spec.method, **values)
 
 
-def run_engine_method(engine, spec: SpecParams, prompts: list[dict], max_new: int, batch: int, bar) -> list[Record]:
-    sampling = SamplingParams(max_new_tokens=max_new)
-    engine.generate([prompts[0]["prompt"]], sampling, spec, chat=True)  # warm-up
-    records = []
-    for start in range(0, len(prompts), batch):
-        chunk = prompts[start : start + batch]
+class EngineMethod:
+    """One engine method, a chunk of prompts (one batch) per call."""
+
+    def __init__(self, engine, spec: SpecParams, max_new: int) -> None:
+        self.engine, self.spec, self.sampling = engine, spec, SamplingParams(max_new_tokens=max_new)
+
+    def warm_up(self, prompt: dict) -> None:
+        self.engine.generate([prompt["prompt"]], self.sampling, self.spec, chat=True)
+
+    def __call__(self, chunk: list[dict]) -> list[Record]:
         t0 = time.perf_counter()
-        outs = engine.generate([r["prompt"] for r in chunk], sampling, spec, chat=True)
+        outs = self.engine.generate([r["prompt"] for r in chunk], self.sampling, self.spec, chat=True)
         seconds = time.perf_counter() - t0
+        records = []
         for row, out in zip(chunk, outs):
             if out.error:
                 raise RuntimeError(f"{row['id']}: {out.error}")
@@ -146,46 +157,55 @@ def run_engine_method(engine, spec: SpecParams, prompts: list[dict], max_new: in
                                   st.target_forwards, st.drafted, st.accepted, st.drafts,
                                   list(st.accepted_per_position), st.reused_windows, st.exit_checked,
                                   st.exit_covered, st.predicted_accepted, st.unverified))
-        bar.update(len(chunk))
-    return records
+        return records
 
 
-def run_hf_generate(target, drafter, tokenizer, prompts: list[dict], max_new: int, eos_ids: list[int],
-                    bar) -> list[Record]:
-    """Greedy `target.generate`, assisted by `drafter` unless it is None."""
-    calls = {"n": 0}
+class HfMethod:
+    """Greedy `target.generate` (transformers), assisted by `assistant` unless it is None, one prompt at a time
+    with `threads` torch threads."""
 
-    def count(*_):
-        calls["n"] += 1
+    def __init__(self, target, assistant, tokenizer, max_new: int, eos_ids: list[int], threads: int) -> None:
+        self.target, self.assistant, self.tokenizer = target, assistant, tokenizer
+        self.max_new, self.eos_ids, self.threads = max_new, eos_ids, threads
 
-    from transformers.utils import logging as hf_logging
+    def warm_up(self, prompt: dict) -> None:
+        self([prompt])
 
-    hook = target.register_forward_pre_hook(count)
-    records = []
-    verbosity = hf_logging.get_verbosity()
-    if not logging.getLogger("mirrorspec").isEnabledFor(logging.INFO):
-        # Assisted generation calls the assistant in a way its own deprecation notice objects to, once per prompt;
-        # --verbose keeps it.
-        hf_logging.set_verbosity_error()
-    try:
-        for i, row in enumerate([prompts[0]] + prompts):  # the first is a warm-up
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
-                                                add_generation_prompt=True, return_tensors="pt", return_dict=True)
-            calls["n"] = 0
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                out = target.generate(**ids, assistant_model=drafter, do_sample=False, max_new_tokens=max_new,
-                                      eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id)
-            seconds = time.perf_counter() - t0
-            if i == 0:
-                continue
-            new = out[0, ids["input_ids"].shape[1]:].tolist()
-            records.append(Record(row["id"], row["category"], new, seconds, calls["n"]))
-            bar.update(1)
-    finally:
-        hook.remove()
-        hf_logging.set_verbosity(verbosity)
-    return records
+    def __call__(self, chunk: list[dict]) -> list[Record]:
+        from transformers.utils import logging as hf_logging
+
+        calls = {"n": 0}
+
+        def count(*_):
+            calls["n"] += 1
+
+        hook = self.target.register_forward_pre_hook(count)
+        verbosity, threads = hf_logging.get_verbosity(), torch.get_num_threads()
+        if not logging.getLogger("mirrorspec").isEnabledFor(logging.INFO):
+            # Assisted generation calls the assistant in a way its own deprecation notice objects to, once per
+            # prompt; --verbose keeps it.
+            hf_logging.set_verbosity_error()
+        torch.set_num_threads(self.threads)
+        records = []
+        try:
+            for row in chunk:
+                ids = self.tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
+                                                         add_generation_prompt=True, return_tensors="pt",
+                                                         return_dict=True)
+                calls["n"] = 0
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    out = self.target.generate(**ids, assistant_model=self.assistant, do_sample=False,
+                                               max_new_tokens=self.max_new, eos_token_id=self.eos_ids,
+                                               pad_token_id=self.tokenizer.pad_token_id)
+                seconds = time.perf_counter() - t0
+                new = out[0, ids["input_ids"].shape[1]:].tolist()
+                records.append(Record(row["id"], row["category"], new, seconds, calls["n"]))
+        finally:
+            hook.remove()
+            hf_logging.set_verbosity(verbosity)
+            torch.set_num_threads(threads)
+        return records
 
 
 def summarize(records: list[Record], reference: list[Record] | None) -> dict:
@@ -284,10 +304,17 @@ def cmd_bench(args: argparse.Namespace, engine_config, spec: SpecParams, cluster
 
         return run_variants(args, engine_config, spec, cluster, stem)
     run = BenchRun(args, engine_config, spec, cluster)
+
+    def keep() -> None:  # what ran so far: a later failure keeps it
+        write_results(run.results(), args.out, stem)
+
     try:
-        for label in run.methods:
-            run.run(label)
-            write_results(run.results(), args.out, stem)  # after each method: a later failure keeps these
+        if args.interleave:
+            run.run_interleaved(run.methods, after_round=keep)
+        else:
+            for label in run.methods:
+                run.run(label)
+                keep()
     finally:
         run.close()
     results = run.results()
@@ -306,6 +333,7 @@ class BenchRun:
         from mirrorspec.errors import InvalidRequestError
         from mirrorspec.orchestration.engine import Engine
         from mirrorspec.orchestration.factory import build_drafter, resolve_drafter
+        from mirrorspec.workers.models import parse_dtype
 
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         self.parsed = {label: parse_method(label, spec) for label in methods}
@@ -318,6 +346,8 @@ class BenchRun:
         drafters = {METHODS[name].drafter for name, _ in self.parsed.values() if name in METHODS}
         if AR_DRAFTER in drafters and not engine_config.drafter:
             raise InvalidRequestError("drafter", "chain, tree and mirror need a drafter (--drafter DIR or self)")
+        if args.hf_dtype:
+            parse_dtype(args.hf_dtype, "hf_dtype")
         if any(name == HF_ASSISTED for name, _ in self.parsed.values()):
             check_assistant(_assistant_folder(engine_config, args.hf_assistant))
         self.args, self.spec, self.cluster = args, spec, cluster
@@ -348,21 +378,45 @@ class BenchRun:
         self.round_trip = self.engine.round_trip_s() if self.two_roles else None
 
     def run(self, label: str) -> None:
+        """Every prompt with one method."""
+        self.run_interleaved([label])
+
+    def run_interleaved(self, labels: list[str], after_round: Callable[[], None] | None = None) -> None:
+        """Every prompt (a batch at a time) with each of `labels` in turn, so that a machine whose speed drifts
+        (a shared VM) slows every method alike; each method is warmed up first."""
         from tqdm import tqdm
 
+        methods = {label: self._method(label) for label in labels}
+        for label, method in methods.items():
+            method.warm_up(self.prompts[0])
+            self._read_channel(label)  # the warm-up's channel accounting is not the run's
+        name = labels[0] if len(labels) == 1 else "interleaved"
+        size = self.args.batch_size
+        with tqdm(total=len(self.prompts) * len(labels), desc=f"bench {name}", unit="prompt", file=sys.stderr) as bar:
+            for start in range(0, len(self.prompts), size):
+                chunk = self.prompts[start:start + size]
+                for label, method in methods.items():
+                    self.records.setdefault(label, []).extend(method(chunk))
+                    self._read_channel(label)
+                    bar.update(len(chunk))
+                if after_round is not None:
+                    after_round()
+
+    def _method(self, label: str) -> EngineMethod | HfMethod:
         name, method_spec = self.parsed[label]
-        with tqdm(total=len(self.prompts), desc=f"bench {label}", unit="prompt", file=sys.stderr) as bar:
-            if name in HF_METHODS:
-                self.records[label] = _run_hf(self.engine_config, self.cluster if self.two_roles else None, self.args,
-                                              self.prompts, bar, assisted=name == HF_ASSISTED)
-                return
-            by_diffusion = METHODS[name].drafter == DIFFUSION_DRAFTER
-            self.records[label] = run_engine_method(self.diffusion_engine if by_diffusion else self.engine,
-                                                    method_spec, self.prompts, self.args.max_new_tokens,
-                                                    self.args.batch_size, bar)
-            if self.two_roles:
-                self.channel[label] = channel_summary(self.engine.channel_stats(), self.round_trip,
-                                                      self.records[label])
+        if name in HF_METHODS:
+            return _hf_method(self.engine_config, self.cluster if self.two_roles else None, self.args,
+                              assisted=name == HF_ASSISTED)
+        by_diffusion = METHODS[name].drafter == DIFFUSION_DRAFTER
+        return EngineMethod(self.diffusion_engine if by_diffusion else self.engine, method_spec,
+                            self.args.max_new_tokens)
+
+    def _read_channel(self, label: str) -> None:
+        """Add the speculation channel's accounting since the last read (two roles only) to `label`'s."""
+        if self.two_roles and self.parsed[label][0] not in HF_METHODS:
+            totals = self.channel.setdefault(label, {})
+            for key, value in self.engine.channel_stats().items():
+                totals[key] = totals.get(key, 0) + value
 
     def close(self) -> None:
         if self.two_roles:
@@ -387,13 +441,16 @@ class BenchRun:
             "batch_size": self.args.batch_size,
             "spec": dataclasses.asdict(self.spec),
             "hf_assistant": self.args.hf_assistant or str(config.drafter),
+            "hf_dtype": self.args.hf_dtype,
+            "interleaved": bool(getattr(self.args, "interleave", False)),
             "prompts": len(self.prompts),
             "forward_cost_1_thread": None if two_roles else forward_cost(self.engine, **cost_repeats(self.args)),
             "channel_round_trip_ms": None if self.round_trip is None else round(self.round_trip * 1000, 3),
             "methods": {m: summarize(rs, ref) for m, rs in self.records.items()},
         }
-        for label, summary in self.channel.items():
-            results["methods"][label]["channel"] = summary
+        for label, stats in self.channel.items():
+            if label in self.records:
+                results["methods"][label]["channel"] = channel_summary(stats, self.round_trip, self.records[label])
         base = results["methods"]["ar"]
         for summary in results["methods"].values():
             for key, block in [("overall", summary["overall"]), *summary["categories"].items()]:
@@ -420,23 +477,19 @@ def _placement(cluster) -> dict:
     return roles
 
 
-def _run_hf(engine_config, cluster, args, prompts: list[dict], bar, assisted: bool) -> list[Record]:
+def _hf_method(engine_config, cluster, args, assisted: bool) -> HfMethod:
     """transformers' `generate` (plain, or assisted by the drafter) on a fresh copy of the target with its stock
     kernels, in this process (on Ray: with the target actor's thread count, while the actors idle)."""
     from mirrorspec.orchestration.factory import eos_token_ids
     from mirrorspec.workers.models import load_model, parse_device, parse_dtype
 
-    threads = torch.get_num_threads()
+    if args.hf_dtype:
+        engine_config = dataclasses.replace(engine_config, dtype=args.hf_dtype)
     target = load_model(engine_config.target, dtype=parse_dtype(engine_config.dtype, device=engine_config.device),
                         device=parse_device(engine_config.device), field="target", cpu_linear="off")
-    if cluster is not None:
-        torch.set_num_threads(cluster.target.threads or threads)
-    try:
-        assistant = _hf_assistant(engine_config, args.hf_assistant) if assisted else None
-        return run_hf_generate(target.model, assistant, target.tokenizer, prompts, args.max_new_tokens,
-                               eos_token_ids(target), bar)
-    finally:
-        torch.set_num_threads(threads)
+    threads = cluster.target.threads if cluster is not None and cluster.target.threads else torch.get_num_threads()
+    assistant = _hf_assistant(engine_config, args.hf_assistant) if assisted else None
+    return HfMethod(target.model, assistant, target.tokenizer, args.max_new_tokens, eos_token_ids(target), threads)
 
 
 def channel_summary(stats: dict, round_trip_s: float | None, records: list[Record]) -> dict:

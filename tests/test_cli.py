@@ -38,6 +38,7 @@ from mirrorspec.cluster.launch import SECRET_ENV
         (["bench", "--methods", "ar,chain,hf-assisted", "--out", "OUT"], "hf_assistant"),
         (["bench", "--methods", "ar,chain", "--drafter", "none", "--out", "OUT"], "drafter"),
         (["bench", "--methods", "ar,lookahead", "--out", "OUT"], "method"),
+        (["bench", "--methods", "ar,hf-generate", "--hf-dtype", "float8", "--out", "OUT"], "hf_dtype"),
     ],
 )
 def test_bad_input_exits_2_naming_the_field(argv, field, capsys, tmp_path):
@@ -142,6 +143,24 @@ def test_bench_compares_methods_dtypes_and_exactness_in_one_run(tmp_path, capsys
     with pytest.raises(SystemExit):
         main(["bench", "--cost-repeats", "0", "--out", str(tmp_path)])
     assert "--cost-repeats: must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.real_model
+def test_bench_interleaves_methods_prompt_by_prompt(tmp_path):
+    """--interleave: every method on each prompt in turn, with transformers at its own --hf-dtype."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"id": f"p{i}", "category": c, "prompt": p}) for i, (c, p) in enumerate(
+        [("qa", "Name a primary colour."), ("math", "What is 7 plus 5?")])) + "\n")
+    chain = "chain:gamma=3+adaptive=off"
+    assert main(["bench", "--prompts", str(prompts), "--methods", f"ar,{chain},hf-generate", "--drafter", "self",
+                 "--interleave", "--hf-dtype", "float32", "--dtype", "bfloat16", "--max-new-tokens", "6",
+                 "--cost-repeats", "1", "--out", str(tmp_path), "--name", "i"]) == 0
+    results = json.loads((tmp_path / "i.json").read_text())
+    assert results["interleaved"] is True and results["hf_dtype"] == "float32" and results["dtype"] == "bfloat16"
+    for method in ("ar", chain, "hf-generate"):
+        assert results["methods"][method]["overall"]["prompts"] == 2
+    assert results["methods"][chain]["overall"]["equal_to_ar"] == 2
+    assert results["methods"][chain]["overall"]["tau"] > 1.5  # the target drafting for itself
 
 
 def test_channel_summary_follows_the_mirror_latency_model():

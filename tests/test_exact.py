@@ -12,6 +12,7 @@ from mirrorspec.orchestration.diffusion_draft import DiffusionDraftService
 from mirrorspec.orchestration.engine import Engine, EngineConfig
 from mirrorspec.orchestration.factory import build_target
 from mirrorspec.params import SamplingParams, SpecParams
+from mirrorspec.workers import exact_attention
 from mirrorspec.workers.diffusion_model import DiffusionLM, DllmMeta
 from mirrorspec.workers.model_worker import ModelWorker
 from mirrorspec.workers.models import has_native_bf16, parse_dtype
@@ -36,6 +37,14 @@ def exact_worker(loaded) -> ModelWorker:
 @pytest.mark.parametrize("family", ["llama", "qwen3", "mistral", "gemma2"])
 def test_decode_chain_tree_and_batch_give_the_same_bits(family, dtype):
     checks = same_bits(exact_worker(cast(tiny_model(family, VOCAB, seed=4, sharpness=4.0), dtype)), PROBE)
+    assert all(checks.values()), checks
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_the_elementwise_attention_products_give_the_same_bits(monkeypatch, dtype):
+    """The canonical attention's fallback where a BLAS's batched product is not batch-invariant."""
+    monkeypatch.setattr(exact_attention, "_batched_is_invariant", lambda *shape: False)
+    checks = same_bits(exact_worker(cast(tiny_model("llama", VOCAB, seed=4, sharpness=4.0), dtype)), PROBE)
     assert all(checks.values()), checks
 
 

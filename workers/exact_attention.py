@@ -7,10 +7,10 @@ point sums (bench/results/issue16-exactness-probe.md). Here each query's attenti
 over its visible keys in position order (a tree node: the committed prefix, then its ancestors by depth):
 
   rank the visible keys 0..n-1; cut the ranks into blocks of BLOCK keys;
-  s = q . k per key, as an fp32 elementwise product summed over d (the same arithmetic for every key and row);
-  m = max s (order-free);  e = exp(s - m), 0 past the last visible key;
-  per block, the e-weighted sum of v and the sum of e (fp32, over exactly BLOCK keys), the blocks' partial sums
-  added in block order; out = weighted sum / sum of weights.
+  s = q . k per key, in fp32, by one product of a fixed shape per (query head group, key block) pair, whatever
+  the batch, the draft or the key count (_block_product);  m = max s (order-free);  e = exp(s - m), 0 past the
+  last visible key;  per block, the e-weighted sum of v (again one fixed-shape product) and the sum of e, the
+  blocks' partial sums added in block order; out = weighted sum / sum of weights.
 
 Every product has the same shape whatever the batch, and blocks past a query's last key add exact zeros, so
 the result depends only on the query and its visible keys (Flash-Decoding's split-K with fixed splits, and the
@@ -20,11 +20,15 @@ idea; this is a plain PyTorch version of it, not their code).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from mirrorspec.workers.exact_linear import PROMPT_ROWS
+from mirrorspec.workers.exact_linear import CHECK_ROWS, LONG_ROWS, PROMPT_ROWS
+
+logger = logging.getLogger(__name__)
 
 NAME = "mirrorspec_exact"
 BLOCK = 64
@@ -72,12 +76,16 @@ def _canonical(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allo
     blocks = max(1, -(-int(counts.max()) // BLOCK))
     width = blocks * BLOCK
     visible = torch.arange(width, device=key.device) < counts[..., None]  # [B, T, W]
-    keys = _in_rank_order(key, allowed, counts, width).view(batch, kv_heads, -1, blocks, BLOCK, dim)
-    values = _in_rank_order(value, allowed, counts, width).view(batch, kv_heads, -1, blocks, BLOCK, dim).float()
-    q = query.view(batch, kv_heads, group, queries, dim).transpose(2, 3)  # [B, KV, T, group, d]
-    # Per key, a dot product over d as an elementwise product summed along d: the same arithmetic for every key
-    # and every batch row (a batched matrix product's kernel may treat the matrices of a batch differently).
-    scores = (q[:, :, :, None, :, None, :].float() * keys[:, :, :, :, None].float()).sum(-1) * scale
+    products = batch * kv_heads * queries * blocks  # one (query group, key block) pair each
+    each = (batch, kv_heads, queries, blocks)
+    # [B, KV, 1|T, W, d] -> per pair: keys [d, BLOCK] and values [BLOCK, d], fp32
+    keys = _in_rank_order(key, allowed, counts, width).float().unflatten(3, (blocks, BLOCK)).transpose(-1, -2)
+    keys = keys.expand(*each, dim, BLOCK).reshape(products, dim, BLOCK)
+    values = _in_rank_order(value, allowed, counts, width).float().unflatten(3, (blocks, BLOCK))
+    values = values.expand(*each, BLOCK, dim).reshape(products, BLOCK, dim)
+    q = query.float().view(batch, kv_heads, group, queries, dim).transpose(2, 3)  # [B, KV, T, group, d]
+    q = q[:, :, :, None].expand(*each, group, dim).reshape(products, group, dim)
+    scores = _block_product(q, keys).view(*each, group, BLOCK) * scale
     if softcap:
         scores = torch.tanh(scores / softcap) * softcap
     seen = visible.view(batch, 1, queries, blocks, 1, BLOCK)
@@ -85,7 +93,7 @@ def _canonical(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allo
     top = scores.amax(dim=(3, 5), keepdim=True)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a query with no visible key (padding)
     weights = torch.exp(scores - top)  # 0 where not visible
-    partial = (weights[..., None] * values[:, :, :, :, None]).sum(-2)  # [B, KV, T, blocks, g, d]
+    partial = _block_product(weights.reshape(products, group, BLOCK), values).view(*each, group, dim)
     norms = weights.sum(-1)  # [B, KV, T, blocks, g]
     total, norm = partial[:, :, :, 0], norms[:, :, :, 0]
     for b in range(1, blocks):  # block order, whatever the batch's longest row
@@ -93,6 +101,39 @@ def _canonical(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allo
     out = total / norm[..., None].clamp_min(torch.finfo(total.dtype).tiny)
     # [B, KV, T, g, d] -> [B, T, H, d]
     return out.permute(0, 2, 1, 3, 4).reshape(batch, queries, heads, dim).to(query.dtype)
+
+
+def _block_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`a` [n, m, k] @ `b` [n, k, p] (fp32), every one of the n products the same bits whatever n is:
+    one batched product where this process's check found the BLAS so (a batched kernel runs each product of a
+    shape alike on the CPU here: several times faster than the elementwise form for a draft of 16 tokens), else
+    elementwise products summed along k, the same arithmetic for every product by construction."""
+    if _batched_is_invariant(a.shape[1], a.shape[2], b.shape[2], a.device):
+        # Contiguous, as the check ran: a BLAS takes another kernel for another layout (a view that skipped the
+        # copy, when a query or a key block is alone in its dimension).
+        return torch.bmm(a.contiguous(), b.contiguous())
+    return (a[..., None] * b[:, None]).sum(-2)
+
+
+# By (m, k, p, device): whether torch.bmm gives a product the same bits in a batch of any size (checked once).
+_batched_checked: dict[tuple, bool] = {}
+
+
+@torch.inference_mode()
+def _batched_is_invariant(m: int, k: int, p: int, device: torch.device) -> bool:
+    """Whether every product of a batch of N equals that product computed alone, for N = 1..CHECK_ROWS and
+    LONG_ROWS (exact_linear's counts): a kernel chosen by batch size (split reductions, say) fails it."""
+    key = (m, k, p, device)
+    if key not in _batched_checked:
+        generator = torch.Generator().manual_seed(0)
+        a = torch.randn(LONG_ROWS, m, k, generator=generator).to(device)
+        b = torch.randn(LONG_ROWS, k, p, generator=generator).to(device)
+        alone = torch.cat([torch.bmm(a[i:i + 1], b[i:i + 1]) for i in range(LONG_ROWS)])
+        counts = [*range(2, CHECK_ROWS + 1), LONG_ROWS]
+        _batched_checked[key] = all(torch.equal(torch.bmm(a[:n], b[:n]), alone[:n]) for n in counts)
+        logger.info("exact attention %s products on %s: %s", (m, k, p), device,
+                    "batched" if _batched_checked[key] else "elementwise")
+    return _batched_checked[key]
 
 
 def _in_rank_order(tensor: torch.Tensor, allowed: torch.Tensor, counts: torch.Tensor, width: int) -> torch.Tensor:
