@@ -606,13 +606,28 @@ def exact_method_label(method: str, spec: dict) -> str:
     if method.startswith("tree"):
         return "`tree` ({tree_depth}, top-{tree_topk}, {tree_nodes})".format(
             **{**spec, **method_options(method)[1]})
-    return {"ar": "`ar`", "chain:gamma=3": "`chain` g3", "hf-generate": "transformers `generate`"}[method]
+    return {"ar": "`ar`", "chain": "`chain` g{gamma}, adaptive".format(**spec), "chain:gamma=3": "`chain` g3",
+            "hf-generate": "transformers `generate`"}[method]
 
 
 @claim
 def exact_variants_table():
     """'Exact at any dtype' tables: issue16-exact-variants.json (one run: four engines, methods taking turns)."""
-    run = result(EXACT_RUN)
+    return variants_table(EXACT_RUN)
+
+
+EXACT_BF16_RUN = "issue16-exact-variants-avx512bf16"
+
+
+@claim
+def exact_variants_native_bf16_table():
+    """'On a CPU with native bf16' tables: issue16-exact-variants-avx512bf16.json (one run, three engines)."""
+    return variants_table(EXACT_BF16_RUN)
+
+
+def variants_table(name: str):
+    """A `bench --variants` run's rows (variant, method, tok/s, ratios, tau, = ar), verify cost rows and setting."""
+    run = result(name)
     first = next(iter(run["variants"].values()))
     rows = [Row(cells(VARIANT_LABELS[r["variant"]], exact_method_label(r["method"], first["spec"]),
                       num(r["tokens_per_s"], 2), num(r["vs_first_ar"], 2) + "x",
@@ -624,7 +639,7 @@ def exact_variants_table():
     return rows + [Phrase(f"{same(*(v['prompts'] for v in run['variants'].values()))} prompts (one per category), "
                           f"{same(*(v['max_new_tokens'] for v in run['variants'].values()))} new tokens, greedy, "
                           f"batch 1, {same(*(v['threads'] for v in run['variants'].values()))} threads"),
-                   Phrase(f"--name {EXACT_RUN}`")]
+                   Phrase(f"--name {name}`")]
 
 
 NGRAM_RUN = "issue17-ngram"
@@ -677,6 +692,8 @@ def budget_table(names: tuple[str, ...]):
             o = summary["overall"]
             drafted = method not in ("ar", *HF_LABELS)
             label = HF_LABELS.get(method) or switch_label(method, "adaptive", "adaptive", "fixed")
+            if method in HF_LABELS and run.get("hf_dtype"):  # transformers at its own dtype (bench --hf-dtype)
+                label += f" ({run['hf_dtype']})"
             predicted = f"{o['accepted']} / {num(o['predicted_accepted'])}" if drafted else "-"
             rows.append(Row(cells(str(run["batch_size"]), label, num(o["tau"], 2), num(o["tokens_per_s"], 2),
                                   num(o["speedup_vs_ar"], 2) + "x", predicted, str(o["unverified"]),
@@ -700,6 +717,15 @@ PADDED_RUNS = ("issue17-padded-budget-b1", "issue17-padded-budget-b8")
 def padded_budget_table():
     """'The padded width and the drafting stop rule' table: issue17-padded-budget-b1.json and -b8.json."""
     return budget_table(PADDED_RUNS)
+
+
+BF16_RUNS = ("issue17-bf16-exact-b1", "issue17-bf16-exact-b8")
+
+
+@claim
+def native_bf16_budget_table():
+    """'On a CPU with native bf16' speculation table: issue17-bf16-exact-b1.json and -b8.json (interleaved)."""
+    return budget_table(BF16_RUNS)
 
 
 BRANCHES_RUN = "issue17-ngram-branches-b1"
