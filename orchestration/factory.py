@@ -24,6 +24,7 @@ from mirrorspec.orchestration.diffusion_draft import DiffusionDraftService
 from mirrorspec.orchestration.engine import SELF_DRAFTER, Engine, EngineConfig
 from mirrorspec.orchestration.interfaces import DraftService
 from mirrorspec.orchestration.step_cost import MEASURE, PROBE_COUNTS, StepCost, measure_step_cost, parse_step_cost
+from mirrorspec.workers import attention, exact_attention, exact_linear, kv_cache, model_worker
 from mirrorspec.workers import cpu_linear as fast_cpu_linear
 from mirrorspec.workers.default_model import cache_dir
 from mirrorspec.workers.diffusion_model import is_dllm_folder, load_dllm
@@ -195,11 +196,23 @@ def build_engine(config: EngineConfig) -> Engine:
                   step_cost=step_cost_source(config, target_worker))
 
 
+# The modules whose code decides what a target forward costs.
+FORWARD_CODE = (attention, exact_attention, exact_linear, fast_cpu_linear, kv_cache, model_worker)
+
+
+def forward_code_digest() -> str:
+    """A digest of FORWARD_CODE's sources: the step-cost cache's key changes with them."""
+    digest = hashlib.sha1()
+    for module in FORWARD_CODE:
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def step_cost_source(config: EngineConfig, target: Worker) -> StepCost | Callable[[], StepCost] | None:
     """The adaptive budget's cost curve as engine.step_cost asks: a table, none, or (auto) a probe of `target`
-    whose result is kept in the cache folder for this machine, model and kernels, so that it is measured once
-    (and every later engine there sizes its drafts alike); a probe disturbed by other work is used but not kept.
-    Delete the file to measure again."""
+    whose result is kept in the cache folder for this machine, model and kernels (the code that computes a forward
+    included: a new kernel measures again), so that it is measured once (and every later engine there sizes its
+    drafts alike); a probe disturbed by other work is used but not kept. Delete the file to measure again."""
     setting = parse_step_cost(config.step_cost)
     if setting != MEASURE:
         return setting
@@ -208,7 +221,8 @@ def step_cost_source(config: EngineConfig, target: Worker) -> StepCost | Callabl
     context = max(1, min(128, config.max_model_len - 32))
     key = dict(target=str(config.target), dtype=config.dtype, device=config.device, exact=config.exact,
                threads=torch.get_num_threads(), counts=counts, context=context, torch=torch.__version__,
-               cpu=torch.backends.cpu.get_cpu_capability(), cores=os.cpu_count(), host=platform.node())
+               cpu=torch.backends.cpu.get_cpu_capability(), cores=os.cpu_count(), host=platform.node(),
+               code=forward_code_digest())
     path = cache_dir() / "step_cost" / f"{hashlib.sha1(json.dumps(key).encode()).hexdigest()[:16]}.json"
 
     def probe() -> StepCost:

@@ -210,12 +210,15 @@ def test_auto_measures_once_per_machine_and_model(target, tmp_path, monkeypatch)
     assert factory.step_cost_source(dataclasses.replace(config, step_cost="off"), worker(target)) is None
     table = factory.step_cost_source(dataclasses.replace(config, step_cost={1: 1, 8: 2}), worker(target))
     assert table(8) == 2.0 and len(calls) == 1
+    # New code in the forward's modules (a kernel changed): measured again.
+    monkeypatch.setattr(factory, "forward_code_digest", lambda: "another kernel")
+    assert factory.step_cost_source(config, worker(target))().counts == (1, 2, 4, 8) and len(calls) == 2
     # A probe disturbed by other work (forwards that disagree) is used, and measured again by the next engine.
     monkeypatch.setenv("MIRRORSPEC_CACHE", str(tmp_path / "busy"))
     monkeypatch.setattr(factory, "measure_step_cost", probe(False))
     assert factory.step_cost_source(config, worker(target))().counts == (1, 2, 4, 8)
     factory.step_cost_source(config, worker(target))()
-    assert len(calls) == 3 and not (tmp_path / "busy").exists()
+    assert len(calls) == 4 and not (tmp_path / "busy").exists()
 
 
 def test_a_probe_is_steady_when_its_two_fastest_forwards_agree_at_every_count():
