@@ -423,13 +423,17 @@ class BenchRun:
             self.engine.shutdown()
 
     def results(self) -> dict:
+        from mirrorspec.workers.models import parse_dtype
+
         config, cluster, two_roles = self.engine_config, self.cluster, self.two_roles
         ref = self.records["ar"]
         results = {
             "target": str(config.target),
             "drafter": str(config.drafter),
             "diffusion_drafter": self.diffusion_drafter,
-            "dtype": None if two_roles else str(self.engine.target.model.dtype).removeprefix("torch."),
+            # On Ray the target actor resolves `auto` as this process does (the same machine).
+            "dtype": str(parse_dtype(config.dtype, device=config.device) if two_roles
+                         else self.engine.target.model.dtype).removeprefix("torch."),
             "exact": config.exact,
             "threads": cluster.target.threads if two_roles else torch.get_num_threads(),
             "placement": _placement(cluster) if two_roles else "in-process",

@@ -728,6 +728,29 @@ def native_bf16_budget_table():
     return budget_table(BF16_RUNS)
 
 
+MIRROR_BF16_RUN = "issue17-mirror-bf16-exact-b1"
+
+
+@claim
+def mirror_native_bf16_table():
+    """'On a CPU with native bf16' mirror table: issue17-mirror-bf16-exact-b1.json (two actors, interleaved)."""
+    run = result(MIRROR_BF16_RUN)
+    rows = []
+    for method, summary in run["methods"].items():
+        o, c = summary["overall"], summary["channel"]
+        label = switch_label(method, "adaptive", "adaptive", "fixed")
+        if method.startswith("mirror"):  # its windows are verified whole: no adaptive budget
+            label = label.removesuffix(", adaptive")
+        hidden = "-" if c["hidden_fraction"] is None else pct(c["hidden_fraction"]) + "%"
+        rows.append(Row(cells(label, num(o["tau"], 2), num(o["tokens_per_s"], 2), num(o["speedup_vs_ar"], 2) + "x",
+                              num(c["measured_step_ms"], 1), hidden, equal_count(o))))
+    mirror = run["methods"]["mirror:gamma=3"]["channel"]
+    return rows + [Phrase(f"{run['prompts']} prompts, {run['max_new_tokens']} new tokens, greedy, batch "
+                          f"{run['batch_size']}, one thread per actor"), Phrase(f"--name {MIRROR_BF16_RUN}`"),
+                   Phrase(f"{pct(mirror['branch_reuse_rate'])}% of its windows reuse a precomputed branch"),
+                   Phrase(f"early-exit coverage {num(mirror['exit_coverage'], 2)}")]
+
+
 BRANCHES_RUN = "issue17-ngram-branches-b1"
 
 
