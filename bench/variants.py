@@ -36,6 +36,8 @@ def parse_variants(text: str) -> list[tuple[str, str, bool]]:
 def run_variants(args: argparse.Namespace, engine_config, spec: SpecParams, cluster, stem: str) -> int:
     if cluster.ray != "never" or cluster.drafter_address:
         raise InvalidRequestError("variants", "variants are benched in one process: use --ray never")
+    if args.interleave:  # turns are taken per method here, not per prompt
+        raise InvalidRequestError("interleave", "--variants runs each method on every variant in turn; drop one")
     runs = {label: BenchRun(args, dataclasses.replace(engine_config, dtype=dtype, exact=exact), spec, cluster)
             for label, dtype, exact in parse_variants(args.variants)}
     for method in next(iter(runs.values())).methods:

@@ -39,6 +39,7 @@ from mirrorspec.cluster.launch import SECRET_ENV
         (["bench", "--methods", "ar,chain", "--drafter", "none", "--out", "OUT"], "drafter"),
         (["bench", "--methods", "ar,lookahead", "--out", "OUT"], "method"),
         (["bench", "--methods", "ar,hf-generate", "--hf-dtype", "float8", "--out", "OUT"], "hf_dtype"),
+        (["bench", "--variants", "float32:fast", "--interleave", "--ray", "never", "--out", "OUT"], "interleave"),
     ],
 )
 def test_bad_input_exits_2_naming_the_field(argv, field, capsys, tmp_path):
