@@ -382,27 +382,10 @@ class BenchRun:
         self.run_interleaved([label])
 
     def run_interleaved(self, labels: list[str], after_round: Callable[[], None] | None = None) -> None:
-        """Every prompt (a batch at a time) with each of `labels` in turn, so that a machine whose speed drifts
-        (a shared VM) slows every method alike; each method is warmed up first."""
-        from tqdm import tqdm
+        """Every prompt (a batch at a time) with each of `labels` in turn (take_turns)."""
+        take_turns([(self, label) for label in labels], after_round)
 
-        methods = {label: self._method(label) for label in labels}
-        for label, method in methods.items():
-            method.warm_up(self.prompts[0])
-            self._read_channel(label)  # the warm-up's channel accounting is not the run's
-        name = labels[0] if len(labels) == 1 else "interleaved"
-        size = self.args.batch_size
-        with tqdm(total=len(self.prompts) * len(labels), desc=f"bench {name}", unit="prompt", file=sys.stderr) as bar:
-            for start in range(0, len(self.prompts), size):
-                chunk = self.prompts[start:start + size]
-                for label, method in methods.items():
-                    self.records.setdefault(label, []).extend(method(chunk))
-                    self._read_channel(label)
-                    bar.update(len(chunk))
-                if after_round is not None:
-                    after_round()
-
-    def _method(self, label: str) -> EngineMethod | HfMethod:
+    def method(self, label: str) -> EngineMethod | HfMethod:
         name, method_spec = self.parsed[label]
         if name in HF_METHODS:
             return _hf_method(self.engine_config, self.cluster if self.two_roles else None, self.args,
@@ -411,7 +394,7 @@ class BenchRun:
         return EngineMethod(self.diffusion_engine if by_diffusion else self.engine, method_spec,
                             self.args.max_new_tokens)
 
-    def _read_channel(self, label: str) -> None:
+    def read_channel(self, label: str) -> None:
         """Add the speculation channel's accounting since the last read (two roles only) to `label`'s."""
         if self.two_roles and self.parsed[label][0] not in HF_METHODS:
             totals = self.channel.setdefault(label, {})
@@ -461,6 +444,28 @@ class BenchRun:
                 ref_block = base["overall"] if key == "overall" else base["categories"][key]
                 block["speedup_vs_ar"] = round(block["tokens_per_s"] / ref_block["tokens_per_s"], 3)
         return results
+
+
+def take_turns(turns: list[tuple[BenchRun, str]], after_round: Callable[[], None] | None = None) -> None:
+    """Every prompt (a batch at a time) through each (run, method label) in turn, so that a machine whose speed
+    drifts (a shared VM) slows every method, and every run's engine, alike; each is warmed up first."""
+    from tqdm import tqdm
+
+    methods = [(run, label, run.method(label)) for run, label in turns]
+    for run, label, method in methods:
+        method.warm_up(run.prompts[0])
+        run.read_channel(label)  # the warm-up's channel accounting is not the run's
+    prompts, size = turns[0][0].prompts, turns[0][0].args.batch_size
+    name = turns[0][1] if len(turns) == 1 else "interleaved"
+    with tqdm(total=len(prompts) * len(turns), desc=f"bench {name}", unit="prompt", file=sys.stderr) as bar:
+        for start in range(0, len(prompts), size):
+            chunk = prompts[start:start + size]
+            for run, label, method in methods:
+                run.records.setdefault(label, []).extend(method(chunk))
+                run.read_channel(label)
+                bar.update(len(chunk))
+            if after_round is not None:
+                after_round()
 
 
 def write_results(results: dict, out: str, stem: str, plot_fn=None) -> None:

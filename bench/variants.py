@@ -1,8 +1,9 @@
 """`mirrorspec bench --variants float32:fast,bfloat16:exact,...`: the same methods on one engine per dtype and
 exact setting, in one process and one run. Every engine is loaded first; then each method runs on every variant
-in turn, and the targets' verify cost curves are timed taking turns, so that a machine whose speed drifts (a
-shared VM) treats the variants alike. Ratios: against the first variant's `ar`, and against transformers'
-float32 `generate` where a float32 variant ran `hf-generate`."""
+in turn (with --interleave, each prompt goes through every method on every variant), and the targets' verify
+cost curves are timed taking turns, so that a machine whose speed drifts (a shared VM) treats the variants
+alike. Ratios: against the first variant's `ar`, and against transformers' float32 `generate` where a float32
+variant ran `hf-generate`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from mirrorspec.bench.harness import HF_GENERATE, BenchRun, cost_repeats, write_results
+from mirrorspec.bench.harness import HF_GENERATE, BenchRun, cost_repeats, take_turns, write_results
 from mirrorspec.bench.verify_cost import verify_cost_curves
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.params import SpecParams
@@ -36,13 +37,15 @@ def parse_variants(text: str) -> list[tuple[str, str, bool]]:
 def run_variants(args: argparse.Namespace, engine_config, spec: SpecParams, cluster, stem: str) -> int:
     if cluster.ray != "never" or cluster.drafter_address:
         raise InvalidRequestError("variants", "variants are benched in one process: use --ray never")
-    if args.interleave:  # turns are taken per method here, not per prompt
-        raise InvalidRequestError("interleave", "--variants runs each method on every variant in turn; drop one")
     runs = {label: BenchRun(args, dataclasses.replace(engine_config, dtype=dtype, exact=exact), spec, cluster)
             for label, dtype, exact in parse_variants(args.variants)}
-    for method in next(iter(runs.values())).methods:
-        for run in runs.values():
-            run.run(method)
+    methods = next(iter(runs.values())).methods
+    if args.interleave:  # each prompt through every method on every variant
+        take_turns([(run, method) for method in methods for run in runs.values()])
+    else:  # each method on every variant in turn
+        for method in methods:
+            for run in runs.values():
+                run.run(method)
     curves = verify_cost_curves({label: run.engine.target for label, run in runs.items()}, **cost_repeats(args))
     results = {"variants": {label: {**run.results(), "verify_cost": curves[label]} for label, run in runs.items()}}
     results["summary"] = variant_summary(results["variants"])

@@ -39,7 +39,6 @@ from mirrorspec.cluster.launch import SECRET_ENV
         (["bench", "--methods", "ar,chain", "--drafter", "none", "--out", "OUT"], "drafter"),
         (["bench", "--methods", "ar,lookahead", "--out", "OUT"], "method"),
         (["bench", "--methods", "ar,hf-generate", "--hf-dtype", "float8", "--out", "OUT"], "hf_dtype"),
-        (["bench", "--variants", "float32:fast", "--interleave", "--ray", "never", "--out", "OUT"], "interleave"),
     ],
 )
 def test_bad_input_exits_2_naming_the_field(argv, field, capsys, tmp_path):
@@ -111,8 +110,9 @@ def test_jsonl_batch_keeps_going_past_bad_rows(tmp_path, capsys):
 
 @pytest.mark.real_model
 def test_bench_compares_methods_dtypes_and_exactness_in_one_run(tmp_path, capsys):
-    """One bench run (the suite's time): our methods and transformers' next to them, at two dtypes, with results,
-    plot, per-category rows and the ratios against ar and against transformers' generate."""
+    """One bench run (the suite's time): our methods and transformers' next to them, at two dtypes, each prompt
+    through every method on both (--interleave), with results, plot, per-category rows and the ratios against ar
+    and against transformers' generate."""
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("\n".join(json.dumps({"id": f"p{i}", "category": c, "prompt": p}) for i, (c, p) in enumerate(
         [("qa", "What is the capital of Italy?"), ("math", "What is 12 times 3?")])) + "\n")
@@ -120,8 +120,9 @@ def test_bench_compares_methods_dtypes_and_exactness_in_one_run(tmp_path, capsys
     # whole drafts of the target's own tokens are all accepted, whatever the machine.
     chain = "chain:gamma=3+adaptive=off"
     assert main(["bench", "--prompts", str(prompts), "--methods", f"ar,{chain},hf-assisted,hf-generate",
-                 "--drafter", "self", "--variants", "float32:fast,bfloat16:exact", "--max-new-tokens", "6",
-                 "--cost-repeats", "1", "--ray", "never", "--out", str(tmp_path), "--name", "v"]) == 0
+                 "--drafter", "self", "--variants", "float32:fast,bfloat16:exact", "--interleave",
+                 "--max-new-tokens", "6", "--cost-repeats", "1", "--ray", "never", "--out", str(tmp_path),
+                 "--name", "v"]) == 0
     results = json.loads((tmp_path / "v.json").read_text())
     assert (tmp_path / "v.png").stat().st_size > 10_000
     assert list(results["variants"]) == ["float32:fast", "bfloat16:exact"]
@@ -133,7 +134,7 @@ def test_bench_compares_methods_dtypes_and_exactness_in_one_run(tmp_path, capsys
     assert fast[chain]["overall"]["tau"] > 1.5  # the target drafting for itself
     assert set(fast[chain]["categories"]) == {"qa", "math"}
     exact = results["variants"]["bfloat16:exact"]
-    assert exact["dtype"] == "bfloat16" and exact["exact"] is True
+    assert exact["dtype"] == "bfloat16" and exact["exact"] is True and exact["interleaved"] is True
     assert exact["methods"][chain]["overall"]["equal_to_ar"] == 2  # exact: bf16 chain equals bf16 ar
     assert set(exact["verify_cost"]["ms"]) == {"1", "2", "4", "8", "16", "32"}
     rows = {(r["variant"], r["method"]): r for r in results["summary"]}
