@@ -625,6 +625,15 @@ def exact_variants_native_bf16_table():
     return variants_table(EXACT_BF16_RUN)
 
 
+EXACT_DTYPES_RUN = "issue17-exact-dtypes-interleaved"
+
+
+@claim
+def exact_dtypes_interleaved_table():
+    """'On a CPU with native bf16': the best exact dtype, issue17-exact-dtypes-interleaved.json (interleaved)."""
+    return variants_table(EXACT_DTYPES_RUN)
+
+
 def variants_table(name: str):
     """A `bench --variants` run's rows (variant, method, tok/s, ratios, tau, = ar), verify cost rows and setting."""
     run = result(name)
