@@ -429,7 +429,7 @@ class BenchRun:
             "spec": dataclasses.asdict(self.spec),
             "hf_assistant": self.args.hf_assistant or str(config.drafter),
             "hf_dtype": self.args.hf_dtype,
-            "interleaved": bool(getattr(self.args, "interleave", False)),
+            "interleaved": self.args.interleave,
             "prompts": len(self.prompts),
             "forward_cost_1_thread": None if two_roles else forward_cost(self.engine, **cost_repeats(self.args)),
             "channel_round_trip_ms": None if self.round_trip is None else round(self.round_trip * 1000, 3),
