@@ -230,16 +230,17 @@ def test_abort_frees_the_slot(target):
 
 
 def test_bfloat16_models_stay_lossless():
-    """Greedy equality holds within one dtype: bf16 target and drafter, bf16 KV cache."""
+    """Greedy equality holds within one dtype on the exact path: bf16 target and drafter, bf16 KV cache. (The fast
+    path makes no such promise at half precision: its decode and verify forwards use different kernels.)"""
     target = tiny_model("qwen3", VOCAB, seed=6, sharpness=4.0)
     drafter = tiny_model("qwen3", VOCAB, seed=7, sharpness=4.0)
     for loaded in (target, drafter):
         loaded.model.to(torch.bfloat16)
     ps = prompts(5, seed=3)
     sampling = SamplingParams(max_new_tokens=16, ignore_eos=True)
-    engine = tiny_engine(target, drafter)
+    engine = tiny_engine(target, drafter, exact=True)
     assert engine.target.cache.keys.dtype == torch.bfloat16
-    ar = [o.token_ids for o in tiny_engine(target, None).generate(ps, sampling)]
+    ar = [o.token_ids for o in tiny_engine(target, None, exact=True).generate(ps, sampling)]
     for spec in SPECS[:3]:
         assert [o.token_ids for o in engine.generate(ps, sampling, spec)] == ar
 
