@@ -98,13 +98,40 @@ def test_multipass_mask_matches_inference_attention():
     assert row[2].tolist() == [False, False, False, False, True]
 
 
+@pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("kind", ["token", "feature"])
-def test_training_lowers_the_distillation_loss(target, labelled, kind, tmp_path):
+def test_training_lowers_the_distillation_loss(target, labelled, kind, matmul_dtype, tmp_path):
     drafter = make_drafter(kind, target)
-    cfg = TrainConfig(steps=40, batch_size=4, lr=1e-2, warmup=5, eval_every=40, checkpoint_every=40, passes=2)
+    cfg = TrainConfig(steps=40, batch_size=4, lr=1e-2, warmup=5, eval_every=40, checkpoint_every=40, passes=2,
+                      matmul_dtype=matmul_dtype)
     before = _eval_loss(drafter, labelled, cfg)
     train(drafter, labelled[4:], labelled[:4], cfg, tmp_path)
     assert _eval_loss(drafter, labelled, cfg) < before - 0.1
+    assert all(p.dtype == torch.float32 for p in drafter.parameters())  # only the products ran in bf16
+
+
+def test_a_bad_matmul_dtype_is_refused_by_name(target, labelled, tmp_path):
+    from mirrorspec.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="matmul_dtype"):
+        train(make_drafter("token", target), labelled, labelled[:2], TrainConfig(steps=1, matmul_dtype="int3"),
+              tmp_path)
+
+
+def test_init_starts_from_a_trained_drafter_and_refuses_another_kind(target, tmp_path):
+    import argparse
+
+    from mirrorspec.errors import InvalidRequestError
+    from mirrorspec.training.train_drafter import _initial_drafter
+
+    make_drafter("feature", target, seed=3).save(tmp_path / "feature")
+    args = argparse.Namespace(init=str(tmp_path / "feature"), kind="feature")
+    start = _initial_drafter(args, target, responses=[])
+    saved = Drafter.load(tmp_path / "feature")
+    assert start.meta == saved.meta
+    assert all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), saved.state_dict().values()))
+    with pytest.raises(InvalidRequestError, match="init"):
+        _initial_drafter(argparse.Namespace(init=str(tmp_path / "feature"), kind="token"), target, [])
 
 
 def test_resume_equals_an_uninterrupted_run(target, labelled, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from mirrorspec.errors import InvalidRequestError
 from mirrorspec.training import data
 from mirrorspec.training.prompt_bank import generate_prompts
 from mirrorspec.training.trainer import TrainConfig, train
-from mirrorspec.workers.drafter_model import KINDS, new_drafter
+from mirrorspec.workers.drafter_model import KINDS, Drafter, new_drafter
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ ARCHS = {
     "token": dict(layers=4, hidden=384, heads=6, kv_heads=2, intermediate=1024),
     "feature": dict(layers=1, hidden=None, heads=None, kv_heads=None, intermediate=None),  # from the target
 }
+STAGES = ("answers", "labels", "train")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
@@ -46,15 +47,37 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                                                                  "tokens")
     p.add_argument("--eval-fraction", type=float, default=0.03, help="share of the answers held out for evaluation")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--init", help="start from this trained drafter (its weights and vocabulary) instead of the "
+                                   "target's: more training on more data")
+    p.add_argument("--stop-after", choices=STAGES[:-1], help="end after this stage (e.g. answer on one machine "
+                                                           "now, label and train later from the same data folder)")
     for f in dataclasses.fields(TrainConfig):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
                        help=f.metadata["help"])
 
 
+def _initial_drafter(args: argparse.Namespace, target, responses: list[dict]) -> Drafter:
+    from mirrorspec.orchestration.factory import eos_token_ids
+
+    if args.init:
+        drafter = Drafter.load(args.init).float()
+        if drafter.meta.kind != args.kind or drafter.meta.target_vocab_size != target.config.vocab_size:
+            raise InvalidRequestError("init", f"{args.init!r} is a {drafter.meta.kind} drafter for a "
+                                              f"{drafter.meta.target_vocab_size}-token vocabulary, not a {args.kind} "
+                                              f"drafter for this target")
+        return drafter
+    vocab = data.draft_vocabulary(responses, args.draft_vocab, always=eos_token_ids(target))
+    arch = dict(ARCHS[args.kind])
+    if args.kind == "feature":
+        tc = target.config
+        arch.update(hidden=tc.hidden_size, heads=tc.num_attention_heads, kv_heads=tc.num_key_value_heads,
+                    intermediate=tc.intermediate_size)
+    return new_drafter(args.kind, target.model, vocab, **arch)
+
+
 def cmd_train_drafter(args: argparse.Namespace) -> int:
     from mirrorspec.orchestration.engine import EngineConfig
     from mirrorspec.orchestration.factory import build_engine
-    from mirrorspec.orchestration.factory import eos_token_ids
     from mirrorspec.workers.default_model import cache_dir
 
     if args.threads:
@@ -62,7 +85,10 @@ def cmd_train_drafter(args: argparse.Namespace) -> int:
     if not 0.0 < args.eval_fraction < 0.5:
         raise InvalidRequestError("eval_fraction", "must be in (0, 0.5)")
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    engine = build_engine(EngineConfig(target=args.target, drafter=None, max_batch=args.gen_batch, cpu_linear="auto"))
+    # The answers are training data, not served output, so the fast kernels write them: on 2 AVX-512-BF16 cores,
+    # 297 tok/s at batch 128 against the exact path's 116 tok/s at batch 32 (SmolLM2-135M, 160-token answers).
+    engine = build_engine(EngineConfig(target=args.target, drafter=None, max_batch=args.gen_batch, exact=False,
+                                       step_cost="off"))
     target = engine.target.loaded
     data_dir = Path(args.data) if args.data else cache_dir() / "drafter-data" / target.path.name
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -72,22 +98,21 @@ def cmd_train_drafter(args: argparse.Namespace) -> int:
 
     prompts = generate_prompts(args.prompts)  # fixed data: the same prompt set whatever the seed
     data.generate_responses(engine, prompts, data_dir, max_new_tokens=args.max_new_tokens, batch=args.gen_batch)
+    if args.stop_after == "answers":
+        return 0
     responses = data.read_responses(data_dir)[: args.prompts]
     data.label_sequences(target.model, responses, data_dir)
+    if args.stop_after == "labels":
+        return 0
     examples = data.load_shards(data_dir)[: args.prompts]
     # A fixed held-out split: every k-th example.
     stride = round(1 / args.eval_fraction)
     eval_set = examples[::stride]
     train_set = [e for i, e in enumerate(examples) if i % stride]
 
-    vocab = data.draft_vocabulary(responses, args.draft_vocab, always=eos_token_ids(target))
-    arch = dict(ARCHS[args.kind])
-    if args.kind == "feature":
-        tc = target.config
-        arch.update(hidden=tc.hidden_size, heads=tc.num_attention_heads, kv_heads=tc.num_key_value_heads,
-                    intermediate=tc.intermediate_size)
     torch.manual_seed(cfg.seed)
-    drafter = new_drafter(args.kind, target.model, vocab, **arch)
+    drafter = _initial_drafter(args, target, responses)
+    vocab = drafter.meta.draft_to_target
     final = train(drafter, train_set, eval_set, cfg, out)
     drafter.save(out)
     for name in TOKENIZER_FILES:  # the drafter speaks the target's tokenizer; ship it so the check can see that
@@ -100,6 +125,7 @@ def cmd_train_drafter(args: argparse.Namespace) -> int:
         "examples": {"train": len(train_set), "eval": len(eval_set)},
         "answer_tokens": sum(len(r["answer_ids"]) for r in responses),
         "draft_vocab": len(vocab),
+        "init": args.init,
         "parameters": sum(p.numel() for p in drafter.parameters()),
         "seconds": round(time.time() - started),
         "final": final,
