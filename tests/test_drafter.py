@@ -65,6 +65,20 @@ def labelled(target, tmp_path_factory):
     return data.load_shards(folder)
 
 
+def test_labels_keep_the_responses_order_and_match_labelling_each_alone(target, tmp_path):
+    """Batches are formed by length, but a shard lists its examples in the order of the responses."""
+    rng = random.Random(5)
+    responses = [{"prompt_ids": p, "answer_ids": [rng.randrange(VOCAB) for _ in range(rng.randint(1, 20))]}
+                 for p in prompts(7, seed=4)]
+    data.label_sequences(target.model, responses, tmp_path / "batched", shard_size=5, batch=3)
+    data.label_sequences(target.model, responses, tmp_path / "alone", shard_size=5, batch=1)
+    batched, alone = data.load_shards(tmp_path / "batched"), data.load_shards(tmp_path / "alone")
+    assert [e.ids.tolist() for e in batched] == [r["prompt_ids"] + r["answer_ids"] for r in responses]
+    for b, a in zip(batched, alone):
+        assert b.prompt_len == a.prompt_len and b.top_ids.shape == a.top_ids.shape
+        torch.testing.assert_close(b.features, a.features, atol=1e-2, rtol=1e-2)
+
+
 @pytest.mark.parametrize("kind", ["token", "feature"])
 @pytest.mark.parametrize("spec", [SpecParams(method="chain", gamma=4),
                                   SpecParams(method="tree", tree_depth=3, tree_topk=3, tree_nodes=8)],

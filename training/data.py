@@ -65,15 +65,20 @@ def read_responses(out_dir: Path) -> list[dict]:
 def label_sequences(model, responses: list[dict], out_dir: Path, *, shard_size: int = 256, batch: int = 8) -> None:
     """Teacher-force the target over prompt + answer; save features and top-k labels in shards (resumable)."""
     decoder, head = model.base_model, model.get_output_embeddings()
+    out_dir.mkdir(parents=True, exist_ok=True)
     shards = range(0, len(responses), shard_size)
     for shard, start in enumerate(tqdm(shards, desc="target labels", unit="shard")):
         path = out_dir / f"{SHARD_PREFIX}{shard:05d}.pt"
         if path.exists():
             continue
         rows = responses[start : start + shard_size]
-        examples: list[Sequence] = []
-        for b in range(0, len(rows), batch):
-            examples += _label_batch(decoder, head, rows[b : b + batch])
+        # Batches of similar lengths waste less on padding; the shard keeps the responses' order.
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]["prompt_ids"]) + len(rows[i]["answer_ids"]))
+        labelled: dict[int, Sequence] = {}
+        for b in range(0, len(order), batch):
+            picked = order[b : b + batch]
+            labelled.update(zip(picked, _label_batch(decoder, head, [rows[i] for i in picked])))
+        examples = [labelled[i] for i in range(len(rows))]
         tmp = path.with_suffix(".tmp")
         torch.save([vars(e) for e in examples], tmp)
         tmp.rename(path)  # a shard is either complete or absent
