@@ -188,7 +188,7 @@ def feature_drafter_table():
         rows.append(Row(cells(label, num(o["tau"], 2), num(o["tokens_per_s"], 2), speedup,
                               positions(o["acceptance_by_position"]))))
     cost = r["forward_cost_1_thread"]
-    held_out = drafter_file("smollm2-135m-feature/training_report.json")["final"]["eval"]
+    held_out = drafter_file("smollm2-135m-feature/init_training_report.json")["final"]["eval"]  # the drafter it ran
     return rows + [
         Phrase(f"--name {name}`"),
         Phrase(f"The drafter's decode forward costs {num(cost['drafter_ms'], 1)} ms against the target's "

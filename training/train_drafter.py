@@ -98,6 +98,7 @@ def cmd_train_drafter(args: argparse.Namespace) -> int:
 
     prompts = generate_prompts(args.prompts)  # fixed data: the same prompt set whatever the seed
     data.generate_responses(engine, prompts, data_dir, max_new_tokens=args.max_new_tokens, batch=args.gen_batch)
+    del engine  # its KV cache (gigabytes at a large --gen-batch); the target's weights stay with `target`
     if args.stop_after == "answers":
         return 0
     responses = data.read_responses(data_dir)[: args.prompts]
