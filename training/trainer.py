@@ -200,8 +200,7 @@ def train(drafter: Drafter, train_set: list[Sequence], eval_set: list[Sequence],
         opt.load_state_dict(state["optimizer"])
         start, history = state["step"], state["history"]
         logger.info("resuming from step %d", start)
-    loss_fn = _autocast((lambda b: feature_drafter_loss(drafter, b, cfg.passes, cfg.regression_weight))
-                        if kind == "feature" else (lambda b: token_drafter_loss(drafter, b)), cfg)
+    loss_fn = _loss_fn(drafter, cfg)
     drafter.train()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {kind} drafter", unit="step")
     for step in bar:
@@ -232,26 +231,25 @@ def evaluate(drafter: Drafter, eval_set: list[Sequence], cfg: TrainConfig) -> di
     drafter.eval()
     totals: dict[str, float] = {}
     batches = [eval_set[i : i + cfg.batch_size] for i in range(0, len(eval_set), cfg.batch_size)]
+    loss_fn = _loss_fn(drafter, cfg)
     for chunk in batches:
         batch = make_batch(chunk, cfg.max_len, drafter.meta.kind == "feature")
-        loss_fn = feature_drafter_loss if drafter.meta.kind == "feature" else token_drafter_loss
-        extra = (cfg.passes, cfg.regression_weight) if drafter.meta.kind == "feature" else ()
-        _, stats = _autocast(lambda b: loss_fn(drafter, b, *extra), cfg)(batch)
+        _, stats = loss_fn(batch)
         for k, v in stats.items():
             totals[k] = totals.get(k, 0.0) + v / len(batches)
     return totals
 
 
-def _autocast(loss_fn, cfg: TrainConfig):
-    """loss_fn with its matrix products in cfg.matmul_dtype (on a CPU with native bf16, bf16 products made a
-    feature-drafter step about 2x faster than fp32 ones)."""
+def _loss_fn(drafter: Drafter, cfg: TrainConfig):
+    """batch -> (loss, stats) for the drafter's kind, its matrix products in cfg.matmul_dtype (on a CPU with
+    native bf16, bf16 products made a feature-drafter step about 2x faster than fp32 ones)."""
     dtype = parse_dtype(cfg.matmul_dtype, field="matmul_dtype")
-    if dtype == torch.float32:
-        return loss_fn
 
-    def run(batch: Batch):
-        with torch.autocast("cpu", dtype=dtype):
-            return loss_fn(batch)
+    def run(batch: Batch) -> tuple[torch.Tensor, dict]:
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            if drafter.meta.kind == "feature":
+                return feature_drafter_loss(drafter, batch, cfg.passes, cfg.regression_weight)
+            return token_drafter_loss(drafter, batch)
     return run
 
 
