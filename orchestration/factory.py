@@ -104,12 +104,8 @@ def _trained_drafter(config: EngineConfig, target: LoadedModel | ModelInfo, dtyp
     folder = Path(config.drafter)
     drafter = Drafter.load(folder, dtype).to(parse_device(config.drafter_device or config.device, "drafter_device"))
     check_same_tokenizer(target, LoadedModel(path=folder, model=drafter.lm, tokenizer=load_tokenizer(folder)))
-    if drafter.meta.target_vocab_size != target.config.vocab_size:
-        raise InvalidRequestError("drafter", f"drafter {str(folder)!r} was made for a {drafter.meta.target_vocab_size}"
-                                             f"-token vocabulary; the target has {target.config.vocab_size}")
-    if drafter.meta.feature_size and drafter.meta.feature_size != target.config.hidden_size:
-        raise InvalidRequestError("drafter", f"feature drafter {str(folder)!r} takes {drafter.meta.feature_size}-wide "
-                                             f"hidden states; the target's are {target.config.hidden_size}")
+    if (why := drafter.meta.mismatch(target.config)) is not None:
+        raise InvalidRequestError("drafter", f"{drafter.meta.kind} drafter {str(folder)!r} {why}")
     fast_cpu_linear.apply(drafter, config.cpu_linear)
     return DrafterWorker(drafter, **sizes)
 

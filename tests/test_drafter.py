@@ -148,6 +148,19 @@ def test_init_starts_from_a_trained_drafter_and_refuses_another_kind(target, tmp
         _initial_drafter(argparse.Namespace(init=str(tmp_path / "feature"), kind="token"), target, [])
 
 
+def test_a_drafter_names_why_it_cannot_serve_another_target(target):
+    from types import SimpleNamespace
+
+    meta = make_drafter("feature", target).meta
+    config = target.model.config
+    assert meta.mismatch(config) is None
+    other_vocab = SimpleNamespace(vocab_size=config.vocab_size + 1, hidden_size=config.hidden_size)
+    assert "vocabulary" in meta.mismatch(other_vocab)
+    other_width = SimpleNamespace(vocab_size=config.vocab_size, hidden_size=config.hidden_size * 2)
+    assert "hidden states" in meta.mismatch(other_width)
+    assert make_drafter("token", target).meta.mismatch(other_width) is None  # token drafters take no states
+
+
 def test_resume_equals_an_uninterrupted_run(target, labelled, tmp_path, monkeypatch):
     cfg = TrainConfig(steps=12, batch_size=3, lr=3e-3, warmup=2, eval_every=6, checkpoint_every=6, passes=2)
     whole = make_drafter("feature", target, seed=7)

@@ -60,11 +60,11 @@ def _initial_drafter(args: argparse.Namespace, target, responses: list[dict]) ->
     from mirrorspec.orchestration.factory import eos_token_ids
 
     if args.init:
-        drafter = Drafter.load(args.init).float()
-        if drafter.meta.kind != args.kind or drafter.meta.target_vocab_size != target.config.vocab_size:
-            raise InvalidRequestError("init", f"{args.init!r} is a {drafter.meta.kind} drafter for a "
-                                              f"{drafter.meta.target_vocab_size}-token vocabulary, not a {args.kind} "
-                                              f"drafter for this target")
+        drafter = Drafter.load(args.init)  # float32, the trainer's weights
+        if drafter.meta.kind != args.kind:
+            raise InvalidRequestError("init", f"{args.init!r} is a {drafter.meta.kind} drafter, not a {args.kind} one")
+        if (why := drafter.meta.mismatch(target.config)) is not None:
+            raise InvalidRequestError("init", f"{args.init!r} {why}")
         return drafter
     vocab = data.draft_vocabulary(responses, args.draft_vocab, always=eos_token_ids(target))
     arch = dict(ARCHS[args.kind])

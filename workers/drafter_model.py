@@ -43,6 +43,16 @@ class DrafterMeta:
     def oov_index(self) -> int:
         return len(self.draft_to_target)
 
+    def mismatch(self, target_config) -> str | None:
+        """Why this drafter cannot serve a target with `target_config` (vocabulary, hidden width), or None."""
+        if self.target_vocab_size != target_config.vocab_size:
+            return (f"was made for a {self.target_vocab_size}-token vocabulary; the target has "
+                    f"{target_config.vocab_size}")
+        if self.feature_size and self.feature_size != target_config.hidden_size:
+            return (f"takes {self.feature_size}-wide hidden states; the target's are "
+                    f"{target_config.hidden_size}")
+        return None
+
 
 class Drafter(nn.Module):
     """The trainable module: a Llama over draft ids, plus `fc` for feature drafters."""
