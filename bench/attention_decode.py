@@ -4,22 +4,20 @@ batch size and context length, with the default target's head layout (9 query he
 
     python -m mirrorspec.bench.attention_decode --dtype bfloat16 --threads 2 --name attention-decode-bf16
 
-Writes bench/results/NAME.json.
+Writes OUT/NAME.json (OUT: bench/results).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from mirrorspec.bench.harness import write_results
 from mirrorspec.workers.attention import grouped_decode_attention
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = ((1, 300), (8, 300), (32, 100), (32, 1000), (64, 300), (128, 300), (64, 1500))  # (batch, keys)
 
 
@@ -52,14 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--out", default="bench/results")
     p.add_argument("--name", required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = [compare(getattr(torch, args.dtype), b, t, args.repeats) for b, t in SHAPES]
     result = {"dtype": args.dtype, "threads": args.threads, "torch": torch.__version__,
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+    write_results(result, args.out, args.name)
     for row in rows:
         print(row)
     return 0

@@ -7,8 +7,8 @@ with `enable_gqa`, bit-identical outputs), so CPU tensors take `enable_gqa=True`
 transformers' function.
 
 One query per row at half precision (every decode step) takes a different route on CPU: PyTorch's flash kernel
-there is slow for it (measured, torch 2.13, bf16, 9 query / 3 KV heads, 300 keys: batch 64 9.9 ms, batch 8
-1.1 ms) while two grouped matrix products over fp32 copies of the operands take 2.3 and 0.23 ms, with no larger
+there is slow for it (measured, torch 2.13, bf16, 9 query / 3 KV heads, 300 keys: batch 64 9.1 ms, batch 8
+1.1 ms) while two grouped matrix products over fp32 copies of the operands take 2.1 and 0.28 ms, with no larger
 error against a float64 reference (bench/results/attention-decode-bf16.json). Several tokens per row keep SDPA,
 which is as fast there, and so does fp32, where SDPA's kernel is not slow.
 """
