@@ -587,7 +587,7 @@ def forward_cost(engine, context: int = 128, repeats: int = 20) -> dict:
 
 def _decode_ms(worker, context: int, repeats: int) -> float:
     seq = -1  # a sequence id no request uses
-    feats = (lambda n: [torch.zeros(n, worker.drafter.meta.feature_size)]) if worker.uses_features else (lambda n: None)
+    feats = (lambda n: [torch.zeros(n, worker.feature_width)]) if worker.uses_features else (lambda n: None)
     worker.open(seq)
     try:
         worker.forward([seq], [list(range(1, context + 1))], features=feats(context))

@@ -45,7 +45,7 @@ class DrafterActor:
         if worker is None:
             raise InvalidRequestError("drafter", "the pipeline has no drafter to serve")
         self.session = as_draft_service(worker, max_spec_nodes=engine.max_spec_nodes, branch_budget=branch_budget)
-        feature_size = target.config.hidden_size if worker.uses_features else 0
+        feature_size = worker.feature_width if worker.uses_features else 0
         self.server, self._address = serve(self.session, vocab_size=target.config.vocab_size, secret=secret,
                                            feature_size=feature_size, host=host, port=port)
         logger.info("drafter serving the speculation channel on %s", self._address)

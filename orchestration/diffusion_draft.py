@@ -35,6 +35,7 @@ class DiffusionDraftService:
     """The DraftService of a block-diffusion drafter (in-process, or behind the gRPC speculation channel)."""
 
     uses_features = False
+    feature_layers: tuple[int, ...] = ()
     drafts_by_diffusion = True
 
     def __init__(self, model: DiffusionLM) -> None:

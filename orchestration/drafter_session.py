@@ -93,6 +93,7 @@ class DrafterSession:
     def __init__(self, drafter: Worker, *, max_spec_nodes: int, branch_budget: int = 8) -> None:
         self.drafter = drafter
         self.uses_features = drafter.uses_features
+        self.feature_layers = tuple(drafter.feature_layers)
         self.vocabulary = drafter.vocabulary
         self.max_spec_nodes = max_spec_nodes
         # Branches per step over the batch's greedy rows (fewer each at larger batch); a sampled row rolls out one.

@@ -61,6 +61,7 @@ class DraftService(Protocol):
     `reset` and reopens its sequences."""
 
     uses_features: bool  # each report carries the target's hidden states (a feature drafter)
+    feature_layers: tuple[int, ...]  # feature drafters: target layers whose states come before the final one
     vocabulary: list[int] | None  # the only tokens the drafter can propose (None: the target's whole vocabulary)
     drafts_by_diffusion: bool  # a block-diffusion drafter (serves `diffusion-draft`); else an AR one
 

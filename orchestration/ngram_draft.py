@@ -84,6 +84,7 @@ class NgramDraftService:
     """The DraftService (orchestration/interfaces.py) of `ngram`: one NgramIndex per open sequence."""
 
     uses_features = False
+    feature_layers: tuple[int, ...] = ()
     vocabulary = None
     drafts_by_diffusion = False
 

@@ -50,6 +50,9 @@ class Scheduler:
         to verify every draft whole."""
         self.target = target
         self.drafters = {kind: DrafterGuard(service) for kind, service in drafters.items()}
+        for service in drafters.values():
+            if service.uses_features:  # the target's hidden states it returns are what this drafter reads
+                target.set_output_layers(service.feature_layers)
         self.drafter = self.drafters.get(AR_DRAFTER)  # the drafter model Mirror-SD's early exit feeds
         self.mirror = None if self.drafter is None else MirrorExit(target, self.drafter)
         self.max_batch = max_batch

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#mirrorspec/protos/speculation.proto\x12\x19mirrorspec.speculation.v1\"\x11\n\x0f\x44\x65scribeRequest\"\r\n\x0bPingMessage\"\x7f\n\x0b\x44rafterInfo\x12\x15\n\ruses_features\x18\x01 \x01(\x08\x12\x14\n\x0c\x66\x65\x61ture_size\x18\x02 \x01(\r\x12\x12\n\nvocabulary\x18\x03 \x03(\x05\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x1b\n\x13\x64rafts_by_diffusion\x18\x05 \x01(\x08\"\xff\x01\n\rTargetMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12/\n\x04open\x18\x02 \x01(\x0b\x32\x1f.mirrorspec.speculation.v1.OpenH\x00\x12\x35\n\x07release\x18\x03 \x01(\x0b\x32\".mirrorspec.speculation.v1.ReleaseH\x00\x12\x35\n\x07propose\x18\x04 \x01(\x0b\x32\".mirrorspec.speculation.v1.ProposeH\x00\x12:\n\nearly_exit\x18\x05 \x01(\x0b\x32$.mirrorspec.speculation.v1.EarlyExitH\x00\x42\x06\n\x04\x62ody\"\xb2\x01\n\x0e\x44rafterMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x33\n\x06\x64rafts\x18\x02 \x01(\x0b\x32!.mirrorspec.speculation.v1.DraftsH\x00\x12\x31\n\x05\x65rror\x18\x03 \x01(\x0b\x32 .mirrorspec.speculation.v1.ErrorH\x00\x12\x0f\n\x07\x62usy_ms\x18\x04 \x01(\x01\x12\x12\n\npropose_ms\x18\x05 \x01(\x01\x42\x06\n\x04\x62ody\"=\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x01\"_\n\x0cOpenSequence\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\x35\n\x08sampling\x18\x03 \x01(\x0b\x32#.mirrorspec.speculation.v1.Sampling\"B\n\x04Open\x12:\n\tsequences\x18\x01 \x03(\x0b\x32\'.mirrorspec.speculation.v1.OpenSequence\"\x16\n\x07Release\x12\x0b\n\x03ids\x18\x01 \x03(\x04\"\'\n\x08\x46\x65\x61tures\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xc8\x01\n\x07Verdict\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x11\n\tcommitted\x18\x02 \x03(\x05\x12\x16\n\x0e\x61\x63\x63\x65pted_nodes\x18\x03 \x03(\x05\x12\x35\n\x08\x66\x65\x61tures\x18\x04 \x01(\x0b\x32#.mirrorspec.speculation.v1.Features\x12\r\n\x05\x64\x65pth\x18\x05 \x01(\r\x12\x0c\n\x04topk\x18\x06 \x01(\r\x12\x0e\n\x06\x62udget\x18\x07 \x01(\r\x12\x10\n\x08\x62ranches\x18\x08 \x01(\x08\x12\x10\n\x08min_path\x18\t \x01(\x02\"?\n\x07Propose\x12\x34\n\x08verdicts\x18\x01 \x03(\x0b\x32\".mirrorspec.speculation.v1.Verdict\"]\n\x0e\x45xitCandidates\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x11\n\tpositions\x18\x02 \x01(\r\x12\r\n\x05kappa\x18\x03 \x01(\r\x12\x0b\n\x03ids\x18\x04 \x03(\x05\x12\x10\n\x08logprobs\x18\x05 \x03(\x02\"X\n\tEarlyExit\x12\r\n\x05layer\x18\x01 \x01(\r\x12<\n\tsequences\x18\x02 \x03(\x0b\x32).mirrorspec.speculation.v1.ExitCandidates\"&\n\x08Proposal\x12\x0b\n\x03ids\x18\x01 \x03(\x05\x12\r\n\x05probs\x18\x02 \x03(\x02\"\x8a\x01\n\x04Tree\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0b\n\x03ids\x18\x02 \x03(\x05\x12\x0f\n\x07parents\x18\x03 \x03(\x05\x12\x10\n\x08logprobs\x18\x04 \x03(\x02\x12\x36\n\tproposals\x18\x05 \x03(\x0b\x32#.mirrorspec.speculation.v1.Proposal\x12\x0e\n\x06reused\x18\x06 \x01(\x08\"8\n\x06\x44rafts\x12.\n\x05trees\x18\x01 \x03(\x0b\x32\x1f.mirrorspec.speculation.v1.Tree\"\'\n\x05\x45rror\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t2\xab\x02\n\x0bSpeculation\x12^\n\x08\x44\x65scribe\x12*.mirrorspec.speculation.v1.DescribeRequest\x1a&.mirrorspec.speculation.v1.DrafterInfo\x12V\n\x04Ping\x12&.mirrorspec.speculation.v1.PingMessage\x1a&.mirrorspec.speculation.v1.PingMessage\x12\x64\n\tSpeculate\x12(.mirrorspec.speculation.v1.TargetMessage\x1a).mirrorspec.speculation.v1.DrafterMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#mirrorspec/protos/speculation.proto\x12\x19mirrorspec.speculation.v1\"\x11\n\x0f\x44\x65scribeRequest\"\r\n\x0bPingMessage\"\x97\x01\n\x0b\x44rafterInfo\x12\x15\n\ruses_features\x18\x01 \x01(\x08\x12\x14\n\x0c\x66\x65\x61ture_size\x18\x02 \x01(\r\x12\x12\n\nvocabulary\x18\x03 \x03(\x05\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x1b\n\x13\x64rafts_by_diffusion\x18\x05 \x01(\x08\x12\x16\n\x0e\x66\x65\x61ture_layers\x18\x06 \x03(\r\"\xff\x01\n\rTargetMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12/\n\x04open\x18\x02 \x01(\x0b\x32\x1f.mirrorspec.speculation.v1.OpenH\x00\x12\x35\n\x07release\x18\x03 \x01(\x0b\x32\".mirrorspec.speculation.v1.ReleaseH\x00\x12\x35\n\x07propose\x18\x04 \x01(\x0b\x32\".mirrorspec.speculation.v1.ProposeH\x00\x12:\n\nearly_exit\x18\x05 \x01(\x0b\x32$.mirrorspec.speculation.v1.EarlyExitH\x00\x42\x06\n\x04\x62ody\"\xb2\x01\n\x0e\x44rafterMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x33\n\x06\x64rafts\x18\x02 \x01(\x0b\x32!.mirrorspec.speculation.v1.DraftsH\x00\x12\x31\n\x05\x65rror\x18\x03 \x01(\x0b\x32 .mirrorspec.speculation.v1.ErrorH\x00\x12\x0f\n\x07\x62usy_ms\x18\x04 \x01(\x01\x12\x12\n\npropose_ms\x18\x05 \x01(\x01\x42\x06\n\x04\x62ody\"=\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x01\"_\n\x0cOpenSequence\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\x35\n\x08sampling\x18\x03 \x01(\x0b\x32#.mirrorspec.speculation.v1.Sampling\"B\n\x04Open\x12:\n\tsequences\x18\x01 \x03(\x0b\x32\'.mirrorspec.speculation.v1.OpenSequence\"\x16\n\x07Release\x12\x0b\n\x03ids\x18\x01 \x03(\x04\"\'\n\x08\x46\x65\x61tures\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xc8\x01\n\x07Verdict\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x11\n\tcommitted\x18\x02 \x03(\x05\x12\x16\n\x0e\x61\x63\x63\x65pted_nodes\x18\x03 \x03(\x05\x12\x35\n\x08\x66\x65\x61tures\x18\x04 \x01(\x0b\x32#.mirrorspec.speculation.v1.Features\x12\r\n\x05\x64\x65pth\x18\x05 \x01(\r\x12\x0c\n\x04topk\x18\x06 \x01(\r\x12\x0e\n\x06\x62udget\x18\x07 \x01(\r\x12\x10\n\x08\x62ranches\x18\x08 \x01(\x08\x12\x10\n\x08min_path\x18\t \x01(\x02\"?\n\x07Propose\x12\x34\n\x08verdicts\x18\x01 \x03(\x0b\x32\".mirrorspec.speculation.v1.Verdict\"]\n\x0e\x45xitCandidates\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x11\n\tpositions\x18\x02 \x01(\r\x12\r\n\x05kappa\x18\x03 \x01(\r\x12\x0b\n\x03ids\x18\x04 \x03(\x05\x12\x10\n\x08logprobs\x18\x05 \x03(\x02\"X\n\tEarlyExit\x12\r\n\x05layer\x18\x01 \x01(\r\x12<\n\tsequences\x18\x02 \x03(\x0b\x32).mirrorspec.speculation.v1.ExitCandidates\"&\n\x08Proposal\x12\x0b\n\x03ids\x18\x01 \x03(\x05\x12\r\n\x05probs\x18\x02 \x03(\x02\"\x8a\x01\n\x04Tree\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0b\n\x03ids\x18\x02 \x03(\x05\x12\x0f\n\x07parents\x18\x03 \x03(\x05\x12\x10\n\x08logprobs\x18\x04 \x03(\x02\x12\x36\n\tproposals\x18\x05 \x03(\x0b\x32#.mirrorspec.speculation.v1.Proposal\x12\x0e\n\x06reused\x18\x06 \x01(\x08\"8\n\x06\x44rafts\x12.\n\x05trees\x18\x01 \x03(\x0b\x32\x1f.mirrorspec.speculation.v1.Tree\"\'\n\x05\x45rror\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t2\xab\x02\n\x0bSpeculation\x12^\n\x08\x44\x65scribe\x12*.mirrorspec.speculation.v1.DescribeRequest\x1a&.mirrorspec.speculation.v1.DrafterInfo\x12V\n\x04Ping\x12&.mirrorspec.speculation.v1.PingMessage\x1a&.mirrorspec.speculation.v1.PingMessage\x12\x64\n\tSpeculate\x12(.mirrorspec.speculation.v1.TargetMessage\x1a).mirrorspec.speculation.v1.DrafterMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,38 +35,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DESCRIBEREQUEST']._serialized_end=83
   _globals['_PINGMESSAGE']._serialized_start=85
   _globals['_PINGMESSAGE']._serialized_end=98
-  _globals['_DRAFTERINFO']._serialized_start=100
-  _globals['_DRAFTERINFO']._serialized_end=227
-  _globals['_TARGETMESSAGE']._serialized_start=230
-  _globals['_TARGETMESSAGE']._serialized_end=485
-  _globals['_DRAFTERMESSAGE']._serialized_start=488
-  _globals['_DRAFTERMESSAGE']._serialized_end=666
-  _globals['_SAMPLING']._serialized_start=668
-  _globals['_SAMPLING']._serialized_end=729
-  _globals['_OPENSEQUENCE']._serialized_start=731
-  _globals['_OPENSEQUENCE']._serialized_end=826
-  _globals['_OPEN']._serialized_start=828
-  _globals['_OPEN']._serialized_end=894
-  _globals['_RELEASE']._serialized_start=896
-  _globals['_RELEASE']._serialized_end=918
-  _globals['_FEATURES']._serialized_start=920
-  _globals['_FEATURES']._serialized_end=959
-  _globals['_VERDICT']._serialized_start=962
-  _globals['_VERDICT']._serialized_end=1162
-  _globals['_PROPOSE']._serialized_start=1164
-  _globals['_PROPOSE']._serialized_end=1227
-  _globals['_EXITCANDIDATES']._serialized_start=1229
-  _globals['_EXITCANDIDATES']._serialized_end=1322
-  _globals['_EARLYEXIT']._serialized_start=1324
-  _globals['_EARLYEXIT']._serialized_end=1412
-  _globals['_PROPOSAL']._serialized_start=1414
-  _globals['_PROPOSAL']._serialized_end=1452
-  _globals['_TREE']._serialized_start=1455
-  _globals['_TREE']._serialized_end=1593
-  _globals['_DRAFTS']._serialized_start=1595
-  _globals['_DRAFTS']._serialized_end=1651
-  _globals['_ERROR']._serialized_start=1653
-  _globals['_ERROR']._serialized_end=1692
-  _globals['_SPECULATION']._serialized_start=1695
-  _globals['_SPECULATION']._serialized_end=1994
+  _globals['_DRAFTERINFO']._serialized_start=101
+  _globals['_DRAFTERINFO']._serialized_end=252
+  _globals['_TARGETMESSAGE']._serialized_start=255
+  _globals['_TARGETMESSAGE']._serialized_end=510
+  _globals['_DRAFTERMESSAGE']._serialized_start=513
+  _globals['_DRAFTERMESSAGE']._serialized_end=691
+  _globals['_SAMPLING']._serialized_start=693
+  _globals['_SAMPLING']._serialized_end=754
+  _globals['_OPENSEQUENCE']._serialized_start=756
+  _globals['_OPENSEQUENCE']._serialized_end=851
+  _globals['_OPEN']._serialized_start=853
+  _globals['_OPEN']._serialized_end=919
+  _globals['_RELEASE']._serialized_start=921
+  _globals['_RELEASE']._serialized_end=943
+  _globals['_FEATURES']._serialized_start=945
+  _globals['_FEATURES']._serialized_end=984
+  _globals['_VERDICT']._serialized_start=987
+  _globals['_VERDICT']._serialized_end=1187
+  _globals['_PROPOSE']._serialized_start=1189
+  _globals['_PROPOSE']._serialized_end=1252
+  _globals['_EXITCANDIDATES']._serialized_start=1254
+  _globals['_EXITCANDIDATES']._serialized_end=1347
+  _globals['_EARLYEXIT']._serialized_start=1349
+  _globals['_EARLYEXIT']._serialized_end=1437
+  _globals['_PROPOSAL']._serialized_start=1439
+  _globals['_PROPOSAL']._serialized_end=1477
+  _globals['_TREE']._serialized_start=1480
+  _globals['_TREE']._serialized_end=1618
+  _globals['_DRAFTS']._serialized_start=1620
+  _globals['_DRAFTS']._serialized_end=1676
+  _globals['_ERROR']._serialized_start=1678
+  _globals['_ERROR']._serialized_end=1717
+  _globals['_SPECULATION']._serialized_start=1720
+  _globals['_SPECULATION']._serialized_end=2019
 # @@protoc_insertion_point(module_scope)

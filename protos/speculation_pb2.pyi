@@ -15,18 +15,20 @@ class PingMessage(_message.Message):
     def __init__(self) -> None: ...
 
 class DrafterInfo(_message.Message):
-    __slots__ = ("uses_features", "feature_size", "vocabulary", "vocab_size", "drafts_by_diffusion")
+    __slots__ = ("uses_features", "feature_size", "vocabulary", "vocab_size", "drafts_by_diffusion", "feature_layers")
     USES_FEATURES_FIELD_NUMBER: _ClassVar[int]
     FEATURE_SIZE_FIELD_NUMBER: _ClassVar[int]
     VOCABULARY_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     DRAFTS_BY_DIFFUSION_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_LAYERS_FIELD_NUMBER: _ClassVar[int]
     uses_features: bool
     feature_size: int
     vocabulary: _containers.RepeatedScalarFieldContainer[int]
     vocab_size: int
     drafts_by_diffusion: bool
-    def __init__(self, uses_features: _Optional[bool] = ..., feature_size: _Optional[int] = ..., vocabulary: _Optional[_Iterable[int]] = ..., vocab_size: _Optional[int] = ..., drafts_by_diffusion: _Optional[bool] = ...) -> None: ...
+    feature_layers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, uses_features: _Optional[bool] = ..., feature_size: _Optional[int] = ..., vocabulary: _Optional[_Iterable[int]] = ..., vocab_size: _Optional[int] = ..., drafts_by_diffusion: _Optional[bool] = ..., feature_layers: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TargetMessage(_message.Message):
     __slots__ = ("seq", "open", "release", "propose", "early_exit")

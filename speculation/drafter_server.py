@@ -37,7 +37,8 @@ class DrafterService(pb_grpc.SpeculationServicer):
     def Describe(self, request: pb.DescribeRequest, context) -> pb.DrafterInfo:
         return pb.DrafterInfo(uses_features=self.session.uses_features, feature_size=self.feature_size,
                               vocabulary=self.session.vocabulary or [], vocab_size=self.vocab_size,
-                              drafts_by_diffusion=self.session.drafts_by_diffusion)
+                              drafts_by_diffusion=self.session.drafts_by_diffusion,
+                              feature_layers=self.session.feature_layers if self.session.uses_features else [])
 
     def Ping(self, request: pb.PingMessage, context) -> pb.PingMessage:
         return pb.PingMessage()

@@ -91,6 +91,7 @@ class RemoteDrafter:
         self.uses_features = info.uses_features
         self.drafts_by_diffusion = info.drafts_by_diffusion
         self.feature_size = info.feature_size
+        self.feature_layers = tuple(info.feature_layers)
         self.vocabulary = list(info.vocabulary) or None
         self._stream: _Stream | None = None
         # Channel accounting for the bench: drafter compute reported by the drafter, and the target's waits.

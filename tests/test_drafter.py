@@ -30,8 +30,15 @@ def prompts(n, seed=0):
 
 
 def make_drafter(kind, target, seed=0):
+    """`kind`: token, feature, or fused (a feature drafter that also reads the target's state after layer 1, with
+    a random fuse, so that every block of the wide features matters)."""
     torch.manual_seed(seed)
-    return new_drafter(kind, target.model, list(range(0, VOCAB, 2)) + [1, 3, 5], **ARCH[kind])  # a partial vocabulary
+    arch = ARCH["feature" if kind == "fused" else kind]
+    drafter = new_drafter("feature" if kind == "fused" else kind, target.model, list(range(0, VOCAB, 2)) + [1, 3, 5],
+                          **arch, feature_layers=[1] if kind == "fused" else None)  # a partial vocabulary
+    if kind == "fused":
+        torch.nn.init.normal_(drafter.fuse.weight, std=0.2)
+    return drafter
 
 
 def engine_with(target, drafter, batch=4):
@@ -54,15 +61,27 @@ def test_a_one_token_prompt_waits_for_a_hidden_state_without_failing_the_feature
 
 
 @pytest.fixture(scope="module")
-def labelled(target, tmp_path_factory):
-    """Self-distillation data from the tiny target, through the real data pipeline."""
-    folder = tmp_path_factory.mktemp("data")
+def responses(target):
     ar = Engine(worker(target, 16, 200, 8), max_model_len=160, max_batch=16)
     rows = [{"category": "x", "prompt": p} for p in prompts(48, seed=1)]
     outs = ar.generate([r["prompt"] for r in rows], SamplingParams(max_new_tokens=24, ignore_eos=True))
-    responses = [{"prompt_ids": r["prompt"], "answer_ids": o.token_ids} for r, o in zip(rows, outs)]
+    return [{"prompt_ids": r["prompt"], "answer_ids": o.token_ids} for r, o in zip(rows, outs)]
+
+
+@pytest.fixture(scope="module")
+def labelled(target, responses, tmp_path_factory):
+    """Self-distillation data from the tiny target, through the real data pipeline."""
+    folder = tmp_path_factory.mktemp("data")
     data.label_sequences(target.model, responses, folder, shard_size=20)
     return data.load_shards(folder)
+
+
+@pytest.fixture(scope="module")
+def labelled_fused(target, responses, tmp_path_factory):
+    """The same, with the target's state after layer 1 before its final state (a fused drafter's data)."""
+    folder = tmp_path_factory.mktemp("data")
+    data.label_sequences(target.model, responses, folder, layers=[1], shard_size=20)
+    return data.load_shards(folder, [1])
 
 
 def test_labels_keep_the_responses_order_and_match_labelling_each_alone(target, tmp_path):
@@ -79,7 +98,7 @@ def test_labels_keep_the_responses_order_and_match_labelling_each_alone(target, 
         torch.testing.assert_close(b.features, a.features, atol=1e-2, rtol=1e-2)
 
 
-@pytest.mark.parametrize("kind", ["token", "feature"])
+@pytest.mark.parametrize("kind", ["token", "feature", "fused"])
 @pytest.mark.parametrize("spec", [SpecParams(method="chain", gamma=4),
                                   SpecParams(method="tree", tree_depth=3, tree_topk=3, tree_nodes=8)],
                          ids=["chain", "tree"])
@@ -92,8 +111,9 @@ def test_trained_drafter_kinds_stay_lossless(target, kind, spec):
     assert sum(o.stats.drafted for o in outs) > 0
 
 
-def test_save_and_load_round_trip(target, tmp_path):
-    drafter = make_drafter("feature", target)
+@pytest.mark.parametrize("kind", ["feature", "fused"])
+def test_save_and_load_round_trip(target, kind, tmp_path):
+    drafter = make_drafter(kind, target)
     drafter.save(tmp_path)
     loaded = Drafter.load(tmp_path)
     assert loaded.meta == drafter.meta
@@ -113,8 +133,9 @@ def test_multipass_mask_matches_inference_attention():
 
 
 @pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("kind", ["token", "feature"])
-def test_training_lowers_the_distillation_loss(target, labelled, kind, matmul_dtype, tmp_path):
+@pytest.mark.parametrize("kind", ["token", "feature", "fused"])
+def test_training_lowers_the_distillation_loss(target, kind, matmul_dtype, tmp_path, request):
+    labelled = request.getfixturevalue("labelled_fused" if kind == "fused" else "labelled")
     drafter = make_drafter(kind, target)
     cfg = TrainConfig(steps=40, batch_size=4, lr=1e-2, warmup=5, eval_every=40, checkpoint_every=40, passes=2,
                       matmul_dtype=matmul_dtype)
@@ -139,13 +160,81 @@ def test_init_starts_from_a_trained_drafter_and_refuses_another_kind(target, tmp
     from mirrorspec.training.train_drafter import _initial_drafter
 
     make_drafter("feature", target, seed=3).save(tmp_path / "feature")
-    args = argparse.Namespace(init=str(tmp_path / "feature"), kind="feature")
+    args = argparse.Namespace(init=str(tmp_path / "feature"), kind="feature", feature_layers=[])
     start = _initial_drafter(args, target, responses=[])
     saved = Drafter.load(tmp_path / "feature")
     assert start.meta == saved.meta
     assert all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), saved.state_dict().values()))
     with pytest.raises(InvalidRequestError, match="init"):
-        _initial_drafter(argparse.Namespace(init=str(tmp_path / "feature"), kind="token"), target, [])
+        _initial_drafter(argparse.Namespace(init=str(tmp_path / "feature"), kind="token", feature_layers=[]),
+                         target, [])
+    with pytest.raises(InvalidRequestError, match="feature_layers"):  # the tiny target has 2 layers
+        _initial_drafter(argparse.Namespace(init=str(tmp_path / "feature"), kind="feature", feature_layers=[2]),
+                         target, [])
+
+
+def test_added_feature_layers_start_by_drafting_as_before(target):
+    """--init with --feature-layers: the new fuse picks the final state, so the drafter's inputs are unchanged
+    (then training moves it)."""
+    drafter = make_drafter("feature", target)
+    ids = torch.tensor([[3, 7, 9]])
+    final, layer1 = torch.randn(1, 3, 32), torch.randn(1, 3, 32)
+    before = drafter.input_embeds(ids, final)
+    drafter.add_feature_layers([1])
+    assert drafter.meta.feature_layers == [1] and drafter.meta.feature_width == 64
+    assert torch.equal(drafter.input_embeds(ids, torch.cat([layer1, final], -1)), before)
+    assert torch.equal(drafter.input_embeds(ids, final), before)  # its own (narrow) states pass through
+    with pytest.raises(ValueError):
+        drafter.add_feature_layers([1])
+
+
+def test_the_target_returns_the_layer_states_the_labels_hold(target, tmp_path):
+    """What a fused drafter reads at inference (the target worker's forward_hidden) is what it was trained on
+    (the labels), and the target's logits do not change."""
+    ids = prompts(1, seed=6)[0] + [4, 8, 15]
+    plain = worker(target)
+    wide = worker(target)
+    wide.set_output_layers([1])
+    for w in (plain, wide):
+        w.open(0)
+    logits, hidden = plain.forward_hidden([0], [ids])
+    wide_logits, wide_hidden = wide.forward_hidden([0], [ids])
+    assert torch.equal(wide_logits[0], logits[0])
+    assert wide_hidden[0].shape == (len(ids), 64) and torch.equal(wide_hidden[0][:, 32:], hidden[0])
+    assert torch.equal(wide.logits(wide_hidden[0]), plain.logits(hidden[0]))
+    responses = [{"prompt_ids": ids[:4], "answer_ids": ids[4:]}]
+    data.label_sequences(target.model, responses, tmp_path, layers=[1])
+    data.label_sequences(target.model, responses, tmp_path)  # final state only: its own shards
+    [fused], [final] = data.load_shards(tmp_path, [1]), data.load_shards(tmp_path)
+    torch.testing.assert_close(fused.features.float(), wide_hidden[0], atol=2e-2, rtol=1e-2)
+    assert torch.equal(fused.features[:, 32:], final.features)
+    assert not torch.allclose(fused.features[:, :32], final.features, atol=0.1)  # layer 1 is not the final state
+    from mirrorspec.errors import InvalidRequestError
+    with pytest.raises(InvalidRequestError, match="feature_layers"):
+        wide.set_output_layers([2])
+
+
+def test_a_fused_drafter_over_grpc_tells_the_target_its_layers_and_stays_lossless(target):
+    from mirrorspec.orchestration.drafter_session import DrafterSession
+    from mirrorspec.speculation.drafter_server import serve
+    from mirrorspec.speculation.remote_drafter import RemoteDrafter
+
+    drafter = DrafterWorker(make_drafter("fused", target), max_slots=4, capacity=200, max_spec_nodes=32)
+    server, address = serve(DrafterSession(drafter, max_spec_nodes=32), vocab_size=VOCAB,
+                            feature_size=drafter.feature_width, secret="s")
+    try:
+        remote = RemoteDrafter(address, vocab_size=VOCAB, secret="s")
+        assert remote.feature_layers == (1,) and remote.feature_size == 64
+        ps = prompts(4, seed=2)
+        sampling = SamplingParams(max_new_tokens=16, ignore_eos=True)
+        ar = [o.token_ids for o in Engine(worker(target), max_model_len=160).generate(ps, sampling)]
+        engine = Engine(worker(target, 4, 200, 32), remote, max_batch=4, max_model_len=160)
+        outs = engine.generate(ps, sampling, SpecParams(method="chain", gamma=3))
+        assert [o.token_ids for o in outs] == ar
+        assert engine.scheduler.drafter_failures == 0 and sum(o.stats.drafted for o in outs) > 0
+        remote.close()
+    finally:
+        server.stop(0)
 
 
 def test_a_drafter_names_why_it_cannot_serve_another_target(target):
@@ -156,8 +245,11 @@ def test_a_drafter_names_why_it_cannot_serve_another_target(target):
     assert meta.mismatch(config) is None
     other_vocab = SimpleNamespace(vocab_size=config.vocab_size + 1, hidden_size=config.hidden_size)
     assert "vocabulary" in meta.mismatch(other_vocab)
-    other_width = SimpleNamespace(vocab_size=config.vocab_size, hidden_size=config.hidden_size * 2)
+    other_width = SimpleNamespace(vocab_size=config.vocab_size, hidden_size=config.hidden_size * 2,
+                                  num_hidden_layers=config.num_hidden_layers)
     assert "hidden states" in meta.mismatch(other_width)
+    shallower = SimpleNamespace(vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=1)
+    assert meta.mismatch(shallower) is None and "layers" in make_drafter("fused", target).meta.mismatch(shallower)
     assert make_drafter("token", target).meta.mismatch(other_width) is None  # token drafters take no states
 
 

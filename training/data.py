@@ -2,7 +2,8 @@
 
 Stage 1 (`generate_responses`): the engine decodes greedy answers in large batches (what the drafter must
 predict at inference). Stage 2 (`label_sequences`): one teacher-forced target forward over prompt + answer keeps,
-per position, the target's final hidden state (inputs of feature drafters) and the top-k of its next-token
+per position, the target's final hidden state (inputs of feature drafters; after the normed states of chosen
+layers for fused-feature drafters, as the engine's target worker returns them) and the top-k of its next-token
 distribution on the answer (soft labels). Both stages append to files in the data folder and skip what is already
 there, so an interrupted run resumes where it stopped.
 """
@@ -31,7 +32,7 @@ class Sequence:
 
     ids: torch.Tensor  # [T] prompt + answer
     prompt_len: int
-    features: torch.Tensor  # [T, H] target final hidden states (float16)
+    features: torch.Tensor  # [T, (layers + 1) * H] target (normed) layer states, final state last (float16)
     top_ids: torch.Tensor  # [T - prompt_len, K] teacher's top-k at positions prompt_len-1 .. T-2
     top_logp: torch.Tensor  # [T - prompt_len, K] their log-probabilities (float16)
 
@@ -61,14 +62,21 @@ def read_responses(out_dir: Path) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
+def shard_prefix(layers: list[int] | tuple[int, ...] = ()) -> str:
+    """File prefix of the label shards holding the states after `layers` (and the final state)."""
+    return SHARD_PREFIX + "".join(f"l{layer}-" for layer in layers)
+
+
 @torch.inference_mode()
-def label_sequences(model, responses: list[dict], out_dir: Path, *, shard_size: int = 256, batch: int = 8) -> None:
-    """Teacher-force the target over prompt + answer; save features and top-k labels in shards (resumable)."""
+def label_sequences(model, responses: list[dict], out_dir: Path, *, layers: list[int] | tuple[int, ...] = (),
+                    shard_size: int = 256, batch: int = 8) -> None:
+    """Teacher-force the target over prompt + answer; save features (the states after `layers`, then the final
+    state) and top-k labels in shards (resumable)."""
     decoder, head = model.base_model, model.get_output_embeddings()
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = range(0, len(responses), shard_size)
     for shard, start in enumerate(tqdm(shards, desc="target labels", unit="shard")):
-        path = out_dir / f"{SHARD_PREFIX}{shard:05d}.pt"
+        path = out_dir / f"{shard_prefix(layers)}{shard:05d}.pt"
         if path.exists():
             continue
         rows = responses[start : start + shard_size]
@@ -77,7 +85,7 @@ def label_sequences(model, responses: list[dict], out_dir: Path, *, shard_size: 
         labelled: dict[int, Sequence] = {}
         for b in range(0, len(order), batch):
             picked = order[b : b + batch]
-            labelled.update(zip(picked, _label_batch(decoder, head, [rows[i] for i in picked])))
+            labelled.update(zip(picked, _label_batch(decoder, head, [rows[i] for i in picked], layers)))
         examples = [labelled[i] for i in range(len(rows))]
         tmp = path.with_suffix(".tmp")
         torch.save([vars(e) for e in examples], tmp)
@@ -96,23 +104,26 @@ def padded_batch(rows: list[dict]) -> tuple[list[list[int]], torch.Tensor, torch
     return seqs, ids, mask
 
 
-def _label_batch(decoder, head, rows: list[dict]) -> list[Sequence]:
+def _label_batch(decoder, head, rows: list[dict], layers: list[int] | tuple[int, ...]) -> list[Sequence]:
     seqs, ids, mask = padded_batch(rows)
-    hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    output = decoder(input_ids=ids, attention_mask=mask, output_hidden_states=bool(layers))
+    hidden = output.last_hidden_state
+    # hidden_states[k]: the state after k layers; through the final norm, as the target worker returns them.
+    features = torch.cat([decoder.norm(output.hidden_states[k]) for k in layers] + [hidden], dim=-1)
     out = []
     for i, (row, s) in enumerate(zip(rows, seqs)):
         p = len(row["prompt_ids"])
         answer_positions = hidden[i, p - 1 : len(s) - 1]
         logp = torch.log_softmax(head(answer_positions).float(), dim=-1)
         top = torch.topk(logp, TOP_K, dim=-1)
-        out.append(Sequence(ids=torch.tensor(s), prompt_len=p, features=hidden[i, : len(s)].half().clone(),
+        out.append(Sequence(ids=torch.tensor(s), prompt_len=p, features=features[i, : len(s)].half().clone(),
                             top_ids=top.indices.int(), top_logp=top.values.half()))
     return out
 
 
-def load_shards(out_dir: Path) -> list[Sequence]:
+def load_shards(out_dir: Path, layers: list[int] | tuple[int, ...] = ()) -> list[Sequence]:
     examples = []
-    for path in sorted(out_dir.glob(f"{SHARD_PREFIX}*.pt")):
+    for path in sorted(out_dir.glob(f"{shard_prefix(layers)}[0-9]*.pt")):
         examples += [Sequence(**e) for e in torch.load(path)]
     return examples
 

@@ -49,6 +49,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--init", help="start from this trained drafter (its weights and vocabulary) instead of the "
                                    "target's: more training on more data")
+    p.add_argument("--feature-layers", type=_layers, default=[],
+                   help="feature drafters: also read the target's states after these layers, e.g. 3,15 (EAGLE-3's "
+                        "fused low/middle/high features; the final state is always read). With --init of a drafter "
+                        "that reads the final state only, a fuse layer is added that starts by picking it")
     p.add_argument("--stop-after", choices=STAGES[:-1], help="end after this stage (e.g. answer on one machine "
                                                            "now, label and train later from the same data folder)")
     for f in dataclasses.fields(TrainConfig):
@@ -56,15 +60,29 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                        help=f.metadata["help"])
 
 
+def _layers(text: str) -> list[int]:
+    try:
+        return sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"feature_layers: a comma-separated list of layer numbers, got {text!r}")
+
+
 def _initial_drafter(args: argparse.Namespace, target, responses: list[dict]) -> Drafter:
     from mirrorspec.orchestration.factory import eos_token_ids
 
+    if args.feature_layers and args.kind != "feature":
+        raise InvalidRequestError("feature_layers", "only feature drafters read the target's layers")
     if args.init:
         drafter = Drafter.load(args.init)  # float32, the trainer's weights
         if drafter.meta.kind != args.kind:
             raise InvalidRequestError("init", f"{args.init!r} is a {drafter.meta.kind} drafter, not a {args.kind} one")
+        added = bool(args.feature_layers) and not drafter.meta.feature_layers
+        if added:
+            drafter.add_feature_layers(args.feature_layers)
+        elif args.feature_layers and args.feature_layers != drafter.meta.feature_layers:
+            raise InvalidRequestError("feature_layers", f"{args.init!r} reads layers {drafter.meta.feature_layers}")
         if (why := drafter.meta.mismatch(target.config)) is not None:
-            raise InvalidRequestError("init", f"{args.init!r} {why}")
+            raise InvalidRequestError("feature_layers" if added else "init", f"{args.init!r} {why}")
         return drafter
     vocab = data.draft_vocabulary(responses, args.draft_vocab, always=eos_token_ids(target))
     arch = dict(ARCHS[args.kind])
@@ -72,7 +90,10 @@ def _initial_drafter(args: argparse.Namespace, target, responses: list[dict]) ->
         tc = target.config
         arch.update(hidden=tc.hidden_size, heads=tc.num_attention_heads, kv_heads=tc.num_key_value_heads,
                     intermediate=tc.intermediate_size)
-    return new_drafter(args.kind, target.model, vocab, **arch)
+    drafter = new_drafter(args.kind, target.model, vocab, **arch, feature_layers=args.feature_layers)
+    if (why := drafter.meta.mismatch(target.config)) is not None:
+        raise InvalidRequestError("feature_layers", why)
+    return drafter
 
 
 def cmd_train_drafter(args: argparse.Namespace) -> int:
@@ -102,17 +123,18 @@ def cmd_train_drafter(args: argparse.Namespace) -> int:
     if args.stop_after == "answers":
         return 0
     responses = data.read_responses(data_dir)[: args.prompts]
-    data.label_sequences(target.model, responses, data_dir)
+    torch.manual_seed(cfg.seed)
+    drafter = _initial_drafter(args, target, responses)  # first: its layers decide what the labels keep
+    layers = drafter.meta.feature_layers
+    data.label_sequences(target.model, responses, data_dir, layers=layers)
     if args.stop_after == "labels":
         return 0
-    examples = data.load_shards(data_dir)[: args.prompts]
+    examples = data.load_shards(data_dir, layers)[: args.prompts]
     # A fixed held-out split: every k-th example.
     stride = round(1 / args.eval_fraction)
     eval_set = examples[::stride]
     train_set = [e for i, e in enumerate(examples) if i % stride]
 
-    torch.manual_seed(cfg.seed)
-    drafter = _initial_drafter(args, target, responses)
     vocab = drafter.meta.draft_to_target
     final = train(drafter, train_set, eval_set, cfg, out)
     drafter.save(out)

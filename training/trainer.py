@@ -133,8 +133,8 @@ def multipass_mask(n: int, passes: int) -> torch.Tensor:
 def feature_drafter_loss(drafter: Drafter, batch: Batch, passes: int, reg_weight: float) -> tuple[torch.Tensor, dict]:
     """Feature drafter: position p reads (f_p, x_{p+1}) and predicts f_{p+1} and x_{p+2}, at depths 1..passes."""
     tokens = batch.ids[:, 1:]  # x_{p+1}
-    feats = batch.features[:, :-1]  # f_p
-    targets = batch.features[:, 1:]  # f_{p+1}
+    feats = batch.features[:, :-1]  # f_p (with a fused drafter's layer states before the final state)
+    targets = batch.features[:, 1:, -drafter.meta.feature_size :]  # f_{p+1}, the final state
     b, n = tokens.shape
     lm = drafter.lm.model
     embeds = [drafter.input_embeds(tokens, feats)]
@@ -145,7 +145,8 @@ def feature_drafter_loss(drafter: Drafter, batch: Batch, passes: int, reg_weight
             hidden = lm(inputs_embeds=torch.cat(embeds, 1), attention_mask=_pad_mask(mask, batch.lengths, n, k),
                         position_ids=torch.arange(n).repeat(k)[None].expand(b, -1)).last_hidden_state
             last = hidden[:, (k - 1) * n :]
-            guesses = torch.cat([feats[:, :1], last[:, :-1]], dim=1)  # pass k+1 at p uses pass k's guess from p-1
+            # Pass k+1 at p uses pass k's guess from p-1 (position 0 keeps the target's state, fused).
+            guesses = torch.cat([drafter.fused(feats[:, :1]), last[:, :-1]], dim=1)
             embeds.append(drafter.input_embeds(tokens, guesses))
     mask = multipass_mask(n, passes)
     hidden = lm(inputs_embeds=torch.cat(embeds, 1), attention_mask=_pad_mask(mask, batch.lengths, n, passes),

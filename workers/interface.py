@@ -31,6 +31,7 @@ class Worker(Protocol):
     num_layers: int
     exit_layer: int  # mirror's default early-exit layer
     uses_features: bool  # a feature drafter: each fed token comes with a hidden state (see drafting.py)
+    feature_layers: tuple[int, ...]  # a feature drafter: the target layers it reads besides the final state
     vocabulary: list[int] | None  # the tokens a drafter can propose (None: the whole vocabulary)
 
     def open(self, seq_id: int) -> None:
@@ -63,6 +64,9 @@ class Worker(Protocol):
         early_exit: EarlyExit | None = None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """`forward` plus, per row, the final hidden state of every new token (appends, then nodes)."""
+
+    def set_output_layers(self, layers: tuple[int, ...]) -> None:
+        """Make forward_hidden return, before each final state, the (normed) states after these layers."""
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[T, H] final hidden states (as forward_hidden returns them) -> [T, V] logits."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from mirrorspec.errors import InvalidRequestError
 from mirrorspec.workers import attention, exact_attention, exact_linear
 from mirrorspec.workers.exit_head import ExitHead
 from mirrorspec.workers.interface import EarlyExit
@@ -18,6 +19,7 @@ from mirrorspec.workers.models import LoadedModel
 
 class ModelWorker:
     uses_features = False  # True for drafters that take the target's hidden states as input
+    feature_layers: tuple[int, ...] = ()  # feature drafters: the target layers they read besides its final state
     vocabulary: list[int] | None = None  # tokens a drafter can propose (None: all; reduced-vocabulary drafters)
 
     def __init__(self, loaded: LoadedModel, *, max_slots: int, capacity: int, max_spec_nodes: int,
@@ -30,6 +32,9 @@ class ModelWorker:
         config = self.model.config
         self.vocab_size: int = self.model.get_output_embeddings().weight.shape[0]
         self.num_layers: int = config.num_hidden_layers
+        self.hidden_size: int = config.hidden_size
+        # forward_hidden's extra outputs: the states after these layers (normed), before the final state.
+        self.output_layers: tuple[int, ...] = ()
         # Mirror's default early exit: where the exit head was fitted, else half-way up (the logit lens).
         self.exit_layer: int = exit_head.meta.layer if exit_head is not None else self.num_layers // 2
         self.device = next(self.model.parameters()).device
@@ -82,6 +87,15 @@ class ModelWorker:
     def clear_speculation(self, seq_id: int) -> None:
         self.cache.clear_speculation(seq_id)
 
+    def set_output_layers(self, layers: tuple[int, ...] | list[int]) -> None:
+        """From now on forward_hidden returns, per token, the states after `layers` decoder layers (each through
+        the final norm, so all blocks share one scale) and then the final state, concatenated: what a fused
+        feature drafter reads (EAGLE-3). The logits do not change."""
+        if any(not 1 <= layer < self.num_layers for layer in layers):
+            raise InvalidRequestError("drafter.feature_layers", f"the drafter reads the states after layers "
+                                      f"{list(layers)}; this target's layers are 1..{self.num_layers - 1}")
+        self.output_layers = tuple(sorted(set(layers)))
+
     # ------------------------------------------------------------------------------------- forward
     def forward(
         self,
@@ -109,7 +123,8 @@ class ModelWorker:
         features: list[torch.Tensor] | None = None,
         early_exit: EarlyExit | None = None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """`forward`, plus per row the final (normed) hidden state of every new token, appends then nodes.
+        """`forward`, plus per row the final (normed) hidden state of every new token, appends then nodes (after the
+        states of `output_layers`, if set).
 
         With `early_exit`, its callback runs between its layer and the next one (see EarlyExit)."""
         nodes = nodes if nodes is not None else [[] for _ in seq_ids]
@@ -126,7 +141,7 @@ class ModelWorker:
             return [logits[back[i]] for i in range(len(order))], [hidden[back[i]] for i in range(len(order))]
         plan = self.cache.plan(seq_ids, appends, nodes, parents)
         firsts = [len(app) - 1 if app else 0 for app in appends]  # each row's first output: the last append
-        hook = None
+        handles = []
         if early_exit is not None:
             fired: list[bool] = []
 
@@ -136,7 +151,12 @@ class ModelWorker:
                     fired.append(True)
                     self._early_exit(output, firsts, early_exit)
 
-            hook = self._decoder.layers[early_exit.layer - 1].register_forward_hook(on_exit_layer)
+            handles.append(self._decoder.layers[early_exit.layer - 1].register_forward_hook(on_exit_layer))
+        captured: dict[int, torch.Tensor] = {}  # the first pass only: a self-drafter may rerun shared layers
+        handles += [self._decoder.layers[layer - 1].register_forward_hook(
+            lambda _module, _inputs, output, layer=layer: captured.setdefault(
+                layer, output[0] if isinstance(output, tuple) else output))
+            for layer in self.output_layers]
         prompt_rows = exact_linear.PROMPT_ROWS.set(_prompt_rows(appends, nodes, plan.input_ids.shape[1],
                                                                 self.device))
         try:
@@ -149,8 +169,8 @@ class ModelWorker:
             ).last_hidden_state
         finally:
             exact_linear.PROMPT_ROWS.reset(prompt_rows)
-            if hook is not None:
-                hook.remove()
+            for handle in handles:
+                handle.remove()
         self.cache.apply(plan, appends, nodes)
         rows, cols, counts = [], [], []
         for r, (app, nds) in enumerate(zip(appends, nodes)):
@@ -159,6 +179,8 @@ class ModelWorker:
             cols += wanted
             counts.append(len(wanted))
         logits = self._logits(hidden[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)])
+        if captured:
+            hidden = torch.cat([self._decoder.norm(captured[layer]) for layer in self.output_layers] + [hidden], dim=-1)
         per_row = [hidden[r, : len(app) + len(nds)] for r, (app, nds) in enumerate(zip(appends, nodes))]
         return list(torch.split(logits, counts)), per_row
 
@@ -204,8 +226,8 @@ class ModelWorker:
         return {"input_ids": plan.input_ids.to(self.device)}
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[T, H] final hidden states (as forward_hidden returns them) -> [T, V] logits."""
-        return self._logits(hidden)
+        """[T, H] final hidden states (as forward_hidden returns them: the last H columns) -> [T, V] logits."""
+        return self._logits(hidden[..., -self.hidden_size :])
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self._lm_head(hidden[None])[0].float()  # [None]: a tensor-parallel LM head wants [B, T, H]

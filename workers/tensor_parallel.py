@@ -144,6 +144,9 @@ class LockstepWorker:
             _send(("forward_hidden", (seq_ids, appends, nodes, parents, features, remote_exit), {}))
             return self.local.forward_hidden(seq_ids, appends, nodes, parents, features, early_exit)
 
+    def set_output_layers(self, layers) -> None:
+        self.local.set_output_layers(layers)  # only the leader returns hidden states
+
     def stop_followers(self) -> None:
         with self._lock:
             _send(_STOP)
