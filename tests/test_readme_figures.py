@@ -737,12 +737,12 @@ def native_bf16_budget_table():
     return budget_table(BF16_RUNS)
 
 
-MIRROR_BF16_RUN = "issue17-mirror-bf16-exact-b1"
+MIRROR_BF16_RUN = "issue17-mirror-drafter-next-b1"
 
 
 @claim
 def mirror_native_bf16_table():
-    """'On a CPU with native bf16' mirror table: issue17-mirror-bf16-exact-b1.json (two actors, interleaved)."""
+    """'On a CPU with native bf16' mirror table: issue17-mirror-drafter-next-b1.json (two actors, interleaved)."""
     run = result(MIRROR_BF16_RUN)
     rows = []
     for method, summary in run["methods"].items():
