@@ -760,6 +760,30 @@ def mirror_native_bf16_table():
                    Phrase(f"early-exit coverage {num(mirror['exit_coverage'], 2)}")]
 
 
+FUSED_RUNS = {"shipped": "issue17-drafter-next-b1", "control": "issue17-drafter-control-b1",
+              "fused": "issue17-drafter-fused-b1"}
+
+
+@claim
+def fused_features_table():
+    """'Fused layer features' table: the three drafters' runs; held-out figures from the control's and the fused
+    drafter's training files."""
+    labels = {f"chain:gamma={g}+adaptive=off": f"`chain` g{g}, fixed" for g in (3, 5, 7)}
+    rows = []
+    for method, label in labels.items():
+        o = {who: overall(name, method) for who, name in FUSED_RUNS.items()}
+        rows.append(Row(cells(label, *(num(o[who]["tau"], 2) for who in FUSED_RUNS),
+                              num(o["control"]["speedup_vs_ar"], 2) + "x", num(o["fused"]["speedup_vs_ar"], 2) + "x",
+                              identical(FUSED_RUNS["control"], FUSED_RUNS["fused"]))))
+    held_out = {who: result(f"issue17-drafter-{who}-training")["training_report"]["final"]["eval"]
+                for who in ("control", "fused")}
+    depths = {who: " / ".join(num(e[f"top1_d{d}"], 2) for d in (1, 2, 3)) for who, e in held_out.items()}
+    cost = {who: num(result(FUSED_RUNS[who])["forward_cost_1_thread"]["drafter_over_target"], 3)
+            for who in ("control", "fused")}
+    return rows + [Phrase(f"control {depths['control']}, fused {depths['fused']}"),
+                   Phrase(f"costs {cost['fused']} of the target's against the control's {cost['control']}")]
+
+
 BRANCHES_RUN = "issue17-ngram-branches-b1"
 
 

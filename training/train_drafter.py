@@ -50,7 +50,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", help="start from this trained drafter (its weights and vocabulary) instead of the "
                                    "target's: more training on more data")
     p.add_argument("--feature-layers", type=_layers, default=[],
-                   help="feature drafters: also read the target's states after these layers, e.g. 3,15 (EAGLE-3's "
+                   help="feature drafters: also read the target's states after these layers, e.g. 2,15 (EAGLE-3's "
                         "fused low/middle/high features; the final state is always read). With --init of a drafter "
                         "that reads the final state only, a fuse layer is added that starts by picking it")
     p.add_argument("--stop-after", choices=STAGES[:-1], help="end after this stage (e.g. answer on one machine "

@@ -53,7 +53,7 @@ class DrafterMeta:
         return self.feature_size * (len(self.feature_layers) + 1)
 
     def mismatch(self, target_config) -> str | None:
-        """Why this drafter cannot serve a target with `target_config` (vocabulary, hidden width), or None."""
+        """Why this drafter cannot serve a target with `target_config` (vocabulary, hidden width, layers), or None."""
         if self.target_vocab_size != target_config.vocab_size:
             return (f"was made for a {self.target_vocab_size}-token vocabulary; the target has "
                     f"{target_config.vocab_size}")
