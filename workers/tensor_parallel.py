@@ -108,6 +108,7 @@ class LockstepWorker:
         self.num_layers = local.num_layers
         self.exit_layer = local.exit_layer
         self.uses_features = local.uses_features
+        self.feature_layers = local.feature_layers
         self.vocabulary = local.vocabulary
 
     def _everywhere(self, name: str, *args, **kwargs):
