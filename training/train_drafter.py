@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from mirrorspec.errors import InvalidRequestError
-from mirrorspec.training import data
+from mirrorspec.training import data, magpie
 from mirrorspec.training.prompt_bank import generate_prompts
 from mirrorspec.training.trainer import TrainConfig, train
 from mirrorspec.workers.drafter_model import KINDS, Drafter, new_drafter
@@ -30,7 +30,9 @@ ARCHS = {
     "token": dict(layers=4, hidden=384, heads=6, kv_heads=2, intermediate=1024),
     "feature": dict(layers=1, hidden=None, heads=None, kv_heads=None, intermediate=None),  # from the target
 }
-STAGES = ("answers", "labels", "train")
+STAGES = ("prompts", "answers", "labels", "train")
+PROMPT_SOURCES = ("bank", "magpie")
+SOURCE_FILE = "prompt_source.txt"  # in the data folder: which prompts its answers answer
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
@@ -41,6 +43,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="token: a small LM over the draft vocabulary; feature: also reads the target's hidden states")
     p.add_argument("--data", help="data folder (default: <cache>/drafter-data/<target name>)")
     p.add_argument("--prompts", type=int, default=4000, help="prompts the target answers")
+    p.add_argument("--prompt-source", choices=PROMPT_SOURCES, default="bank",
+                   help="bank: the templated prompts of training/prompts/; magpie: prompts the target writes itself "
+                        "(sampled from its chat template's user turn; more varied). One source per --data folder")
     p.add_argument("--max-new-tokens", type=int, default=192, help="answer length cap")
     p.add_argument("--gen-batch", type=int, default=32, help="batch size of the target while answering")
     p.add_argument("--draft-vocab", type=int, default=8192, help="the drafter's vocabulary: the most frequent answer "
@@ -96,6 +101,22 @@ def _initial_drafter(args: argparse.Namespace, target, responses: list[dict]) ->
     return drafter
 
 
+def _prompts(args: argparse.Namespace, engine, data_dir: Path) -> list[dict]:
+    """The prompts to answer, from the source the data folder was started with (answers are appended in order,
+    so one folder must never mix sources; a folder from before sources were recorded holds bank answers)."""
+    source_file = data_dir / SOURCE_FILE
+    recorded = source_file.read_text().strip() if source_file.exists() else None
+    if recorded is None and (data_dir / data.RESPONSES).exists():
+        recorded = "bank"
+    if recorded is not None and recorded != args.prompt_source:
+        raise InvalidRequestError("prompt_source", f"{data_dir} holds answers to {recorded!r} prompts; use another "
+                                                   f"--data folder for {args.prompt_source!r} ones")
+    source_file.write_text(args.prompt_source + "\n")
+    if args.prompt_source == "magpie":
+        return magpie.write_prompts(engine, data_dir, args.prompts, batch=args.gen_batch)
+    return generate_prompts(args.prompts)  # fixed data: the same prompt set whatever the seed
+
+
 def cmd_train_drafter(args: argparse.Namespace) -> int:
     from mirrorspec.orchestration.engine import EngineConfig
     from mirrorspec.orchestration.factory import build_engine
@@ -117,7 +138,9 @@ def cmd_train_drafter(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    prompts = generate_prompts(args.prompts)  # fixed data: the same prompt set whatever the seed
+    prompts = _prompts(args, engine, data_dir)
+    if args.stop_after == "prompts":
+        return 0
     data.generate_responses(engine, prompts, data_dir, max_new_tokens=args.max_new_tokens, batch=args.gen_batch)
     del engine  # its KV cache (gigabytes at a large --gen-batch); the target's weights stay with `target`
     if args.stop_after == "answers":
