@@ -52,6 +52,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                         "methods keep --drafter")
     p.add_argument("--prompts", help="JSONL with id, category, prompt (default: the project's Spec-Bench-style set)")
     p.add_argument("--per-category", type=int, default=0, help="use only the first N prompts of each category")
+    p.add_argument("--categories", help="comma list: use only the prompts of these categories (e.g. "
+                                        "extraction,summarization,coding)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per prompt")
     p.add_argument("--batch-size", type=int, default=1, help="prompts submitted together (continuous batching)")
     p.add_argument("--out", default="bench/results", help="folder for JSON and PNG")
@@ -78,11 +80,18 @@ def cost_repeats(args: argparse.Namespace) -> dict:
     return {} if args.cost_repeats is None else {"repeats": args.cost_repeats}
 
 
-def load_prompts(path: str | None, per_category: int = 0) -> list[dict]:
+def load_prompts(path: str | None, per_category: int = 0, categories: str | None = None) -> list[dict]:
     text = Path(path).read_text(encoding="utf-8") if path else (
         resources.files("mirrorspec.bench").joinpath("prompts", DEFAULT_PROMPTS).read_text(encoding="utf-8")
     )
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if categories:
+        from mirrorspec.errors import InvalidRequestError
+
+        wanted = [c.strip() for c in categories.split(",") if c.strip()]
+        if unknown := sorted(set(wanted) - {row["category"] for row in rows}):
+            raise InvalidRequestError("categories", f"no prompts of {unknown}")
+        rows = [row for row in rows if row["category"] in wanted]
     if per_category:
         seen: dict[str, int] = defaultdict(int)
         kept = []
@@ -351,7 +360,7 @@ class BenchRun:
         if any(name == HF_ASSISTED for name, _ in self.parsed.values()):
             check_assistant(_assistant_folder(engine_config, args.hf_assistant))
         self.args, self.spec, self.cluster = args, spec, cluster
-        self.prompts = load_prompts(args.prompts, args.per_category)
+        self.prompts = load_prompts(args.prompts, args.per_category, args.categories)
         engine_config = dataclasses.replace(engine_config, max_batch=max(engine_config.max_batch, args.batch_size))
         on_ray = any(cluster.uses_ray(name) for name, _ in self.parsed.values())
         # One engine for every method: on Ray (or dialing a served drafter) `ar` runs on the target's role, and

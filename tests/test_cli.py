@@ -39,6 +39,7 @@ from mirrorspec.cluster.launch import SECRET_ENV
         (["bench", "--methods", "ar,chain", "--drafter", "none", "--out", "OUT"], "drafter"),
         (["bench", "--methods", "ar,lookahead", "--out", "OUT"], "method"),
         (["bench", "--methods", "ar,hf-generate", "--hf-dtype", "float8", "--out", "OUT"], "hf_dtype"),
+        (["bench", "--methods", "ar", "--categories", "coding,poetry", "--out", "OUT"], "categories"),
     ],
 )
 def test_bad_input_exits_2_naming_the_field(argv, field, capsys, tmp_path):
@@ -148,6 +149,16 @@ def test_bench_compares_methods_dtypes_and_exactness_in_one_run(tmp_path, capsys
 
 
 @pytest.mark.real_model
+def test_bench_categories_pick_whole_categories_in_file_order():
+    from mirrorspec.bench.harness import load_prompts
+
+    every = load_prompts(None)
+    picked = load_prompts(None, categories="extraction, coding")
+    assert picked == [r for r in every if r["category"] in ("coding", "extraction")] and len(picked) > 2
+    coding = [r for r in every if r["category"] == "coding"]
+    assert load_prompts(None, per_category=2, categories="coding") == coding[:2]
+
+
 def test_bench_interleaves_methods_prompt_by_prompt(tmp_path):
     """--interleave: every method on each prompt in turn, with transformers at its own --hf-dtype."""
     prompts = tmp_path / "p.jsonl"

@@ -295,3 +295,28 @@ def test_token_drafter_runs_as_transformers_assistant(target, tmp_path):
     plain = target.model.generate(ids, **kwargs)
     assisted = target.model.generate(ids, assistant_model=assistant, **kwargs)
     assert assisted.tolist() == plain.tolist()
+
+
+def test_extra_data_folders_join_training_and_keep_their_own_held_out_split(target, responses, tmp_path):
+    """--extra-data: each folder's held-out set is the one it has alone, never trained on; a folder without
+    labels for the drafter's layers is refused by name."""
+    from mirrorspec.errors import InvalidRequestError
+    from mirrorspec.training.train_drafter import _splits
+
+    own, extra, unlabelled = tmp_path / "own", tmp_path / "extra", tmp_path / "unlabelled"
+    for layers in ([], [1]):
+        data.label_sequences(target.model, responses[:30], own, shard_size=20, layers=layers)
+    data.label_sequences(target.model, responses[30:], extra, shard_size=20)
+    alone = _splits(own, [], [], 25, eval_fraction=0.2)
+    both = _splits(own, [extra], [], 25, eval_fraction=0.2)
+    assert list(both) == [str(own), str(extra)]
+    key = lambda examples: [tuple(e.ids.tolist()) for e in examples]  # noqa: E731
+    assert key(both[str(own)][1]) == key(alone[str(own)][1])
+    assert len(both[str(own)][0]) + len(both[str(own)][1]) == 25  # the run's own folder is capped at --prompts
+    assert len(both[str(extra)][0]) + len(both[str(extra)][1]) == 18  # an extra folder gives all it has
+    train_keys = set(key(both[str(own)][0] + both[str(extra)][0]))
+    assert not train_keys & set(key(both[str(own)][1] + both[str(extra)][1]))
+    with pytest.raises(InvalidRequestError, match="extra_data"):
+        _splits(own, [unlabelled], [], 25, eval_fraction=0.2)
+    with pytest.raises(InvalidRequestError, match="extra_data"):  # labels for other layers do not count
+        _splits(own, [extra], [1], 25, eval_fraction=0.2)

@@ -20,7 +20,7 @@ import torch
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.training import data, magpie
 from mirrorspec.training.prompt_bank import generate_prompts
-from mirrorspec.training.trainer import TrainConfig, train
+from mirrorspec.training.trainer import TrainConfig, evaluate, train
 from mirrorspec.workers.drafter_model import KINDS, Drafter, new_drafter
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="feature drafters: also read the target's states after these layers, e.g. 2,15 (EAGLE-3's "
                         "fused low/middle/high features; the final state is always read). With --init of a drafter "
                         "that reads the final state only, a fuse layer is added that starts by picking it")
+    p.add_argument("--extra-data", action="append", default=[], metavar="DIR",
+                   help="another data folder, already labelled for the same layers (e.g. answers to another prompt "
+                        "source), that joins the training and held-out sets (repeatable)")
     p.add_argument("--stop-after", choices=STAGES[:-1], help="end after this stage (e.g. answer on one machine "
                                                            "now, label and train later from the same data folder)")
     for f in dataclasses.fields(TrainConfig):
@@ -117,6 +120,21 @@ def _prompts(args: argparse.Namespace, engine, data_dir: Path) -> list[dict]:
     return generate_prompts(args.prompts)  # fixed data: the same prompt set whatever the seed
 
 
+def _splits(data_dir: Path, extra_dirs: list[Path], layers: list[int], limit: int,
+            eval_fraction: float) -> dict[str, tuple[list[data.Sequence], list[data.Sequence]]]:
+    """Per data folder (the run's own first, at most `limit` examples): (train, held out). The held-out split is
+    fixed, every k-th example of a folder, so a folder's held-out set is the same whatever joins it."""
+    stride = round(1 / eval_fraction)
+    splits = {}
+    for d in [data_dir, *extra_dirs]:
+        examples = data.load_shards(d, layers)[: limit if d == data_dir else None]
+        if not examples:
+            raise InvalidRequestError("data" if d == data_dir else "extra_data",
+                                      f"{d} has no labels for layers {layers}: run the labels stage with --data {d}")
+        splits[str(d)] = [e for i, e in enumerate(examples) if i % stride], examples[::stride]
+    return splits
+
+
 def cmd_train_drafter(args: argparse.Namespace) -> int:
     from mirrorspec.orchestration.engine import EngineConfig
     from mirrorspec.orchestration.factory import build_engine
@@ -146,17 +164,20 @@ def cmd_train_drafter(args: argparse.Namespace) -> int:
     if args.stop_after == "answers":
         return 0
     responses = data.read_responses(data_dir)[: args.prompts]
+    extra_dirs = [Path(d) for d in args.extra_data]
+    for d in extra_dirs:
+        if not (d / data.RESPONSES).exists():
+            raise InvalidRequestError("extra_data", f"{d} holds no answers ({data.RESPONSES})")
     torch.manual_seed(cfg.seed)
-    drafter = _initial_drafter(args, target, responses)  # first: its layers decide what the labels keep
+    # First: its layers decide what the labels keep; a new drafter's vocabulary counts every folder's answers.
+    drafter = _initial_drafter(args, target, responses + [r for d in extra_dirs for r in data.read_responses(d)])
     layers = drafter.meta.feature_layers
     data.label_sequences(target.model, responses, data_dir, layers=layers)
     if args.stop_after == "labels":
         return 0
-    examples = data.load_shards(data_dir, layers)[: args.prompts]
-    # A fixed held-out split: every k-th example.
-    stride = round(1 / args.eval_fraction)
-    eval_set = examples[::stride]
-    train_set = [e for i, e in enumerate(examples) if i % stride]
+    splits = _splits(data_dir, extra_dirs, layers, args.prompts, args.eval_fraction)
+    train_set = [e for part, _ in splits.values() for e in part]
+    eval_set = [e for _, held_out in splits.values() for e in held_out]
 
     vocab = drafter.meta.draft_to_target
     final = train(drafter, train_set, eval_set, cfg, out)
@@ -169,7 +190,9 @@ def cmd_train_drafter(args: argparse.Namespace) -> int:
         "target": str(target.path),
         "kind": args.kind,
         "examples": {"train": len(train_set), "eval": len(eval_set)},
-        "answer_tokens": sum(len(r["answer_ids"]) for r in responses),
+        "answer_tokens": sum(e.top_ids.shape[0] for e in train_set + eval_set),
+        # Each folder's held-out set alone: a drafter trained on one folder is compared on the same examples.
+        "eval_by_data": {d: evaluate(drafter, held_out, cfg) for d, (_, held_out) in splits.items()},
         "draft_vocab": len(vocab),
         "init": args.init,
         "parameters": sum(p.numel() for p in drafter.parameters()),
