@@ -37,6 +37,8 @@ def _add_engine_args(p: argparse.ArgumentParser, *, placement: bool = True) -> N
     g.add_argument("--max-batch", type=int, help="sequences decoded together")
     g.add_argument("--max-model-len", type=int, help="prompt + new tokens per sequence")
     g.add_argument("--threads", type=int, help="torch intra-op threads")
+    g.add_argument("--ngram-corpus", help="what ngram drafts also copy from: 'default' (the default target's own "
+                                          "answers), a JSONL file of {\"text\": ...} rows (.gz too), or 'none'")
     g.add_argument("--exact", action=argparse.BooleanOptionalAction, default=None,
                    help="the target computes every token to the same bits alone, in a draft or in a batch: every "
                         "method equals ar at any dtype (default: engine.exact)")
@@ -163,6 +165,12 @@ def _cluster_args(cluster: argparse.ArgumentParser) -> None:
     cluster.add_argument("--num-cpus", type=int, help="CPUs the cluster offers (default: all)")
 
 
+def _corpus_args(p: argparse.ArgumentParser) -> None:
+    from mirrorspec.training.ngram_corpus_file import add_corpus_args
+
+    add_corpus_args(p)
+
+
 def _exit_head_args(head: argparse.ArgumentParser) -> None:
     from mirrorspec.training.train_exit_head import add_exit_head_args
 
@@ -184,6 +192,8 @@ SUBCOMMANDS = {
     "serve": ("serve the public GenerationService over gRPC (ray_config.yaml: serve)", _serve_args),
     "scale": ("set (or read, with 0) the replica count of a running `mirrorspec serve`", _scale_args),
     "train-exit-head": ("fit the early-exit head that mirror's early exit uses", _exit_head_args),
+    "write-ngram-corpus": ("write an engine.ngram_corpus file from train-drafter data folders' answers",
+                           _corpus_args),
     "cluster": ("start or stop a local Ray cluster for `ray job submit` (eval \"$(mirrorspec cluster up)\")",
                 _cluster_args),
 }
@@ -235,9 +245,11 @@ def resolve_config(args: argparse.Namespace):
         return {n: getattr(args, n, None) for n in names if getattr(args, n, None) is not None}
 
     engine = dataclasses.replace(config.engine, **given("target", "drafter", "dtype", "device", "drafter_device",
-                                                        "max_batch", "max_model_len", "threads", "exact"))
-    if engine.drafter == "none":
-        engine = dataclasses.replace(engine, drafter=None)
+                                                        "max_batch", "max_model_len", "threads", "exact",
+                                                        "ngram_corpus"))
+    for name in ("drafter", "ngram_corpus"):
+        if getattr(engine, name) == "none":
+            engine = dataclasses.replace(engine, **{name: None})
     spec = dataclasses.replace(config.speculation, **given("method", "gamma", "tree_depth", "tree_topk",
                                                            "tree_nodes", "exit_layer", "kappa", "adaptive",
                                                            "ngram_branches"))
@@ -463,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
             from mirrorspec.training.dllm import cmd_train_dllm
 
             return cmd_train_dllm(args)
+        if args.command == "write-ngram-corpus":
+            from mirrorspec.training.ngram_corpus_file import cmd_write_corpus
+
+            return cmd_write_corpus(args)
         if args.command == "train-exit-head":
             from mirrorspec.training.train_exit_head import cmd_train_exit_head
 

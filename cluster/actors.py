@@ -63,7 +63,13 @@ class TargetActor:
 
     def __init__(self, engine: EngineConfig, role: RoleConfig, drafter_address: str | None, *,
                  secret: str | None = None, reply_timeout_s: float = 10.0, group: GroupSpec | None = None) -> None:
-        from mirrorspec.orchestration.factory import build_target, eos_token_ids, step_cost_source, worker_sizes
+        from mirrorspec.orchestration.factory import (
+            build_ngram_corpus,
+            build_target,
+            eos_token_ids,
+            step_cost_source,
+            worker_sizes,
+        )
 
         pin(role)
         worker, target = build_target(engine, group)
@@ -76,7 +82,8 @@ class TargetActor:
         self.engine = Engine(worker, self.remote, tokenizer=target.tokenizer, eos_ids=eos_token_ids(target),
                              max_model_len=worker_sizes(engine, target.config)[0], max_batch=engine.max_batch,
                              max_spec_nodes=engine.max_spec_nodes, seed=engine.seed,
-                             step_cost=step_cost_source(engine, worker))
+                             step_cost=step_cost_source(engine, worker),
+                             ngram_corpus=build_ngram_corpus(engine, target.tokenizer))
 
     def generate(self, prompts: list, sampling: SamplingParams | list[SamplingParams] | None,
                  spec: SpecParams | None, chat: bool | None = None) -> list:

@@ -12,6 +12,7 @@ from mirrorspec.errors import InvalidRequestError
 from mirrorspec.methods import AR_DRAFTER, DIFFUSION_DRAFTER, NGRAM_DRAFTER
 from mirrorspec.orchestration.drafter_session import as_draft_service
 from mirrorspec.orchestration.interfaces import DraftService
+from mirrorspec.orchestration.ngram_corpus import CorpusIndex
 from mirrorspec.orchestration.ngram_draft import NgramDraftService
 from mirrorspec.orchestration.outputs import RequestOutput, error_output
 from mirrorspec.orchestration.prompts import Prompt, encode_prompt
@@ -50,6 +51,10 @@ class EngineConfig:
     # (orchestration/spec_budget.py): auto (measured before the first drafting step), off (verify every draft
     # whole), or a table {tokens: relative cost}.
     step_cost: str | dict = MEASURE
+    # What `ngram` drafts and ngram branches also copy from besides each sequence's own text
+    # (orchestration/ngram_corpus.py): "default" (the default target's own answers, shipped in drafters/; no corpus
+    # for other targets), a JSONL file of {"text": ...} rows (optionally .gz), or None.
+    ngram_corpus: str | None = "default"
 
     def validate(self) -> "EngineConfig":
         for name in ("max_batch", "max_model_len", "max_spec_nodes"):
@@ -63,6 +68,8 @@ class EngineConfig:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise InvalidRequestError("threads", f"must be an integer >= 1, got {self.threads!r}")
         parse_step_cost(self.step_cost)
+        if self.ngram_corpus is not None and not isinstance(self.ngram_corpus, str):
+            raise InvalidRequestError("ngram_corpus", f"must be a file path, 'default' or null, got {self.ngram_corpus!r}")
         return self
 
 
@@ -80,10 +87,12 @@ class Engine:
         seed: int = 0,
         branch_budget: int = 8,
         step_cost: StepCost | Callable[[], StepCost] | None = None,
+        ngram_corpus: CorpusIndex | None = None,
     ) -> None:
         """`drafter`: a DraftService, or a drafter model's Worker (run here, inside a DrafterSession).
         `step_cost`: the target's cost curve for the adaptive budget, a probe that measures it when first needed,
-        or None to verify every draft whole (the default here; `build_engine` follows engine.step_cost)."""
+        or None to verify every draft whole (the default here; `build_engine` follows engine.step_cost).
+        `ngram_corpus`: what `ngram` drafts and ngram branches also copy from, besides each sequence's own text."""
         self.target = target
         self.drafter: DraftService | None = None if drafter is None else as_draft_service(
             drafter, max_spec_nodes=max_spec_nodes, branch_budget=branch_budget)
@@ -92,11 +101,12 @@ class Engine:
         self.max_model_len = max_model_len
         self.max_spec_nodes = max_spec_nodes
         decode = None if tokenizer is None else (lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
-        drafters: dict[str, DraftService] = {NGRAM_DRAFTER: NgramDraftService()}  # model-free: on every engine
+        # Model-free: on every engine.
+        drafters: dict[str, DraftService] = {NGRAM_DRAFTER: NgramDraftService(ngram_corpus)}
         if self.drafter is not None:
             drafters[DIFFUSION_DRAFTER if self.drafter.drafts_by_diffusion else AR_DRAFTER] = self.drafter
         self.scheduler = Scheduler(target, drafters, max_batch=max_batch, text=TextTracker(decode, self.eos_ids),
-                                   step_cost=step_cost, max_spec_nodes=max_spec_nodes)
+                                   step_cost=step_cost, max_spec_nodes=max_spec_nodes, ngram_corpus=ngram_corpus)
         self._seq_ids = itertools.count()
         self._seed_source = random.Random(seed)
         self._sequences: dict[str, Sequence] = {}

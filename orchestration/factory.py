@@ -23,6 +23,7 @@ from mirrorspec.methods import DIFFUSION_DRAFTER, METHODS
 from mirrorspec.orchestration.diffusion_draft import DiffusionDraftService
 from mirrorspec.orchestration.engine import SELF_DRAFTER, Engine, EngineConfig
 from mirrorspec.orchestration.interfaces import DraftService
+from mirrorspec.orchestration.ngram_corpus import CorpusIndex, load_corpus
 from mirrorspec.orchestration.step_cost import MEASURE, PROBE_COUNTS, StepCost, measure_step_cost, parse_step_cost
 from mirrorspec.workers import attention, exact_attention, exact_linear, kv_cache, model_worker
 from mirrorspec.workers import cpu_linear as fast_cpu_linear
@@ -52,6 +53,8 @@ DEFAULT_DRAFTER_DIR = Path(__file__).resolve().parents[1] / "drafters" / "smollm
 DEFAULT_DIFFUSION_DRAFTER_DIR = Path(__file__).resolve().parents[1] / "drafters" / "smollm2-135m-ddraft"
 # Made by `mirrorspec train-exit-head` (command in its exit_head.json).
 DEFAULT_EXIT_HEAD_DIR = Path(__file__).resolve().parents[1] / "drafters" / "smollm2-135m-exit-head"
+# The default target's own greedy answers to the drafter's training prompts (`mirrorspec write-ngram-corpus`).
+DEFAULT_NGRAM_CORPUS = Path(__file__).resolve().parents[1] / "drafters" / "smollm2-135m-ngram-corpus.jsonl.gz"
 
 
 def eos_token_ids(loaded: LoadedModel) -> list[int]:
@@ -64,6 +67,22 @@ def eos_token_ids(loaded: LoadedModel) -> list[int]:
     if loaded.tokenizer is not None and loaded.tokenizer.eos_token_id is not None:
         ids.add(loaded.tokenizer.eos_token_id)
     return sorted(ids)
+
+
+def build_ngram_corpus(config: EngineConfig, tokenizer) -> CorpusIndex | None:
+    """The corpus engine.ngram_corpus names, in the target's token ids; `default` -> the default target's own
+    answers, shipped (None for other targets: they phrase things their own way)."""
+    path = config.ngram_corpus
+    if path == DEFAULT:
+        if config.target != DEFAULT:
+            return None
+        path = DEFAULT_NGRAM_CORPUS
+    if not path:
+        return None
+    if not Path(path).is_file():
+        raise InvalidRequestError("ngram_corpus", f"no such file: {str(path)!r} (a JSONL file of {{\"text\": ...}} "
+                                                  f"rows, optionally .gz)")
+    return load_corpus(str(path), tokenizer)
 
 
 def resolve_exit_head(config: EngineConfig, num_layers: int, hidden_size: int) -> ExitHead | None:
@@ -189,7 +208,8 @@ def build_engine(config: EngineConfig) -> Engine:
     return Engine(target_worker, drafter, tokenizer=target.tokenizer, eos_ids=eos_token_ids(target),
                   max_model_len=worker_sizes(config, target.config)[0], max_batch=config.max_batch,
                   max_spec_nodes=config.max_spec_nodes, seed=config.seed,
-                  step_cost=step_cost_source(config, target_worker))
+                  step_cost=step_cost_source(config, target_worker),
+                  ngram_corpus=build_ngram_corpus(config, target.tokenizer))
 
 
 # The modules whose code decides what a target forward costs.

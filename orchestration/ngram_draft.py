@@ -16,9 +16,13 @@ works for any target, costs microseconds per step, and drafts nothing when the t
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from mirrorspec.orchestration.draft_tree import ROOT, DraftTree
+from mirrorspec.orchestration.draft_tree import ROOT, DraftTree, merge
 from mirrorspec.orchestration.interfaces import ExitCandidates, OpenSpec, Proposal, Report
+
+if TYPE_CHECKING:
+    from mirrorspec.orchestration.ngram_corpus import CorpusIndex
 
 MAX_NGRAM = 4  # the longest suffix looked up
 MIN_NGRAM = 2  # a single-token match proposes too often to pay for its verification
@@ -51,45 +55,58 @@ class NgramIndex:
                     return found
         return found
 
-    def draft(self, depth: int, topk: int, budget: int) -> DraftTree:
-        """The continuations merged into a tree: at most `depth` levels, `topk` children per node and `budget`
-        nodes, in topological order (a node's parent comes before it). A node's log-probability is its share of
-        the occurrences that reach its parent, by Laplace's rule of succession ((n + 1) / (N + 2): a span seen
-        once continues as before with chance 2/3), which the adaptive budget reads as its chance of acceptance."""
-        tree = DraftTree()
-        children: dict[int, dict[int, int]] = {ROOT: {}}  # node -> {token: child node}
-        reached = {ROOT: 0}  # node -> occurrences whose continuation passes through it
-        for continuation in self.continuations(depth):
-            node = ROOT
-            reached[ROOT] += 1
-            for token in continuation:
-                child = children[node].get(token)
-                if child is None:
-                    if len(children[node]) >= topk or len(tree) >= budget:
-                        break
-                    child = len(tree)
-                    tree.tokens.append(token)
-                    tree.parents.append(node)
-                    tree.proposals.append(None)  # deterministic
-                    children[node][token] = child
-                    children[child] = {}
-                    reached[child] = 0
-                reached[child] += 1
-                node = child
-        tree.logprobs = [math.log((reached[n] + 1) / (reached[p] + 2)) for n, p in enumerate(tree.parents)]
+    def draft(self, depth: int, topk: int, budget: int, corpus: CorpusIndex | None = None) -> DraftTree:
+        """The continuations merged into a tree (`continuation_tree`); with a corpus, what followed the same
+        suffix there joins after them, with its own estimates (orchestration/ngram_corpus.py)."""
+        tree = continuation_tree(self.continuations(depth), depth, topk, budget)
+        if corpus is not None and len(tree) < budget:
+            tree = merge(tree, continuation_tree(corpus.continuations(self.tokens, depth), depth, topk, budget),
+                         budget)
         return tree
 
 
+def continuation_tree(continuations: list[list[int]], depth: int, topk: int, budget: int) -> DraftTree:
+    """Continuations merged into a tree, the first ones' branches first: at most `depth` levels, `topk` children
+    per node and `budget` nodes, in topological order (a node's parent comes before it). A node's log-probability
+    is its share of the continuations that reach its parent, by Laplace's rule of succession ((n + 1) / (N + 2): a
+    span seen once continues as before with chance 2/3), which the adaptive budget reads as its chance of
+    acceptance."""
+    tree = DraftTree()
+    children: dict[int, dict[int, int]] = {ROOT: {}}  # node -> {token: child node}
+    reached = {ROOT: 0}  # node -> continuations that pass through it
+    for continuation in continuations:
+        node = ROOT
+        reached[ROOT] += 1
+        for token in continuation[:depth]:
+            child = children[node].get(token)
+            if child is None:
+                if len(children[node]) >= topk or len(tree) >= budget:
+                    break
+                child = len(tree)
+                tree.tokens.append(token)
+                tree.parents.append(node)
+                tree.proposals.append(None)  # deterministic
+                children[node][token] = child
+                children[child] = {}
+                reached[child] = 0
+            reached[child] += 1
+            node = child
+    tree.logprobs = [math.log((reached[n] + 1) / (reached[p] + 2)) for n, p in enumerate(tree.parents)]
+    return tree
+
+
 class NgramDraftService:
-    """The DraftService (orchestration/interfaces.py) of `ngram`: one NgramIndex per open sequence."""
+    """The DraftService (orchestration/interfaces.py) of `ngram`: one NgramIndex per open sequence, and the
+    corpus they all also copy from (None: their own text only)."""
 
     uses_features = False
     feature_layers: tuple[int, ...] = ()
     vocabulary = None
     drafts_by_diffusion = False
 
-    def __init__(self) -> None:
+    def __init__(self, corpus: CorpusIndex | None = None) -> None:
         self._indexes: dict[int, NgramIndex] = {}
+        self.corpus = corpus
 
     def open(self, specs: list[OpenSpec]) -> None:
         for spec in specs:
@@ -104,7 +121,7 @@ class NgramDraftService:
         for report in reports:
             index = self._indexes[report.seq_id]
             index.extend(report.committed)
-            proposals[report.seq_id] = Proposal(index.draft(report.depth, report.topk, report.budget))
+            proposals[report.seq_id] = Proposal(index.draft(report.depth, report.topk, report.budget, self.corpus))
         return proposals
 
     def early_exit(self, candidates: list[ExitCandidates]) -> None:

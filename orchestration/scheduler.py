@@ -25,6 +25,7 @@ from mirrorspec.orchestration.interfaces import DraftService, OpenSpec, Report
 from mirrorspec.orchestration.logits_processing import needs_processing, process
 from mirrorspec.orchestration.logprobs import token_logprobs
 from mirrorspec.orchestration.mirror import MirrorExit
+from mirrorspec.orchestration.ngram_corpus import CorpusIndex
 from mirrorspec.orchestration.sampling import probabilities
 from mirrorspec.orchestration.sequence import Sequence, TextTracker
 from mirrorspec.orchestration.spec_budget import RowDraft, path_estimates, plan, prune
@@ -43,11 +44,11 @@ MAX_IDLE_STEPS = 16
 class Scheduler:
     def __init__(self, target: Worker, drafters: dict[str, DraftService], *, max_batch: int,
                  text: TextTracker, step_cost: StepCost | Callable[[], StepCost] | None = None,
-                 max_spec_nodes: int = 64) -> None:
+                 max_spec_nodes: int = 64, ngram_corpus: CorpusIndex | None = None) -> None:
         """`drafters`: by drafter kind (mirrorspec/methods.py), the services that draft for the rows whose method
         drafts with that kind; each row talks to its own kind's service only. `step_cost`: the target's forward
         cost curve for the adaptive budget, a probe that measures it (called once, when first needed), or None
-        to verify every draft whole."""
+        to verify every draft whole. `ngram_corpus`: what ngram branches also copy from."""
         self.target = target
         self.drafters = {kind: DrafterGuard(service) for kind, service in drafters.items()}
         for service in drafters.values():
@@ -62,6 +63,7 @@ class Scheduler:
         self.timing = StepTiming()
         self.step_cost = step_cost
         self.max_spec_nodes = max_spec_nodes
+        self.ngram_corpus = ngram_corpus
 
     @property
     def drafter_failures(self) -> int:
@@ -277,11 +279,10 @@ class Scheduler:
         return (seq.spec.ngram_branches and mode.drafter == AR_DRAFTER and not mode.early_exit
                 and all(q is None for q in draft.proposals))
 
-    @staticmethod
-    def _copied(seq: Sequence, report: Report) -> DraftTree:
+    def _copied(self, seq: Sequence, report: Report) -> DraftTree:
         """What `ngram` drafts for the row now, in the shape its drafter was asked for."""
         seq.copies.extend(seq.tokens[len(seq.copies.tokens):])
-        return seq.copies.draft(report.depth, report.topk, report.budget)
+        return seq.copies.draft(report.depth, report.topk, report.budget, self.ngram_corpus)
 
     def _report(self, seq: Sequence, guard: DrafterGuard) -> Report | None:
         """What the drafter has not heard of this sequence yet, and the shape of the next draft (None: no draft

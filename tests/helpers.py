@@ -63,13 +63,14 @@ def worker(loaded: LoadedModel, slots: int = 8, capacity: int = 256, spec: int =
 
 
 def tiny_engine(target: LoadedModel, drafter: LoadedModel | None, *, max_batch: int = 8, eos_ids=(),
-                max_model_len: int = 128, max_spec_nodes: int = 64, exact: bool = False, step_cost=None) -> Engine:
+                max_model_len: int = 128, max_spec_nodes: int = 64, exact: bool = False, step_cost=None,
+                ngram_corpus=None) -> Engine:
     cap = max_model_len + max_spec_nodes + 1
     return Engine(
         ModelWorker(target, max_slots=max_batch, capacity=cap, max_spec_nodes=max_spec_nodes, exact=exact),
         None if drafter is None else worker(drafter, max_batch, cap, max_spec_nodes),
         eos_ids=eos_ids, max_model_len=max_model_len, max_batch=max_batch, max_spec_nodes=max_spec_nodes,
-        step_cost=step_cost,
+        step_cost=step_cost, ngram_corpus=ngram_corpus,
     )
 
 
