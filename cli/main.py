@@ -65,6 +65,8 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
                         "--no-adaptive verifies every draft whole")
     g.add_argument("--ngram-branches", action=argparse.BooleanOptionalAction, default=None,
                    help="chain/tree: merge what ngram would draft into the drafter's tree (default on)")
+    g.add_argument("--use-corpus", action=argparse.BooleanOptionalAction, default=None,
+                   help="ngram drafts and branches also copy from the engine's corpus (--ngram-corpus; default on)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -252,7 +254,7 @@ def resolve_config(args: argparse.Namespace):
             engine = dataclasses.replace(engine, **{name: None})
     spec = dataclasses.replace(config.speculation, **given("method", "gamma", "tree_depth", "tree_topk",
                                                            "tree_nodes", "exit_layer", "kappa", "adaptive",
-                                                           "ngram_branches"))
+                                                           "ngram_branches", "use_corpus"))
     cluster = dataclasses.replace(config.cluster, **given("ray", "drafter_address", "tp_size"))
     return engine.validate(), spec, cluster.validate()
 

@@ -97,6 +97,8 @@ class SpecParams:
     With `ngram_branches`, a `chain` or `tree` draft of deterministic nodes (greedy requests, and trees) also
     carries what `ngram` would draft (continuations copied from the text so far, in the same shape), merged into
     one tree, so that a copied span and the drafter's prediction are verified in one forward.
+    With `use_corpus`, `ngram` drafts and ngram branches also copy from the engine's corpus (engine.ngram_corpus:
+    what followed the same last tokens in the target's earlier answers), after the text's own continuations.
     """
 
     method: str = "chain"
@@ -108,6 +110,7 @@ class SpecParams:
     kappa: int = 8
     adaptive: bool = True
     ngram_branches: bool = True
+    use_corpus: bool = True
 
     @property
     def mode(self) -> Method:
@@ -127,7 +130,7 @@ class SpecParams:
                 name = "gamma" if mode.draft == "chain" else name
                 raise InvalidRequestError(name, f"a draft of this size exceeds the engine's max_spec_nodes="
                                                 f"{max_spec_nodes}")
-        for name in ("adaptive", "ngram_branches"):
+        for name in ("adaptive", "ngram_branches", "use_corpus"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidRequestError(name, f"must be true or false, got {getattr(self, name)!r}")
         if self.exit_layer is not None and (not isinstance(self.exit_layer, int) or self.exit_layer < 1):

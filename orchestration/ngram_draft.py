@@ -121,7 +121,8 @@ class NgramDraftService:
         for report in reports:
             index = self._indexes[report.seq_id]
             index.extend(report.committed)
-            proposals[report.seq_id] = Proposal(index.draft(report.depth, report.topk, report.budget, self.corpus))
+            corpus = self.corpus if report.corpus else None
+            proposals[report.seq_id] = Proposal(index.draft(report.depth, report.topk, report.budget, corpus))
         return proposals
 
     def early_exit(self, candidates: list[ExitCandidates]) -> None:

@@ -250,7 +250,7 @@ class GenerationResponse(_message.Message):
     def __init__(self, input_token_count: _Optional[int] = ..., generated_token_count: _Optional[int] = ..., text: _Optional[str] = ..., stop_reason: _Optional[_Union[StopReason, str]] = ..., stop_sequence: _Optional[str] = ..., seed: _Optional[int] = ..., tokens: _Optional[_Iterable[_Union[TokenInfo, _Mapping]]] = ..., input_tokens: _Optional[_Iterable[_Union[TokenInfo, _Mapping]]] = ..., token_ids: _Optional[_Iterable[int]] = ..., speculation: _Optional[_Union[SpeculationStats, _Mapping]] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class SpeculationParameters(_message.Message):
-    __slots__ = ("method", "gamma", "tree_depth", "tree_topk", "tree_nodes", "exit_layer", "kappa", "fixed_draft", "no_ngram_branches")
+    __slots__ = ("method", "gamma", "tree_depth", "tree_topk", "tree_nodes", "exit_layer", "kappa", "fixed_draft", "no_ngram_branches", "no_corpus")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     GAMMA_FIELD_NUMBER: _ClassVar[int]
     TREE_DEPTH_FIELD_NUMBER: _ClassVar[int]
@@ -260,6 +260,7 @@ class SpeculationParameters(_message.Message):
     KAPPA_FIELD_NUMBER: _ClassVar[int]
     FIXED_DRAFT_FIELD_NUMBER: _ClassVar[int]
     NO_NGRAM_BRANCHES_FIELD_NUMBER: _ClassVar[int]
+    NO_CORPUS_FIELD_NUMBER: _ClassVar[int]
     method: SpeculationMethod
     gamma: int
     tree_depth: int
@@ -269,7 +270,8 @@ class SpeculationParameters(_message.Message):
     kappa: int
     fixed_draft: bool
     no_ngram_branches: bool
-    def __init__(self, method: _Optional[_Union[SpeculationMethod, str]] = ..., gamma: _Optional[int] = ..., tree_depth: _Optional[int] = ..., tree_topk: _Optional[int] = ..., tree_nodes: _Optional[int] = ..., exit_layer: _Optional[int] = ..., kappa: _Optional[int] = ..., fixed_draft: _Optional[bool] = ..., no_ngram_branches: _Optional[bool] = ...) -> None: ...
+    no_corpus: bool
+    def __init__(self, method: _Optional[_Union[SpeculationMethod, str]] = ..., gamma: _Optional[int] = ..., tree_depth: _Optional[int] = ..., tree_topk: _Optional[int] = ..., tree_nodes: _Optional[int] = ..., exit_layer: _Optional[int] = ..., kappa: _Optional[int] = ..., fixed_draft: _Optional[bool] = ..., no_ngram_branches: _Optional[bool] = ..., no_corpus: _Optional[bool] = ...) -> None: ...
 
 class SpeculationStats(_message.Message):
     __slots__ = ("target_forwards", "drafts", "drafted", "accepted", "tau", "accepted_per_position")

@@ -41,6 +41,7 @@ class SpeculationOptions(_Strict):
     kappa: int | None = None
     adaptive: bool | None = None
     ngram_branches: bool | None = None
+    use_corpus: bool | None = None
 
 
 class StreamOptions(_Strict):

@@ -25,7 +25,7 @@ METHOD_ENUMS = {name: value for value, name in METHOD_NAMES.items()}
 STOP_REASONS = {"eos": pb.EOS_TOKEN, "length": pb.MAX_TOKENS, "stop": pb.STOP_SEQUENCE, TIME_LIMIT: pb.TIME_LIMIT,
                 CANCELLED: pb.CANCELLED, "abort": pb.CANCELLED, "error": pb.ERROR}
 # SpeculationParameters' booleans, each turning off a SpecParams switch that is on by default.
-OFF_SWITCHES = {"fixed_draft": "adaptive", "no_ngram_branches": "ngram_branches"}
+OFF_SWITCHES = {"fixed_draft": "adaptive", "no_ngram_branches": "ngram_branches", "no_corpus": "use_corpus"}
 SHAPE_FIELDS = ("gamma", "tree_depth", "tree_topk", "tree_nodes", "exit_layer", "kappa")
 # Where each engine parameter lives in the request message, so that errors name the client's field.
 FIELD_PATHS = {

@@ -48,6 +48,7 @@ def requests(draw):
     speculation = pb.SpeculationParameters(gamma=draw(shape), tree_depth=draw(shape), tree_topk=draw(shape),
                                            tree_nodes=draw(shape), kappa=draw(shape),
                                            fixed_draft=draw(st.booleans()), no_ngram_branches=draw(st.booleans()),
+                                           no_corpus=draw(st.booleans()),
                                            method=draw(mostly(st.sampled_from([pb.METHOD_DEFAULT, pb.AR, pb.CHAIN,
                                                                                pb.TREE, pb.NGRAM]),
                                                               st.integers(0, 2**31 - 1))))

@@ -2,6 +2,7 @@
 never across two texts; `ngram` and ngram branches with a corpus: greedy identical to `ar`, more accepted tokens,
 the sampling law; corpus files, `write-ngram-corpus` and engine.ngram_corpus's errors."""
 
+import dataclasses
 import json
 import random
 from collections import Counter
@@ -72,11 +73,13 @@ def test_ngram_with_a_corpus_equals_ar_and_accepts_more(target):
     answers = [p[-4:] + o.token_ids for p, o in zip(others, tiny_engine(target, None, max_batch=6).generate(
         others, sampling))]
     accepted = {}
-    for corpus in (None, CorpusIndex(answers)):
-        outs = tiny_engine(target, None, max_batch=6, ngram_corpus=corpus).generate(prompts, sampling, NGRAM)
+    for corpus, use in ((None, True), (CorpusIndex(answers), True), (CorpusIndex(answers), False)):
+        spec = dataclasses.replace(NGRAM, use_corpus=use)
+        outs = tiny_engine(target, None, max_batch=6, ngram_corpus=corpus).generate(prompts, sampling, spec)
         assert [o.token_ids for o in outs] == ar
-        accepted[corpus is not None] = sum(o.stats.accepted for o in outs)
-    assert accepted[True] > accepted[False] + 2 * len(prompts)
+        accepted[corpus is not None, use] = sum(o.stats.accepted for o in outs)
+    assert accepted[True, True] > accepted[False, True] + 2 * len(prompts)
+    assert accepted[True, False] == accepted[False, True]  # use_corpus=False: the request's own text only
 
 
 def test_ngram_branches_with_a_corpus_keep_greedy_output_equal_to_ar(target):
@@ -84,11 +87,14 @@ def test_ngram_branches_with_a_corpus_keep_greedy_output_equal_to_ar(target):
     sampling = SamplingParams(max_new_tokens=16, ignore_eos=True)
     ar = [o.token_ids for o in tiny_engine(target, None, max_batch=4).generate(prompts, sampling)]
     corpus = CorpusIndex([p + a for p, a in zip(prompts, ar)])
-    spec = SpecParams(method="chain", gamma=4)
-    outs = tiny_engine(target, noisy_copy(target, 6.0, seed=3), max_batch=4, ngram_corpus=corpus).generate(
-        prompts, sampling, spec)
-    assert [o.token_ids for o in outs] == ar
-    assert sum(o.stats.accepted for o in outs) > 2 * len(prompts)  # a very noisy drafter: the corpus's doing
+    accepted = {}
+    for use in (True, False):
+        spec = SpecParams(method="chain", gamma=4, use_corpus=use)
+        outs = tiny_engine(target, noisy_copy(target, 6.0, seed=3), max_batch=4, ngram_corpus=corpus).generate(
+            prompts, sampling, spec)
+        assert [o.token_ids for o in outs] == ar
+        accepted[use] = sum(o.stats.accepted for o in outs)
+    assert accepted[True] > accepted[False] + 2 * len(prompts)  # a very noisy drafter: the corpus's doing
 
 
 def test_the_sampling_law_holds_with_a_corpus():
@@ -104,6 +110,16 @@ def test_the_sampling_law_holds_with_a_corpus():
     seen, outs = sampled_law(target, None, NGRAM, settings, generate=engine.generate)
     assert excess(seen, exact_ar_law(target, SamplingParams(**settings))) <= 0.0
     assert accepted_at_depth(outs, 2) > 0
+
+
+def test_use_corpus_is_a_per_request_switch_on_every_interface():
+    from mirrorspec.protos import generation_pb2 as pb
+    from mirrorspec.serving.tgis_wire import _speculation
+
+    with pytest.raises(InvalidRequestError, match="use_corpus"):
+        SpecParams(method="ngram", use_corpus="no").validate(64)
+    off = _speculation(pb.SpeculationParameters(method=pb.NGRAM, no_corpus=True), SpecParams(), ("ngram",))
+    assert off == {"method": "ngram", "use_corpus": False}
 
 
 def test_corpus_files_are_checked_by_name(tmp_path):
