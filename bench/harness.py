@@ -423,6 +423,8 @@ class BenchRun:
             "target": str(config.target),
             "drafter": str(config.drafter),
             "diffusion_drafter": self.diffusion_drafter,
+            "ngram_corpus": config.ngram_corpus,
+            "prompt_categories": self.args.categories,  # --categories (None: all)
             # On Ray the target actor resolves `auto` as this process does (the same machine).
             "dtype": str(parse_dtype(config.dtype, device=config.device) if two_roles
                          else self.engine.target.model.dtype).removeprefix("torch."),

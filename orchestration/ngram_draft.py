@@ -60,8 +60,7 @@ class NgramIndex:
         suffix there joins after them, with its own estimates (orchestration/ngram_corpus.py)."""
         tree = continuation_tree(self.continuations(depth), depth, topk, budget)
         if corpus is not None and len(tree) < budget:
-            tree = merge(tree, continuation_tree(corpus.continuations(self.tokens, depth), depth, topk, budget),
-                         budget)
+            tree = merge(tree, corpus.draft(self.tokens, depth, topk, budget), budget)
         return tree
 
 

@@ -48,6 +48,20 @@ def test_no_continuation_crosses_from_one_text_into_the_next():
     assert corpus.continuations([4, 5], 4) == [[6, 7]]
 
 
+def test_corpus_drafts_are_trees_of_its_continuations_with_discounted_estimates():
+    """Frequencies in other texts overstate acceptance: the corpus tree's log-probabilities are the plain
+    continuation tree's times CONFIDENCE_EXPONENT; its nodes are deterministic."""
+    from mirrorspec.orchestration.ngram_corpus import CONFIDENCE_EXPONENT
+    from mirrorspec.orchestration.ngram_draft import continuation_tree
+
+    corpus = CorpusIndex([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3, 4], [0, 2, 3, 6, 7]])
+    tree = corpus.draft([9, 1, 2, 3], depth=2, topk=2, budget=8)
+    plain = continuation_tree(corpus.continuations([9, 1, 2, 3], 2), 2, 2, 8)
+    assert (tree.tokens, tree.parents) == (plain.tokens, plain.parents) == ([4, 5], [-1, -1])  # (1, 2, 3) matched
+    assert tree.logprobs == pytest.approx([CONFIDENCE_EXPONENT * lp for lp in plain.logprobs])
+    assert all(q is None for q in tree.proposals)
+
+
 def test_a_frequent_ngram_samples_its_occurrences():
     corpus = CorpusIndex([[1, 2] * 200])
     assert len(corpus.continuations([1, 2], 2)) == SAMPLE

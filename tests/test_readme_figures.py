@@ -801,6 +801,32 @@ def ngram_branches_table():
                           f"{run['batch_size']}, {run_setting(run)}"), Phrase(f"--name {BRANCHES_RUN}`")]
 
 
+CORPUS_RUNS = ("issue17-ngram-corpus-b1", "issue17-ngram-corpus-copy-b1")
+
+
+def corpus_label(method: str, run: dict) -> str:
+    if method.startswith("hf-"):
+        return f"{HF_LABELS[method]} ({run['hf_dtype']})"
+    return switch_label(method, "use_corpus", "with corpus", "own text only")
+
+
+@claim
+def ngram_corpus_tables():
+    """'A corpus of the target's own answers' tables: issue17-ngram-corpus-b1.json (every category) and
+    issue17-ngram-corpus-copy-b1.json (every prompt of the three copy-heavy categories)."""
+    rows, phrases = [], []
+    for name in CORPUS_RUNS:
+        run = result(name)
+        for method, summary in run["methods"].items():
+            o = summary["overall"]
+            per_category = [num(summary["categories"][c]["speedup_vs_ar"], 2) + "x" for c in NGRAM_CATEGORIES]
+            rows.append(Row(cells(corpus_label(method, run), num(o["tau"], 2), num(o["tokens_per_s"], 2),
+                                  num(o["speedup_vs_ar"], 2) + "x", *per_category, equal_count(o))))
+        phrases += [Phrase(f"{run['prompts']} prompts, {run['max_new_tokens']} new tokens, greedy, batch "
+                           f"{run['batch_size']}, {run_setting(run)}"), Phrase(f"--name {name}`")]
+    return rows + phrases
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The checker
 
