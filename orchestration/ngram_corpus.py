@@ -51,13 +51,14 @@ class CorpusIndex:
     """Token sequences, and for every n-gram (n = MIN..MAX_NGRAM) the positions that followed its occurrences."""
 
     def __init__(self, sequences: Iterable[Sequence[int]]) -> None:
-        parts = [np.append(np.asarray(s, dtype=np.int64), _SEPARATOR) for s in sequences if len(s)]
-        self.tokens = np.concatenate(parts) if parts else np.array([_SEPARATOR], dtype=np.int64)
+        parts = [np.append(np.asarray(s, dtype=np.int32), _SEPARATOR) for s in sequences if len(s)]
+        # Separators first too, so that even an empty corpus has windows of every size.
+        self.tokens = np.concatenate([np.full(MAX_NGRAM, _SEPARATOR, dtype=np.int32), *parts])
         self.keys: dict[int, np.ndarray] = {}  # n -> [M] sorted hashes of the n-grams
         self.after: dict[int, np.ndarray] = {}  # n -> [M] position right after each (same order)
         for n in range(MIN_NGRAM, MAX_NGRAM + 1):
             windows = np.lib.stride_tricks.sliding_window_view(self.tokens, n)[:-1]  # windows[i] = tokens[i:i+n]
-            after = np.arange(n, len(self.tokens))
+            after = np.arange(n, len(self.tokens), dtype=np.int32)
             keep = (windows != _SEPARATOR).all(axis=1) & (self.tokens[n:] != _SEPARATOR)
             keys = _hash(windows[keep])
             order = np.argsort(keys, kind="stable")  # equal keys stay in corpus order
@@ -71,7 +72,7 @@ class CorpusIndex:
         SAMPLE occurrences, each at most `length` tokens, the most frequent branches first (a continuation ranks
         by how many others share its first token, then its first two, ...)."""
         for n in range(min(MAX_NGRAM, len(context)), MIN_NGRAM - 1, -1):
-            key = _hash(np.asarray([context[-n:]], dtype=np.int64))[0]
+            key = _hash(np.asarray([context[-n:]], dtype=np.int32))[0]
             lo = int(np.searchsorted(self.keys[n], key, side="left"))
             hi = int(np.searchsorted(self.keys[n], key, side="right"))
             if hi == lo:
@@ -84,7 +85,6 @@ class CorpusIndex:
             shared = Counter(tuple(c[:j]) for c in found for j in range(1, len(c) + 1))
             return sorted(found, key=lambda c: [-shared[tuple(c[:j])] for j in range(1, len(c) + 1)])
         return []
-
 
     def draft(self, context: Sequence[int], depth: int, topk: int, budget: int) -> DraftTree:
         """The continuations of `context` as a tree (ngram_draft.continuation_tree), its estimates calibrated."""

@@ -46,6 +46,7 @@ def test_no_continuation_crosses_from_one_text_into_the_next():
     assert corpus.continuations([9, 2, 3], 4) == []  # (2, 3) ends its text
     assert corpus.continuations([3, 4], 4) == []  # (3, 4) spans two texts
     assert corpus.continuations([4, 5], 4) == [[6, 7]]
+    assert CorpusIndex([]).continuations([4, 5], 4) == [] and len(CorpusIndex([[], [3]])) == 1
 
 
 def test_corpus_drafts_are_trees_of_its_continuations_with_discounted_estimates():
@@ -170,5 +171,5 @@ def test_write_ngram_corpus_round_trips_the_targets_answers(tmp_path):
     assert main(["write-ngram-corpus", "--data", str(data), "--out", str(out)]) == 0
     assert read_texts(out) == texts
     corpus = load_corpus(str(out), tokenizer)
-    assert corpus.tokens.tolist() == [t for a in answers for t in a + [-1]]
+    assert corpus.tokens.tolist() == [-1] * 4 + [t for a in answers for t in a + [-1]]
     assert main(["write-ngram-corpus", "--data", str(tmp_path / "none"), "--out", str(out)]) == 2
