@@ -784,6 +784,31 @@ def fused_features_table():
                    Phrase(f"costs {cost['fused']} of the target's against the control's {cost['control']}")]
 
 
+MAGPIE_RUN = "issue17-drafter-magpie-b1"
+
+
+@claim
+def magpie_drafter_table():
+    """'More varied prompts' table and sentences: issue17-drafter-magpie-b1.json beside the shipped and control
+    runs; held-out figures per data folder from issue17-drafter-magpie-training.json."""
+    labels = {f"chain:gamma={g}+adaptive=off": f"`chain` g{g}, fixed" for g in (3, 5, 7)}
+    rows = []
+    for method, label in labels.items():
+        shipped, control, mixed = (overall(name, method) for name in
+                                   (FUSED_RUNS["shipped"], FUSED_RUNS["control"], MAGPIE_RUN))
+        rows.append(Row(cells(label, num(shipped["tau"], 2), num(control["tau"], 2), num(mixed["tau"], 2),
+                              num(mixed["speedup_vs_ar"], 2) + "x", identical(MAGPIE_RUN))))
+    by_data = result("issue17-drafter-magpie-training")["training_report"]["eval_by_data"]
+    depths = {folder.rsplit("/", 1)[1]: " / ".join(num(e[f"top1_d{d}"], 2) for d in (1, 2, 3))
+              for folder, e in by_data.items()}
+    default, corpus = (overall(MAGPIE_RUN, m) for m in ("chain", "chain:use_corpus=on"))
+    return rows + [Phrase(f"depths 1 / 2 / 3: {depths['SmolLM2-135M-Instruct']} on the bank's held-out answers"),
+                   Phrase(f"{depths['SmolLM2-135M-Instruct-magpie']} on the Magpie held-out answers"),
+                   Phrase(f"runs at {num(default['speedup_vs_ar'], 2)}x `ar` (tau {num(default['tau'], 2)}) in this "
+                          f"run; with the corpus on (`chain:use_corpus=on`) {num(corpus['speedup_vs_ar'], 2)}x (tau "
+                          f"{num(corpus['tau'], 2)})")]
+
+
 BRANCHES_RUN = "issue17-ngram-branches-b1"
 
 
