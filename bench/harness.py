@@ -32,6 +32,7 @@ import torch
 
 from mirrorspec.methods import AR_DRAFTER, DIFFUSION_DRAFTER, ENGINE_METHODS, METHODS
 from mirrorspec.orchestration.drafter_session import DrafterSession
+from mirrorspec.orchestration.step_cost import StepCost
 from mirrorspec.params import SamplingParams, SpecParams
 
 HF_ASSISTED = "hf-assisted"
@@ -129,7 +130,7 @@ def parse_method(label: str, spec: SpecParams) -> tuple[str, SpecParams]:
     if name not in BENCH_METHODS:
         raise InvalidRequestError("methods", f"unknown method {name!r}; choose from {', '.join(BENCH_METHODS)}")
     fields = {f.name for f in dataclasses.fields(SpecParams)} - {"method"}
-    switches = {name for name in fields if isinstance(getattr(spec, name), bool)}
+    switches = {f.name for f in dataclasses.fields(SpecParams) if "bool" in str(f.type)}  # unset (None) ones too
     values: dict[str, int | bool] = {}
     for option in filter(None, options.split("+")):
         key, _, value = option.partition("=")
@@ -443,6 +444,7 @@ class BenchRun:
             "interleaved": self.args.interleave,
             "prompts": len(self.prompts),
             "forward_cost_1_thread": None if two_roles else forward_cost(self.engine, **cost_repeats(self.args)),
+            "step_cost": None if two_roles else budget_curve(self.engine),
             "channel_round_trip_ms": None if self.round_trip is None else round(self.round_trip * 1000, 3),
             "methods": {m: summarize(rs, ref) for m, rs in self.records.items()},
         }
@@ -455,6 +457,12 @@ class BenchRun:
                 ref_block = base["overall"] if key == "overall" else base["categories"][key]
                 block["speedup_vs_ar"] = round(block["tokens_per_s"] / ref_block["tokens_per_s"], 3)
         return results
+
+
+def budget_curve(engine) -> dict[int, float] | None:
+    """The target's cost curve the adaptive budget sized drafts by in this run (None: no adaptive row ran)."""
+    cost = engine.scheduler.step_cost
+    return cost.as_dict() if isinstance(cost, StepCost) else None
 
 
 def take_turns(turns: list[tuple[BenchRun, str]], after_round: Callable[[], None] | None = None) -> None:

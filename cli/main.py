@@ -66,7 +66,8 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ngram-branches", action=argparse.BooleanOptionalAction, default=None,
                    help="chain/tree: merge what ngram would draft into the drafter's tree (default on)")
     g.add_argument("--use-corpus", action=argparse.BooleanOptionalAction, default=None,
-                   help="ngram drafts and branches also copy from the engine's corpus (--ngram-corpus; default on)")
+                   help="ngram drafts and branches also copy from the engine's corpus (--ngram-corpus; default: "
+                        "on for ngram, off for the branches of a model draft)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:

@@ -99,6 +99,7 @@ class SpecParams:
     one tree, so that a copied span and the drafter's prediction are verified in one forward.
     With `use_corpus`, `ngram` drafts and ngram branches also copy from the engine's corpus (engine.ngram_corpus:
     what followed the same last tokens in the target's earlier answers), after the text's own continuations.
+    Unset (None), `ngram` copies from it and the branches of a model draft do not (`copies_corpus`).
     """
 
     method: str = "chain"
@@ -110,7 +111,15 @@ class SpecParams:
     kappa: int = 8
     adaptive: bool = True
     ngram_branches: bool = True
-    use_corpus: bool = True
+    use_corpus: bool | None = None
+
+    @property
+    def copies_corpus(self) -> bool:
+        """Whether this request's drafts copy from the engine's corpus. By default only `ngram`'s: merged into the
+        default drafter's drafts as branches, corpus continuations cost `chain` 2% to 12% of its speed in every
+        run (bench/results/issue17-default-magpie-b1.json and -b8.json), where `ngram` gains about a fifth with
+        it (issue17-ngram-corpus-b1.json)."""
+        return self.method == "ngram" if self.use_corpus is None else self.use_corpus
 
     @property
     def mode(self) -> Method:
@@ -131,8 +140,9 @@ class SpecParams:
                 raise InvalidRequestError(name, f"a draft of this size exceeds the engine's max_spec_nodes="
                                                 f"{max_spec_nodes}")
         for name in ("adaptive", "ngram_branches", "use_corpus"):
-            if not isinstance(getattr(self, name), bool):
-                raise InvalidRequestError(name, f"must be true or false, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (name == "use_corpus" and value is None):
+                raise InvalidRequestError(name, f"must be true or false, got {value!r}")
         if self.exit_layer is not None and (not isinstance(self.exit_layer, int) or self.exit_layer < 1):
             raise InvalidRequestError("exit_layer", f"must be an integer >= 1, got {self.exit_layer!r}")
         if mode.draft == "tree" and self.tree_nodes < self.tree_depth:

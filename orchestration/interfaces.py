@@ -36,7 +36,7 @@ class Report:
     # The drafting stop rule: stop extending the draft where no new node's predicted child path estimate reaches
     # this (orchestration/drafting.py); 0 drafts the whole shape.
     min_path: float = 0.0
-    corpus: bool = False  # ngram: also copy from the engine's corpus (SpecParams.use_corpus)
+    corpus: bool = False  # ngram: also copy from the engine's corpus (SpecParams.copies_corpus)
 
 
 @dataclass

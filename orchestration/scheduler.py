@@ -282,7 +282,7 @@ class Scheduler:
     def _copied(self, seq: Sequence, report: Report) -> DraftTree:
         """What `ngram` drafts for the row now, in the shape its drafter was asked for."""
         seq.copies.extend(seq.tokens[len(seq.copies.tokens):])
-        corpus = self.ngram_corpus if seq.spec.use_corpus else None
+        corpus = self.ngram_corpus if seq.spec.copies_corpus else None
         return seq.copies.draft(report.depth, report.topk, report.budget, corpus)
 
     def _report(self, seq: Sequence, guard: DrafterGuard) -> Report | None:
@@ -307,7 +307,7 @@ class Scheduler:
         return Report(seq.seq_id, seq.tokens[seq.sync.reported_tokens :], seq.sync.accepted_nodes, features,
                       depth, topk, max(depth, min(budget, depth * topk)), branches=seq.spec.mode.early_exit,
                       min_path=guard.min_path(max(1.0, seq.stats.tau)) if self._budgeted(seq) else 0.0,
-                      corpus=seq.spec.use_corpus)
+                      corpus=seq.spec.copies_corpus)
 
     def _drafter_failed(self, guard: DrafterGuard, rows: list[Sequence]) -> None:
         guard.failed()

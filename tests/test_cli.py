@@ -165,7 +165,7 @@ def test_bench_interleaves_methods_prompt_by_prompt(tmp_path):
     prompts.write_text("\n".join(json.dumps({"id": f"p{i}", "category": c, "prompt": p}) for i, (c, p) in enumerate(
         [("qa", "Name a primary colour."), ("math", "What is 7 plus 5?")])) + "\n")
     chain = "chain:gamma=3+adaptive=off"
-    assert main(["bench", "--prompts", str(prompts), "--methods", f"ar,{chain},hf-generate", "--drafter", "self",
+    assert main(["bench", "--prompts", str(prompts), "--methods", f"ar,{chain},chain,hf-generate", "--drafter", "self",
                  "--interleave", "--hf-dtype", "float32", "--dtype", "bfloat16", "--max-new-tokens", "6",
                  "--cost-repeats", "1", "--out", str(tmp_path), "--name", "i"]) == 0
     results = json.loads((tmp_path / "i.json").read_text())
@@ -174,6 +174,9 @@ def test_bench_interleaves_methods_prompt_by_prompt(tmp_path):
         assert results["methods"][method]["overall"]["prompts"] == 2
     assert results["methods"][chain]["overall"]["equal_to_ar"] == 2
     assert results["methods"][chain]["overall"]["tau"] > 1.5  # the target drafting for itself
+    assert results["methods"]["chain"]["overall"]["equal_to_ar"] == 2
+    curve = {int(k): v for k, v in results["step_cost"].items()}  # what the adaptive `chain` was sized by
+    assert curve[1] == 1.0 and list(curve.values()) == sorted(curve.values())
 
 
 def test_channel_summary_follows_the_mirror_latency_model():

@@ -88,13 +88,15 @@ def test_ngram_with_a_corpus_equals_ar_and_accepts_more(target):
     answers = [p[-4:] + o.token_ids for p, o in zip(others, tiny_engine(target, None, max_batch=6).generate(
         others, sampling))]
     accepted = {}
-    for corpus, use in ((None, True), (CorpusIndex(answers), True), (CorpusIndex(answers), False)):
+    for corpus, use in ((None, True), (CorpusIndex(answers), True), (CorpusIndex(answers), False),
+                        (CorpusIndex(answers), None)):
         spec = dataclasses.replace(NGRAM, use_corpus=use)
         outs = tiny_engine(target, None, max_batch=6, ngram_corpus=corpus).generate(prompts, sampling, spec)
         assert [o.token_ids for o in outs] == ar
         accepted[corpus is not None, use] = sum(o.stats.accepted for o in outs)
     assert accepted[True, True] > accepted[False, True] + 2 * len(prompts)
     assert accepted[True, False] == accepted[False, True]  # use_corpus=False: the request's own text only
+    assert accepted[True, None] == accepted[True, True]  # unset: `ngram` copies from the corpus
 
 
 def test_ngram_branches_with_a_corpus_keep_greedy_output_equal_to_ar(target):
@@ -103,13 +105,14 @@ def test_ngram_branches_with_a_corpus_keep_greedy_output_equal_to_ar(target):
     ar = [o.token_ids for o in tiny_engine(target, None, max_batch=4).generate(prompts, sampling)]
     corpus = CorpusIndex([p + a for p, a in zip(prompts, ar)])
     accepted = {}
-    for use in (True, False):
+    for use in (True, False, None):
         spec = SpecParams(method="chain", gamma=4, use_corpus=use)
         outs = tiny_engine(target, noisy_copy(target, 6.0, seed=3), max_batch=4, ngram_corpus=corpus).generate(
             prompts, sampling, spec)
         assert [o.token_ids for o in outs] == ar
         accepted[use] = sum(o.stats.accepted for o in outs)
     assert accepted[True] > accepted[False] + 2 * len(prompts)  # a very noisy drafter: the corpus's doing
+    assert accepted[None] == accepted[False]  # unset: a model draft's branches copy from the text itself only
 
 
 def test_the_sampling_law_holds_with_a_corpus():

@@ -859,6 +859,55 @@ def ngram_corpus_tables():
     return rows + phrases
 
 
+DEFAULT_RUNS = ("issue17-default-magpie-b1", "issue17-default-magpie-b8")  # the bank + Magpie drafter as default
+DEFAULT_RUN_LABELS = {"ar": "`ar`", "chain": "`chain` (the default)", "chain:use_corpus=on": "`chain`, corpus branches",
+                      "chain:gamma=5+adaptive=off": "`chain` g5, fixed", "tree": "`tree`, adaptive",
+                      "ngram": "`ngram` (with corpus)", "hf-generate": "transformers `generate` (float32)"}
+
+
+@claim
+def default_drafter_table():
+    """'The bank + Magpie drafter as the default' table: issue17-default-magpie-b1.json and -b8.json; the
+    default's ratio to transformers' float32 generate and `ngram` on the copy-heavy categories at batch 1."""
+    rows, phrases = [], []
+    for name in DEFAULT_RUNS:
+        run = result(name)
+        assert run["drafter"].endswith("smollm2-135m-feature-magpie") and run["ngram_corpus"] == "default"
+        for method, summary in run["methods"].items():
+            o = summary["overall"]
+            rows.append(Row(cells(str(run["batch_size"]), DEFAULT_RUN_LABELS[method], num(o["tau"], 2),
+                                  num(o["tokens_per_s"], 2), num(o["speedup_vs_ar"], 2) + "x", equal_count(o))))
+        phrases.append(Phrase(f"--name {name}`"))
+    b1 = result(DEFAULT_RUNS[0])["methods"]
+    vs_hf = dec(b1["chain"]["overall"]["tokens_per_s"]) / dec(b1["hf-generate"]["overall"]["tokens_per_s"])
+    ngram = ", ".join(f"{c} {num(b1['ngram']['categories'][c]['speedup_vs_ar'], 2)}x" for c in NGRAM_CATEGORIES)
+    return rows + phrases + [Phrase(f"the default was {num(vs_hf, 2)}x transformers' float32 `generate`"),
+                             Phrase(f"`ngram` alone: {ngram}")]
+
+
+# (drafter label, batch): the run, and its repeat (None: not repeated)
+DRAFTER_PAIRS = {("shipped", 1): ("issue17-previous-drafter-b1", None),
+                 ("bank + Magpie", 1): ("issue17-default-magpie-b1", "issue17-magpie-drafter-repeat-b1"),
+                 ("shipped", 8): ("issue17-previous-drafter-b8", "issue17-previous-drafter-repeat-b8"),
+                 ("bank + Magpie", 8): ("issue17-default-magpie-b8", "issue17-magpie-drafter-repeat-b8")}
+
+
+@claim
+def drafter_pair_table():
+    """The shipped against the bank + Magpie drafter, `chain` at batch 1 and 8 on one cached cost curve."""
+    rows = []
+    for (label, batch), (name, repeat) in DRAFTER_PAIRS.items():
+        runs = [result(n) for n in (name, repeat) if n]
+        assert all(r["batch_size"] == batch and r["step_cost"] == runs[0]["step_cost"] for r in runs)
+        assert runs[0]["drafter"].endswith("smollm2-135m-feature" if label == "shipped" else "feature-magpie")
+        chain = overall(name, "chain")
+        again = num(overall(repeat, "chain")["speedup_vs_ar"], 2) + "x" if repeat else "-"
+        equal = min(overall(n, "chain")["equal_to_ar"] for n in (name, repeat) if n)
+        rows.append(Row(cells(label, str(batch), num(chain["tau"], 2), num(chain["speedup_vs_ar"], 2) + "x", again,
+                              f"{equal}/{chain['prompts']}")))
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The checker
 

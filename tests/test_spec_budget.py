@@ -65,6 +65,12 @@ def test_the_unlikely_tail_is_cut_where_it_stops_paying():
     assert plan([RowDraft(chain(0.9, 0.8, 0.5, 0.5), True)], KNEE) == [[0, 1, 2]]
 
 
+def test_a_draft_must_promise_more_than_the_curves_error():
+    # Free to verify, but 5% more tokens a step is within what the curve's own error could take back.
+    assert plan([RowDraft(chain(0.05), True)], KNEE) == [[]]
+    assert plan([RowDraft(chain(0.2), True)], KNEE) == [[0]]
+
+
 def test_a_full_batch_decodes_plainly():
     rows = [RowDraft(chain(0.9, 0.8, 0.5), True) for _ in range(4)]
     assert plan(rows, KNEE) == [[], [], [], []]  # the 4 rows already fill the free part of the curve
@@ -221,7 +227,10 @@ def test_auto_measures_once_per_machine_and_model(target, tmp_path, monkeypatch)
     assert len(calls) == 4 and not (tmp_path / "busy").exists()
 
 
-def test_a_probe_is_steady_when_its_two_fastest_forwards_agree_at_every_count():
+def test_a_probe_is_steady_when_its_fastest_forwards_agree_and_never_dip():
     assert is_steady({1: [0.010, 0.011, 0.030], 8: [0.020, 0.024, 0.021]})  # one outlier: the fastest is kept
     assert not is_steady({1: [0.010, 0.011, 0.012], 8: [0.020, 0.030, 0.031]})
     assert is_steady({1: [0.010]})
+    # Each count's repeats agree, but 8 tokens took longer than 16: that count ran beside other work.
+    assert not is_steady({1: [0.010, 0.010], 8: [0.020, 0.021], 16: [0.015, 0.015]})
+    assert is_steady({1: [0.010, 0.010], 8: [0.016, 0.016], 16: [0.015, 0.015]})  # a dip within the spread
