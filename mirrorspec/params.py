@@ -115,10 +115,10 @@ class SpecParams:
 
     @property
     def copies_corpus(self) -> bool:
-        """Whether this request's drafts copy from the engine's corpus. By default only `ngram`'s: merged into the
-        default drafter's drafts as branches, corpus continuations cost `chain` 2% to 12% of its speed in every
-        run (bench/results/issue17-default-magpie-b1.json and -b8.json), where `ngram` gains about a fifth with
-        it (issue17-ngram-corpus-b1.json)."""
+        """Whether this request's drafts copy from the engine's corpus. By default only `ngram`'s: merged into a
+        model draft as branches, corpus continuations never made `chain` faster in six runs (level in two, 2% to
+        11% slower in four: README "The bank + Magpie drafter at batch 8"), where `ngram` gains about a fifth
+        with them (bench/results/issue17-ngram-corpus-b1.json)."""
         return self.method == "ngram" if self.use_corpus is None else self.use_corpus
 
     @property
