@@ -129,18 +129,18 @@ def parse_method(label: str, spec: SpecParams) -> tuple[str, SpecParams]:
     name, _, options = label.partition(":")
     if name not in BENCH_METHODS:
         raise InvalidRequestError("methods", f"unknown method {name!r}; choose from {', '.join(BENCH_METHODS)}")
-    fields = {f.name for f in dataclasses.fields(SpecParams)} - {"method"}
-    switches = {f.name for f in dataclasses.fields(SpecParams) if "bool" in str(f.type)}  # unset (None) ones too
+    fields = {f.name: f.type for f in dataclasses.fields(SpecParams) if f.name != "method"}
+    switches = {name for name, kind in fields.items() if "bool" in str(kind)}  # by type: unset (None) ones too
     values: dict[str, int | bool] = {}
     for option in filter(None, options.split("+")):
         key, _, value = option.partition("=")
         if key in switches and value in ("on", "off"):
             values[key] = value == "on"
-        elif key in fields - switches and value.isdigit():
+        elif key in fields.keys() - switches and value.isdigit():
             values[key] = int(value)
         else:
             raise InvalidRequestError("methods", f"bad option {option!r} in {label!r}; use "
-                                                 f"{sorted(fields - switches)}=N or {sorted(switches)}=on|off")
+                                                 f"{sorted(fields.keys() - switches)}=N or {sorted(switches)}=on|off")
     return name, dataclasses.replace(spec, method=name if name in ENGINE_METHODS else spec.method, **values)
 
 
