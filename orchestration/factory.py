@@ -25,7 +25,8 @@ from mirrorspec.orchestration.engine import SELF_DRAFTER, Engine, EngineConfig
 from mirrorspec.orchestration.interfaces import DraftService
 from mirrorspec.orchestration.ngram_corpus import CorpusIndex, load_corpus
 from mirrorspec.orchestration.step_cost import MEASURE, PROBE_COUNTS, StepCost, measure_step_cost, parse_step_cost
-from mirrorspec.workers import attention, exact_attention, exact_linear, kv_cache, model_worker
+from mirrorspec.workers import (attention, exact_attention, exact_attention_kernel, exact_linear, kv_cache,
+                                model_worker)
 from mirrorspec.workers import cpu_linear as fast_cpu_linear
 from mirrorspec.workers.default_model import cache_dir
 from mirrorspec.workers.diffusion_model import is_dllm_folder, load_dllm
@@ -213,7 +214,8 @@ def build_engine(config: EngineConfig) -> Engine:
 
 
 # The modules whose code decides what a target forward costs.
-FORWARD_CODE = (attention, exact_attention, exact_linear, fast_cpu_linear, kv_cache, model_worker)
+FORWARD_CODE = (attention, exact_attention, exact_attention_kernel, exact_linear, fast_cpu_linear, kv_cache,
+                model_worker)
 
 
 def forward_code_digest() -> str:

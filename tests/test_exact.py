@@ -12,7 +12,7 @@ from mirrorspec.orchestration.diffusion_draft import DiffusionDraftService
 from mirrorspec.orchestration.engine import Engine, EngineConfig
 from mirrorspec.orchestration.factory import build_target
 from mirrorspec.params import SamplingParams, SpecParams
-from mirrorspec.workers import exact_attention
+from mirrorspec.workers import exact_attention, exact_attention_kernel
 from mirrorspec.workers.diffusion_model import DiffusionLM, DllmMeta
 from mirrorspec.workers.model_worker import ModelWorker
 from mirrorspec.workers.models import has_native_bf16, parse_dtype
@@ -33,16 +33,57 @@ def exact_worker(loaded) -> ModelWorker:
     return ModelWorker(loaded, max_slots=4, capacity=96, max_spec_nodes=16, exact=True)
 
 
+@pytest.fixture(params=["C kernel", "PyTorch form"])
+def attention_form(request, monkeypatch):
+    """The step attention as compiled (where a C compiler is) and in its PyTorch form (elsewhere, and on GPUs)."""
+    if request.param == "C kernel":
+        assert exact_attention_kernel.load() is not None, "cc did not build the kernel"
+    else:
+        monkeypatch.setattr(exact_attention_kernel, "load", lambda: None)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("family", ["llama", "qwen3", "mistral", "gemma2"])
-def test_decode_chain_tree_and_batch_give_the_same_bits(family, dtype):
+def test_decode_chain_tree_and_batch_give_the_same_bits(family, dtype, attention_form):
     checks = same_bits(exact_worker(cast(tiny_model(family, VOCAB, seed=4, sharpness=4.0), dtype)), PROBE)
     assert all(checks.values()), checks
 
 
+def test_the_kernel_attends_as_softmax_does():
+    """The kernel's own exp and order of sums agree with PyTorch's attention to float32 rounding, trees and a
+    padding query (no visible key: zeros) included."""
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(2, 6, 5, 64, generator=generator) for _ in range(3))
+    key, value = key[:, :2].repeat(1, 1, 8, 1)[:, :, :37], value[:, :2].repeat(1, 1, 8, 1)[:, :, :37]
+    allowed = torch.rand(2, 5, 37, generator=generator) < 0.6
+    allowed[1, 3] = False
+    for softcap in (None, 20.0):
+        got = exact_attention_kernel.load()(query, key, value, allowed, 0.125, softcap)
+        scores = query @ key.repeat_interleave(3, dim=1).transpose(-1, -2) * 0.125
+        if softcap:
+            scores = torch.tanh(scores / softcap) * softcap
+        weights = torch.softmax(scores.masked_fill(~allowed[:, None], float("-inf")), -1).nan_to_num(0.0)
+        want = (weights @ value.repeat_interleave(3, dim=1)).transpose(1, 2)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert torch.equal(got[1, 3], torch.zeros(6, 64))
+
+
+def test_without_a_compiler_the_pytorch_form_is_used(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("MIRRORSPEC_CACHE", str(tmp_path))
+    exact_attention_kernel.load.cache_clear()
+    try:
+        assert exact_attention_kernel.load() is None
+        assert "using the PyTorch form" in caplog.text
+    finally:
+        exact_attention_kernel.load.cache_clear()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_the_elementwise_attention_products_give_the_same_bits(monkeypatch, dtype):
-    """The canonical attention's fallback where a BLAS's batched product is not batch-invariant."""
+    """The PyTorch form's fallback where a BLAS's batched product is not batch-invariant."""
+    monkeypatch.setattr(exact_attention_kernel, "load", lambda: None)
     monkeypatch.setattr(exact_attention, "_batched_is_invariant", lambda *shape: False)
     checks = same_bits(exact_worker(cast(tiny_model("llama", VOCAB, seed=4, sharpness=4.0), dtype)), PROBE)
     assert all(checks.values()), checks

@@ -26,6 +26,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from mirrorspec.workers import exact_attention_kernel
 from mirrorspec.workers.exact_linear import CHECK_ROWS, LONG_ROWS, PROMPT_ROWS
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,11 @@ def exact_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
 
 def _canonical(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor, scale: float,
                softcap: float | None) -> torch.Tensor:
-    """Each query over its visible keys in the canonical blocked order (the module docstring): [B, T, H, d]."""
+    """Each query over its visible keys in the canonical blocked order (the module docstring): [B, T, H, d].
+    On CPU, the compiled kernel's order instead (workers/exact_attention_kernel.py), where it builds."""
+    kernel = exact_attention_kernel.load() if query.device.type == "cpu" else None
+    if kernel is not None:
+        return kernel(query, key, value, allowed, scale, softcap)
     batch, heads, queries, dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
