@@ -71,7 +71,8 @@ def _canonical(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allo
                softcap: float | None) -> torch.Tensor:
     """Each query over its visible keys in the canonical blocked order (the module docstring): [B, T, H, d].
     On CPU, the compiled kernel's order instead (workers/exact_attention_kernel.py), where it builds."""
-    kernel = exact_attention_kernel.load() if query.device.type == "cpu" else None
+    on_cpu = query.device.type == "cpu" and query.shape[-1] == value.shape[-1]  # the kernel's one head size
+    kernel = exact_attention_kernel.load() if on_cpu else None
     if kernel is not None:
         return kernel(query, key, value, allowed, scale, softcap)
     batch, heads, queries, dim = query.shape
