@@ -909,6 +909,56 @@ def drafter_pair_table():
     return rows
 
 
+C_KERNEL_RUNS = ("issue17-c-kernel-b1", "issue17-c-kernel-b8")
+
+
+@claim
+def c_kernel_table():
+    """'The exact attention as a C kernel': issue17-c-kernel-b1.json and -b8.json (interleaved), against the
+    PyTorch form's run of the same day (issue17-previous-drafter-b1.json)."""
+    b1, before = result(C_KERNEL_RUNS[0])["methods"], result("issue17-previous-drafter-b1")["methods"]
+    assert all(result(n)["drafter"].endswith("drafters/smollm2-135m-feature")
+               for n in (*C_KERNEL_RUNS, "issue17-previous-drafter-b1"))
+    speed = {m: num(b1[m]["overall"]["tokens_per_s"], 2) for m in b1}
+    ngram = ", ".join(f"{num(b1['ngram']['categories'][c]['speedup_vs_ar'], 2)}x on {c}" for c in NGRAM_CATEGORIES)
+    return budget_table(C_KERNEL_RUNS) + [
+        Phrase(f"`ar` runs at {speed['ar']} tok/s against {num(before['ar']['overall']['tokens_per_s'], 2)}"),
+        Phrase(f"`chain` at {speed['chain']} against {num(before['chain']['overall']['tokens_per_s'], 2)}"),
+        Phrase(f"now {ratio(b1['chain']['overall']['tokens_per_s'], b1['hf-generate']['overall']['tokens_per_s'])}x "
+               f"transformers' float32 `generate` at batch 1"),
+        Phrase(f"and {num(overall(C_KERNEL_RUNS[1], 'chain')['speedup_vs_ar'], 2)}x `ar` at batch 8"),
+        Phrase(f"({num(b1['chain']['overall']['speedup_vs_ar'], 2)}x against "
+               f"{num(before['chain']['overall']['speedup_vs_ar'], 2)}x)"),
+        Phrase(f"(8 tokens: {num(result(C_KERNEL_RUNS[0])['step_cost']['8'], 2)}x in this run's cost curve)"),
+        Phrase(ngram)]
+
+
+C_KERNEL_VARIANTS = "issue17-c-kernel-variants"
+
+
+@claim
+def c_kernel_variants_table():
+    """'On a CPU with native bf16': fast against exact bf16 with the C kernel, issue17-c-kernel-variants.json."""
+    run = result(C_KERNEL_VARIANTS)
+    spec = next(iter(run["variants"].values()))["spec"]
+    rows = [Row(cells(VARIANT_LABELS[r["variant"]], exact_method_label(r["method"], spec), num(r["tokens_per_s"], 2),
+                      num(r["vs_first_ar"], 2) + "x", num(r["tau"], 2), equal_count(r))) for r in run["summary"]]
+    costs = {variant: v["verify_cost"] for variant, v in run["variants"].items()}
+    rows += [Row(cells(VARIANT_LABELS[variant], *(num(ms, 1) for ms in c["ms"].values()), num(c["ratio"]["8"], 2) + "x"))
+             for variant, c in costs.items()]
+    by = {(r["variant"], r["method"]): r for r in run["summary"]}
+    fast, exact = "bfloat16:fast", "bfloat16:exact"
+    return rows + [
+        Phrase(f"({num(costs[exact]['ms']['1'], 1)} against {num(costs[fast]['ms']['1'], 1)} ms at a 200-token"),
+        Phrase(f"run at {ratio(by[exact, 'chain']['tokens_per_s'], by[fast, 'chain']['tokens_per_s'])}x and "
+               f"{ratio(by[exact, 'tree']['tokens_per_s'], by[fast, 'tree']['tokens_per_s'])}x of the fast engine's, "
+               f"which gives `ar`'s tokens on {by[fast, 'chain']['equal_to_ar']} and {by[fast, 'tree']['equal_to_ar']}"
+               f" of {by[fast, 'chain']['prompts']} prompts"),
+        Phrase(f"`ar` at {ratio(by[exact, 'ar']['tokens_per_s'], by[fast, 'ar']['tokens_per_s'])}x of the fast bf16 "
+               f"`ar`, `chain` at {ratio(by[exact, 'chain']['tokens_per_s'], by[fast, 'chain']['tokens_per_s'])}x"),
+        Phrase(f"--name {C_KERNEL_VARIANTS}`")]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The checker
 
