@@ -4,12 +4,14 @@ The canonical attention (workers/exact_attention.py) gives a query the same bits
 PyTorch it takes some 60 small operations per layer, most of a decode step's attention time and more of a
 verify's (0.3 ms per layer decoding, 0.9 ms verifying 8 tokens after 300; SDPA: 0.2 and 0.1). Here each query is
 one loop over its visible keys in position order, whose order of floating point operations is fixed by the code:
-  s_j = q . k_j (16 lane sums over the head dimension, then halved pairwise), times the scale (soft-capped);
-  m = max s;  e_j = exp(s_j - m);  out = (sum over j, in order, of e_j v_j) / (sum over j, in order, of e_j).
+  s_j = q . k_j (summed over the head dimension in order), times the scale (soft-capped);  m = max s;
+  e_j = exp(s_j - m) (its own exp: plain arithmetic);  out = (sum over j, in order, of e_j v_j) / (sum of e_j in
+  order).
+Vectors of 16 lanes hold 16 keys' scores or 16 of the head's columns: each lane does what scalar code would.
 Nothing in it depends on the other queries, rows or sequences of the call, so the result is the same bits
 decoded alone, verified in a chain or a tree, or batched. Compiled with `-ffp-contract=off` (no fused
-multiply-adds: a vectorised loop and its scalar remainder round alike) and without `-ffast-math` (no
-reassociation). The lanes vectorise; the function runs on one thread.
+multiply-adds: vector lanes and scalar remainders round alike) and without `-ffast-math` (no reassociation). The
+function runs on one thread.
 
 The C compiler (`$CC`, else `cc`) builds it at first use into the cache folder (`kernels/`, named by the source's
 and flags' hash, so a changed kernel builds anew); without one, the PyTorch form is used (a warning says so).
@@ -41,8 +43,6 @@ SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 
-#define CHUNK 64  /* keys whose scores are summed at once (in registers) */
-
 /* e^x for x <= 0 (Cephes' expf: x = n ln2 + r, a degree-6 polynomial in r, times 2^n), 0 below -87: plain
    arithmetic, so a vectorised loop and its scalar remainder give the same bits (a libm call would not vectorise,
    and its vector variant rounds otherwise). */
@@ -63,36 +63,93 @@ static inline float exp_nonpositive(float x) {
     return x > -87.0f ? p * power : 0.0f;
 }
 
-/* s[j] = q . k_j for j < n, k_j = column j of k_t [d, stride]: each key's sum over the head dimension in order. */
-static void scores(const float *restrict q, const float *restrict k_t, int64_t stride, int64_t n, int64_t d,
-                   float *restrict s) {
-    int64_t j0 = 0;
-    for (; j0 + CHUNK <= n; j0 += CHUNK) {
-        float sum[CHUNK] = {0};
-        for (int64_t i = 0; i < d; ++i)
-            for (int j = 0; j < CHUNK; ++j) sum[j] += q[i] * k_t[i * stride + j0 + j];
-        memcpy(s + j0, sum, sizeof sum);
+/* 16 lanes (GCC/Clang vector extensions: each lane's operations are IEEE single precision as in scalar code);
+   loads and stores need no alignment. */
+typedef float vec __attribute__((vector_size(64), aligned(4)));
+typedef int32_t mask __attribute__((vector_size(64), aligned(4)));
+
+/* The largest of s[0..n-1], n >= 1: the same whatever the order it is taken in, so 16 lanes at a time. */
+static float maximum(const float *restrict s, int64_t n) {
+    vec top = {0};
+    for (int l = 0; l < 16; ++l) top[l] = s[0];
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        const vec x = *(const vec *)(s + j);
+        const mask larger = x > top;
+        top = (vec)(((mask)x & larger) | ((mask)top & ~larger));
     }
-    if (j0 < n) {
-        float sum[CHUNK] = {0};
-        for (int64_t i = 0; i < d; ++i)
-            for (int64_t j = 0; j < n - j0; ++j) sum[j] += q[i] * k_t[i * stride + j0 + j];
-        memcpy(s + j0, sum, (n - j0) * sizeof(float));
+    float best = top[0];
+    for (int l = 1; l < 16; ++l) best = top[l] > best ? top[l] : best;
+    for (; j < n; ++j) best = s[j] > best ? s[j] : best;
+    return best;
+}
+
+/* o[i] = sum over j < n, in order, of e[j] * (row cols[j] of values)[i]: 64 columns at a time in four vectors
+   (kept in registers over the keys), the rest one column at a time: the same operations per column either way. */
+static void weighted_sum(const float *restrict e, const float *restrict values, const int64_t *restrict cols,
+                         int64_t n, int64_t d, float *restrict o) {
+    int64_t i0 = 0;
+    for (; i0 + 64 <= d; i0 += 64) {
+        vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (int64_t j = 0; j < n; ++j) {
+            const float *row = values + cols[j] * d + i0;
+            const float w = e[j];
+            a0 += w * *(const vec *)row;
+            a1 += w * *(const vec *)(row + 16);
+            a2 += w * *(const vec *)(row + 32);
+            a3 += w * *(const vec *)(row + 48);
+        }
+        *(vec *)(o + i0) = a0;
+        *(vec *)(o + i0 + 16) = a1;
+        *(vec *)(o + i0 + 32) = a2;
+        *(vec *)(o + i0 + 48) = a3;
+    }
+    for (; i0 < d; ++i0) {
+        float acc = 0;
+        for (int64_t j = 0; j < n; ++j) acc += e[j] * values[cols[j] * d + i0];
+        o[i0] = acc;
     }
 }
 
-/* q [B, H, T, d]; k_t [B, KV, d, V] (keys transposed); v [B, KV, V, d]; allowed [B, T, V] (0 or 1);
-   out [B, T, H, d]: contiguous float32. Returns 0, or 1 if scratch memory could not be had. */
+/* s[j] = q . k_j for j < n, k_j = column j of k_t [d, stride]: each key's sum over the head dimension in order;
+   64 keys at a time in four vectors, the rest one key at a time (the same operations per key either way). */
+static void scores(const float *restrict q, const float *restrict k_t, int64_t stride, int64_t n, int64_t d,
+                   float *restrict s) {
+    int64_t j0 = 0;
+    for (; j0 + 64 <= n; j0 += 64) {
+        vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (int64_t i = 0; i < d; ++i) {
+            const float *row = k_t + i * stride + j0;
+            const float w = q[i];
+            a0 += w * *(const vec *)row;
+            a1 += w * *(const vec *)(row + 16);
+            a2 += w * *(const vec *)(row + 32);
+            a3 += w * *(const vec *)(row + 48);
+        }
+        *(vec *)(s + j0) = a0;
+        *(vec *)(s + j0 + 16) = a1;
+        *(vec *)(s + j0 + 32) = a2;
+        *(vec *)(s + j0 + 48) = a3;
+    }
+    for (; j0 < n; j0 += 16) {  /* then 16 at a time: the stride leaves room for the last ones' lanes */
+        vec a = {0};
+        for (int64_t i = 0; i < d; ++i) a += q[i] * *(const vec *)(k_t + i * stride + j0);
+        memcpy(s + j0, &a, (n - j0 < 16 ? n - j0 : 16) * sizeof(float));
+    }
+}
+
+/* q [B, H, T, d]; k_t [B, KV, d, padded] (keys transposed, columns V.. zero, padded a multiple of 16);
+   v [B, KV, V, d]; allowed [B, T, V] (0 or 1); out [B, T, H, d]: contiguous float32.
+   Returns 0, or 1 if scratch memory could not be had. */
 int exact_attention(const float *q, const float *k_t, const float *v, const uint8_t *allowed, float *out,
                     int64_t B, int64_t H, int64_t KV, int64_t T, int64_t V, int64_t d, float scale,
-                    float softcap) {
+                    float softcap, int64_t padded) {
     int64_t group = H / KV, room = V ? V : 1;
     int64_t *cols = malloc(room * sizeof(int64_t));
     float *s = malloc(room * sizeof(float));
-    float *gathered = malloc(room * d * sizeof(float));
-    float *acc = malloc(d * sizeof(float));
-    if (!cols || !s || !gathered || !acc) {
-        free(cols); free(s); free(gathered); free(acc);
+    float *gathered = malloc((room + 16) * d * sizeof(float));
+    if (!cols || !s || !gathered) {
+        free(cols); free(s); free(gathered);
         return 1;
     }
     for (int64_t b = 0; b < B; ++b) {
@@ -103,13 +160,15 @@ int exact_attention(const float *q, const float *k_t, const float *v, const uint
                 if (row[c]) cols[n++] = c;
             int prefix = n == 0 || cols[n - 1] == n - 1;  /* columns 0..n-1: read the keys in place */
             for (int64_t kv = 0; kv < KV; ++kv) {
-                const float *keys = k_t + (b * KV + kv) * d * V, *values = v + (b * KV + kv) * V * d;
-                int64_t stride = V;
-                if (!prefix) {  /* a tree node: its visible keys side by side */
-                    for (int64_t i = 0; i < d; ++i)
-                        for (int64_t j = 0; j < n; ++j) gathered[i * n + j] = keys[i * V + cols[j]];
+                const float *keys = k_t + (b * KV + kv) * d * padded, *values = v + (b * KV + kv) * V * d;
+                int64_t stride = padded;
+                if (!prefix) {  /* a tree node: its visible keys side by side, zero-padded likewise */
+                    stride = (n + 15) / 16 * 16;
+                    for (int64_t i = 0; i < d; ++i) {
+                        for (int64_t j = 0; j < n; ++j) gathered[i * stride + j] = keys[i * padded + cols[j]];
+                        for (int64_t j = n; j < stride; ++j) gathered[i * stride + j] = 0;
+                    }
                     keys = gathered;
-                    stride = n;
                 }
                 for (int64_t h = kv * group; h < (kv + 1) * group; ++h) {
                     float *restrict o = out + ((b * T + t) * H + h) * d;
@@ -121,23 +180,17 @@ int exact_attention(const float *q, const float *k_t, const float *v, const uint
                     for (int64_t j = 0; j < n; ++j) s[j] *= scale;
                     if (softcap > 0)
                         for (int64_t j = 0; j < n; ++j) s[j] = tanhf(s[j] / softcap) * softcap;
-                    float top = s[0];  /* the maximum: the same whatever the order it is taken in */
-                    for (int64_t j = 1; j < n; ++j) top = s[j] > top ? s[j] : top;
+                    const float top = maximum(s, n);
                     for (int64_t j = 0; j < n; ++j) s[j] = exp_nonpositive(s[j] - top);
                     float norm = 0;
-                    memset(acc, 0, d * sizeof(float));
-                    for (int64_t j = 0; j < n; ++j) {  /* in position order */
-                        const float e = s[j];
-                        const float *restrict vj = values + cols[j] * d;
-                        norm += e;
-                        for (int64_t i = 0; i < d; ++i) acc[i] += e * vj[i];
-                    }
-                    for (int64_t i = 0; i < d; ++i) o[i] = acc[i] / norm;
+                    for (int64_t j = 0; j < n; ++j) norm += s[j];  /* in position order */
+                    weighted_sum(s, values, cols, n, d, o);
+                    for (int64_t i = 0; i < d; ++i) o[i] /= norm;
                 }
             }
         }
     }
-    free(cols); free(s); free(gathered); free(acc);
+    free(cols); free(s); free(gathered);
     return 0;
 }
 """
@@ -152,7 +205,7 @@ def _isa_flags() -> list[str]:
 
 
 def _flags() -> list[str]:
-    return ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-math", "-fno-fast-math", *_isa_flags()]
+    return ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-math", "-fno-fast-math", "-fno-strict-aliasing", *_isa_flags()]
 
 
 def _build() -> Path:
@@ -185,19 +238,27 @@ def load() -> Kernel | None:
         logger.warning("exact attention: no C kernel (%s); using the PyTorch form, slower", detail)
         return None
     function.restype = ctypes.c_int
-    function.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 6 + [ctypes.c_float] * 2
+    function.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 6 + [ctypes.c_float] * 2 + [ctypes.c_int64]
     logger.info("exact attention: C kernel %s", function)
 
     def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor, scale: float,
                softcap: float | None) -> torch.Tensor:
         """`query` [B, H, T, d]; `key`, `value` [B, KV, V, d]; `allowed` [B, T, V] bool -> [B, T, H, d]."""
         batch, heads, queries, dim = query.shape
+        columns = key.shape[2]
+        if (value.shape != key.shape or key.shape[::3] != (batch, dim) or heads % key.shape[1]
+                or allowed.shape != (batch, queries, columns)):  # the C code trusts these shapes
+            raise ValueError(f"exact attention: shapes q {tuple(query.shape)}, k {tuple(key.shape)}, "
+                             f"v {tuple(value.shape)}, mask {tuple(allowed.shape)} do not fit")
         q = query.float().contiguous()
-        k_t, v = key.float().transpose(-1, -2).contiguous(), value.float().contiguous()
+        padded = -(-columns // 16) * 16  # room for the last keys' lanes
+        k_t = key.new_zeros(batch, key.shape[1], dim, padded, dtype=torch.float32)
+        k_t[..., :columns] = key.transpose(-1, -2)
+        v = value.float().contiguous()
         mask = allowed.to(torch.uint8).contiguous()
         out = torch.empty(batch, queries, heads, dim)
         failed = function(q.data_ptr(), k_t.data_ptr(), v.data_ptr(), mask.data_ptr(), out.data_ptr(), batch, heads,
-                          key.shape[1], queries, key.shape[2], dim, scale, softcap or 0.0)
+                          key.shape[1], queries, columns, dim, scale, softcap or 0.0, padded)
         if failed:
             raise MemoryError("exact attention: no memory for the kernel's scratch space")
         return out.to(query.dtype)
