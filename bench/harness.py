@@ -34,6 +34,7 @@ from mirrorspec.methods import AR_DRAFTER, DIFFUSION_DRAFTER, ENGINE_METHODS, ME
 from mirrorspec.orchestration.drafter_session import DrafterSession
 from mirrorspec.orchestration.step_cost import StepCost
 from mirrorspec.params import SamplingParams, SpecParams
+from mirrorspec.workers import exact_attention
 
 HF_ASSISTED = "hf-assisted"
 HF_GENERATE = "hf-generate"
@@ -430,6 +431,7 @@ class BenchRun:
             "dtype": str(parse_dtype(config.dtype, device=config.device) if two_roles
                          else self.engine.target.model.dtype).removeprefix("torch."),
             "exact": config.exact,
+            "exact_attention": exact_attention.step_form(config.device) if config.exact else None,
             "threads": cluster.target.threads if two_roles else torch.get_num_threads(),
             "placement": _placement(cluster) if two_roles else "in-process",
             "tp_size": cluster.tp_size,

@@ -136,6 +136,7 @@ def test_bench_compares_methods_dtypes_and_exactness_in_one_run(tmp_path, capsys
     assert set(fast[chain]["categories"]) == {"qa", "math"}
     exact = results["variants"]["bfloat16:exact"]
     assert exact["dtype"] == "bfloat16" and exact["exact"] is True and exact["interleaved"] is True
+    assert exact["exact_attention"] == "C kernel" and results["variants"]["float32:fast"]["exact_attention"] is None
     assert exact["methods"][chain]["overall"]["equal_to_ar"] == 2  # exact: bf16 chain equals bf16 ar
     assert set(exact["verify_cost"]["ms"]) == {"1", "2", "4", "8", "16", "32"}
     rows = {(r["variant"], r["method"]): r for r in results["summary"]}

@@ -67,6 +67,12 @@ def exact_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
     return out, None
 
 
+def step_form(device: str) -> str:
+    """Which form computes the step queries' attention for a target on `device` in this process."""
+    on_cpu = torch.device(device).type == "cpu"
+    return "C kernel" if on_cpu and exact_attention_kernel.load() is not None else "PyTorch form"
+
+
 def _canonical(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor, scale: float,
                softcap: float | None) -> torch.Tensor:
     """Each query over its visible keys in the canonical blocked order (the module docstring): [B, T, H, d].
