@@ -50,23 +50,63 @@ def test_decode_chain_tree_and_batch_give_the_same_bits(family, dtype, attention
     assert all(checks.values()), checks
 
 
-def test_the_kernel_attends_as_softmax_does():
-    """The kernel's own exp and order of sums agree with PyTorch's attention to float32 rounding, trees and a
-    padding query (no visible key: zeros) included."""
-    generator = torch.Generator().manual_seed(0)
-    query, key, value = (torch.randn(2, 6, 5, 64, generator=generator) for _ in range(3))
-    key, value = key[:, :2].repeat(1, 1, 8, 1)[:, :, :37], value[:, :2].repeat(1, 1, 8, 1)[:, :, :37]
-    allowed = torch.rand(2, 5, 37, generator=generator) < 0.6
+@pytest.mark.parametrize("dim", [32, 64, 80, 128])
+@pytest.mark.parametrize("mask", ["causal", "random"])
+def test_the_kernel_attends_as_softmax_does(dim, mask):
+    """The kernel's own exp and order of sums agree with PyTorch's attention to float32 rounding, for head sizes
+    below, at and past its 64-column vectors, prefixes longer than its 64-key vectors (read in place) and tree-like
+    masks (gathered), and a padding query (no visible key: zeros)."""
+    generator = torch.Generator().manual_seed(dim)
+    keys = 150
+    query = torch.randn(2, 6, 5, dim, generator=generator)
+    key, value = (torch.randn(2, 2, keys, dim, generator=generator) for _ in range(2))
+    if mask == "causal":
+        allowed = (torch.arange(keys) <= torch.arange(keys - 5, keys)[:, None]).expand(2, 5, keys).clone()
+    else:
+        allowed = torch.rand(2, 5, keys, generator=generator) < 0.6
     allowed[1, 3] = False
     for softcap in (None, 20.0):
-        got = exact_attention_kernel.load()(query, key, value, allowed, 0.125, softcap)
-        scores = query @ key.repeat_interleave(3, dim=1).transpose(-1, -2) * 0.125
+        got = exact_attention_kernel.load()(query, key, value, allowed, dim ** -0.5, softcap)
+        scores = query @ key.repeat_interleave(3, dim=1).transpose(-1, -2) * dim ** -0.5
         if softcap:
             scores = torch.tanh(scores / softcap) * softcap
         weights = torch.softmax(scores.masked_fill(~allowed[:, None], float("-inf")), -1).nan_to_num(0.0)
         want = (weights @ value.repeat_interleave(3, dim=1)).transpose(1, 2)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        assert torch.equal(got[1, 3], torch.zeros(6, 64))
+        assert torch.equal(got[1, 3], torch.zeros(6, dim))
+
+
+@pytest.mark.parametrize("dim", [64, 80])
+def test_the_kernel_gives_a_query_the_same_bits_alone_in_a_chain_and_as_a_tree_node(dim):
+    """Bitwise, on the kernel's vector paths (64-key blocks, 16-key tails, gathered tree keys): each of 5 chained
+    queries after 145 keys equals that query attended alone, and attended with its keys scattered among others'
+    (a tree node's columns), next to another batch row."""
+    generator = torch.Generator().manual_seed(7)
+    attend = exact_attention_kernel.load()
+    query = torch.randn(1, 6, 5, dim, generator=generator)
+    key, value = (torch.randn(1, 2, 150, dim, generator=generator) for _ in range(2))
+    chain = attend(query, key, value, torch.arange(150) <= torch.arange(145, 150)[:, None][None], 0.1, None)
+    for t in range(5):
+        visible = 146 + t
+        alone = attend(query[:, :, t:t + 1], key[:, :, :visible], value[:, :, :visible],
+                       torch.ones(1, 1, visible, dtype=torch.bool), 0.1, None)
+        assert torch.equal(alone[:, 0], chain[:, t])
+        # The same keys at every other column of a wider cache, another row beside it.
+        spread = torch.randn(2, 2, 2 * visible, dim, generator=generator)
+        spread_value = torch.randn(2, 2, 2 * visible, dim, generator=generator)
+        spread[0, :, ::2], spread_value[0, :, ::2] = key[0, :, :visible], value[0, :, :visible]
+        allowed = torch.zeros(2, 1, 2 * visible, dtype=torch.bool)
+        allowed[0, 0, ::2] = True
+        allowed[1, 0, : visible // 2] = True
+        queries = torch.cat([query[:, :, t:t + 1], torch.randn(1, 6, 1, dim, generator=generator)])
+        tree = attend(queries, spread, spread_value, allowed, 0.1, None)
+        assert torch.equal(tree[0, 0], chain[0, t])
+
+
+def test_the_kernel_refuses_shapes_it_cannot_read():
+    query, key = torch.zeros(1, 6, 2, 64), torch.zeros(1, 2, 10, 64)
+    with pytest.raises(ValueError, match="do not fit"):
+        exact_attention_kernel.load()(query, key, key, torch.ones(1, 2, 9, dtype=torch.bool), 0.125, None)
 
 
 def test_without_a_compiler_the_pytorch_form_is_used(monkeypatch, tmp_path, caplog):
