@@ -84,32 +84,56 @@ static float maximum(const float *restrict s, int64_t n) {
     return best;
 }
 
-/* o[i] = sum over j < n, in order, of e[j] * (row cols[j] of values)[i]: 64 columns at a time in four vectors
-   (kept in registers over the keys), the rest one column at a time: the same operations per column either way. */
-static void weighted_sum(const float *restrict e, const float *restrict values, const int64_t *restrict cols,
-                         int64_t n, int64_t d, float *restrict o) {
-    int64_t i0 = 0;
-    for (; i0 + 64 <= d; i0 += 64) {
-        vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-        for (int64_t j = 0; j < n; ++j) {
-            const float *row = values + cols[j] * d + i0;
-            const float w = e[j];
-            a0 += w * *(const vec *)row;
-            a1 += w * *(const vec *)(row + 16);
-            a2 += w * *(const vec *)(row + 32);
-            a3 += w * *(const vec *)(row + 48);
-        }
-        *(vec *)(o + i0) = a0;
-        *(vec *)(o + i0 + 16) = a1;
-        *(vec *)(o + i0 + 32) = a2;
-        *(vec *)(o + i0 + 48) = a3;
-    }
-    for (; i0 < d; ++i0) {
-        float acc = 0;
-        for (int64_t j = 0; j < n; ++j) acc += e[j] * values[cols[j] * d + i0];
-        o[i0] = acc;
-    }
+/* bfloat16 -> float32: the 16 bits are the float's high half (exact, as torch's .float()). */
+typedef uint16_t bf16s __attribute__((vector_size(32), aligned(2)));
+typedef uint32_t words __attribute__((vector_size(64)));
+static inline vec widen(const uint16_t *p) {
+    bf16s h;
+    memcpy(&h, p, sizeof h);
+    words w = __builtin_convertvector(h, words) << 16;
+    vec f;
+    memcpy(&f, &w, sizeof f);
+    return f;
 }
+static inline float widen_one(uint16_t h) {
+    uint32_t w = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &w, sizeof f);
+    return f;
+}
+static inline vec load(const float *p) { return *(const vec *)p; }
+static inline float load_one(float x) { return x; }
+
+/* o[i] = sum over j < n, in order, of e[j] * (row cols[j] of values)[i]: 64 columns at a time in four vectors
+   (kept in registers over the keys), the rest one column at a time: the same operations per column either way.
+   The values are read where they lie: float32 or bfloat16 rows of d. */
+#define WEIGHTED_SUM(NAME, TYPE, LOAD, LOAD_ONE)                                                              \
+static void NAME(const float *restrict e, const TYPE *restrict values, const int64_t *restrict cols,         \
+                 int64_t n, int64_t d, float *restrict o) {                                                  \
+    int64_t i0 = 0;                                                                                           \
+    for (; i0 + 64 <= d; i0 += 64) {                                                                          \
+        vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                                           \
+        for (int64_t j = 0; j < n; ++j) {                                                                     \
+            const TYPE *row = values + cols[j] * d + i0;                                                      \
+            const float w = e[j];                                                                             \
+            a0 += w * LOAD(row);                                                                              \
+            a1 += w * LOAD(row + 16);                                                                         \
+            a2 += w * LOAD(row + 32);                                                                         \
+            a3 += w * LOAD(row + 48);                                                                         \
+        }                                                                                                     \
+        *(vec *)(o + i0) = a0;                                                                                \
+        *(vec *)(o + i0 + 16) = a1;                                                                           \
+        *(vec *)(o + i0 + 32) = a2;                                                                           \
+        *(vec *)(o + i0 + 48) = a3;                                                                           \
+    }                                                                                                         \
+    for (; i0 < d; ++i0) {                                                                                    \
+        float acc = 0;                                                                                        \
+        for (int64_t j = 0; j < n; ++j) acc += e[j] * LOAD_ONE(values[cols[j] * d + i0]);                     \
+        o[i0] = acc;                                                                                          \
+    }                                                                                                         \
+}
+WEIGHTED_SUM(weighted_sum_float, float, load, load_one)
+WEIGHTED_SUM(weighted_sum_bf16, uint16_t, widen, widen_one)
 
 /* s[j] = q . k_j for j < n, k_j = column j of k_t [d, stride]: each key's sum over the head dimension in order;
    64 keys at a time in four vectors, the rest one key at a time (the same operations per key either way). */
@@ -138,34 +162,43 @@ static void scores(const float *restrict q, const float *restrict k_t, int64_t s
     }
 }
 
-/* q [B, H, T, d]; k_t [B, KV, d, padded] (keys transposed, columns V.. zero, padded a multiple of 16);
-   v [B, KV, V, d]; allowed [B, T, V] (0 or 1); out [B, T, H, d]: contiguous float32.
+/* q [B, H, T, d] and out [B, T, H, d]: contiguous float32; allowed [B, T, V] (0 or 1), contiguous.
+   k, v [B, KV, V, d]: float32 (bf16 = 0) or bfloat16 (bf16 = 1), rows of d contiguous, the first two dimensions
+   at strides (in elements) k_b, k_kv and v_b, v_kv: a cache's view, read in place.
    Returns 0, or 1 if scratch memory could not be had. */
-int exact_attention(const float *q, const float *k_t, const float *v, const uint8_t *allowed, float *out,
+int exact_attention(const float *q, const void *k, const void *v, const uint8_t *allowed, float *out,
                     int64_t B, int64_t H, int64_t KV, int64_t T, int64_t V, int64_t d, float scale,
-                    float softcap, int64_t padded) {
-    int64_t group = H / KV, room = V ? V : 1;
+                    float softcap, int bf16, int64_t k_b, int64_t k_kv, int64_t v_b, int64_t v_kv) {
+    int64_t group = H / KV, room = V ? V : 1, padded = (V + 15) / 16 * 16;
     int64_t *cols = malloc(room * sizeof(int64_t));
     float *s = malloc(room * sizeof(float));
+    float *k_t = malloc((padded ? padded : 16) * d * sizeof(float));  /* one head's keys, transposed */
     float *gathered = malloc((room + 16) * d * sizeof(float));
-    if (!cols || !s || !gathered) {
-        free(cols); free(s); free(gathered);
+    if (!cols || !s || !k_t || !gathered) {
+        free(cols); free(s); free(k_t); free(gathered);
         return 1;
     }
     for (int64_t b = 0; b < B; ++b) {
-        for (int64_t t = 0; t < T; ++t) {
-            const uint8_t *row = allowed + (b * T + t) * V;
-            int64_t n = 0;
-            for (int64_t c = 0; c < V; ++c)  /* visible columns in column order = position order */
-                if (row[c]) cols[n++] = c;
-            int prefix = n == 0 || cols[n - 1] == n - 1;  /* columns 0..n-1: read the keys in place */
-            for (int64_t kv = 0; kv < KV; ++kv) {
-                const float *keys = k_t + (b * KV + kv) * d * padded, *values = v + (b * KV + kv) * V * d;
+        for (int64_t kv = 0; kv < KV; ++kv) {
+            /* The head's keys as float32 columns [d, padded], the columns past V zero (the last lanes') */
+            const int64_t k_at = b * k_b + kv * k_kv, v_at = b * v_b + kv * v_kv;
+            for (int64_t c = 0; c < V; ++c)
+                for (int64_t i = 0; i < d; ++i)
+                    k_t[i * padded + c] = bf16 ? widen_one(((const uint16_t *)k)[k_at + c * d + i])
+                                               : ((const float *)k)[k_at + c * d + i];
+            for (int64_t i = 0; i < d; ++i)
+                for (int64_t c = V; c < padded; ++c) k_t[i * padded + c] = 0;
+            for (int64_t t = 0; t < T; ++t) {
+                const uint8_t *row = allowed + (b * T + t) * V;
+                int64_t n = 0;
+                for (int64_t c = 0; c < V; ++c)  /* visible columns in column order = position order */
+                    if (row[c]) cols[n++] = c;
+                const float *keys = k_t;  /* columns 0..n-1: read in place */
                 int64_t stride = padded;
-                if (!prefix) {  /* a tree node: its visible keys side by side, zero-padded likewise */
+                if (n && cols[n - 1] != n - 1) {  /* a tree node: its visible keys side by side, zero-padded */
                     stride = (n + 15) / 16 * 16;
                     for (int64_t i = 0; i < d; ++i) {
-                        for (int64_t j = 0; j < n; ++j) gathered[i * stride + j] = keys[i * padded + cols[j]];
+                        for (int64_t j = 0; j < n; ++j) gathered[i * stride + j] = k_t[i * padded + cols[j]];
                         for (int64_t j = n; j < stride; ++j) gathered[i * stride + j] = 0;
                     }
                     keys = gathered;
@@ -184,13 +217,16 @@ int exact_attention(const float *q, const float *k_t, const float *v, const uint
                     for (int64_t j = 0; j < n; ++j) s[j] = exp_nonpositive(s[j] - top);
                     float norm = 0;
                     for (int64_t j = 0; j < n; ++j) norm += s[j];  /* in position order */
-                    weighted_sum(s, values, cols, n, d, o);
+                    if (bf16)
+                        weighted_sum_bf16(s, (const uint16_t *)v + v_at, cols, n, d, o);
+                    else
+                        weighted_sum_float(s, (const float *)v + v_at, cols, n, d, o);
                     for (int64_t i = 0; i < d; ++i) o[i] /= norm;
                 }
             }
         }
     }
-    free(cols); free(s); free(gathered);
+    free(cols); free(s); free(k_t); free(gathered);
     return 0;
 }
 """
@@ -225,6 +261,14 @@ def _build() -> Path:
     return library
 
 
+def _readable(cache: torch.Tensor) -> torch.Tensor:
+    """A key or value view [B, KV, V, d] the kernel reads in place (float32 or bfloat16, rows of d contiguous:
+    a cache's view is), else a float32 copy."""
+    if cache.dtype in (torch.float32, torch.bfloat16) and cache.stride()[2:] == (cache.shape[3], 1):
+        return cache
+    return cache.float().contiguous()
+
+
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float, float | None], torch.Tensor]
 
 
@@ -238,7 +282,8 @@ def load() -> Kernel | None:
         logger.warning("exact attention: no C kernel (%s); using the PyTorch form, slower", detail)
         return None
     function.restype = ctypes.c_int
-    function.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 6 + [ctypes.c_float] * 2 + [ctypes.c_int64]
+    function.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_int64] * 6 + [ctypes.c_float] * 2 + [ctypes.c_int]
+                         + [ctypes.c_int64] * 4)
     logger.info("exact attention: C kernel %s", function)
 
     def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor, scale: float,
@@ -251,14 +296,12 @@ def load() -> Kernel | None:
             raise ValueError(f"exact attention: shapes q {tuple(query.shape)}, k {tuple(key.shape)}, "
                              f"v {tuple(value.shape)}, mask {tuple(allowed.shape)} do not fit")
         q = query.float().contiguous()
-        padded = -(-columns // 16) * 16  # room for the last keys' lanes
-        k_t = key.new_zeros(batch, key.shape[1], dim, padded, dtype=torch.float32)
-        k_t[..., :columns] = key.transpose(-1, -2)
-        v = value.float().contiguous()
+        key, value = _readable(key), _readable(value)
         mask = allowed.to(torch.uint8).contiguous()
         out = torch.empty(batch, queries, heads, dim)
-        failed = function(q.data_ptr(), k_t.data_ptr(), v.data_ptr(), mask.data_ptr(), out.data_ptr(), batch, heads,
-                          key.shape[1], queries, columns, dim, scale, softcap or 0.0, padded)
+        failed = function(q.data_ptr(), key.data_ptr(), value.data_ptr(), mask.data_ptr(), out.data_ptr(), batch,
+                          heads, key.shape[1], queries, columns, dim, scale, softcap or 0.0,
+                          key.dtype == torch.bfloat16, *key.stride()[:2], *value.stride()[:2])
         if failed:
             raise MemoryError("exact attention: no memory for the kernel's scratch space")
         return out.to(query.dtype)
