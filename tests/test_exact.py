@@ -103,6 +103,20 @@ def test_the_kernel_gives_a_query_the_same_bits_alone_in_a_chain_and_as_a_tree_n
         assert torch.equal(tree[0, 0], chain[0, t])
 
 
+def test_the_kernel_reads_a_cache_in_place_or_copies_keys_and_values_alike():
+    """bf16 views read in place, and a value view it cannot read in place beside an in-place key view: both are
+    then read as float32 copies (the kernel takes one dtype for both), the same bits either way."""
+    generator = torch.Generator().manual_seed(3)
+    attend = exact_attention_kernel.load()
+    query = torch.randn(1, 6, 3, 64, generator=generator)
+    key, value = (torch.randn(1, 2, 90, 64, generator=generator).bfloat16() for _ in range(2))
+    allowed = torch.arange(90) <= torch.arange(87, 90)[:, None][None]
+    in_place = attend(query, key, value, allowed, 0.125, None)
+    strided = value.transpose(2, 3).contiguous().transpose(2, 3)  # the same values, columns-first in memory
+    assert torch.equal(attend(query, key, strided, allowed, 0.125, None), in_place)
+    assert torch.equal(attend(query, key.float(), value.float(), allowed, 0.125, None), in_place)
+
+
 def test_the_kernel_refuses_shapes_it_cannot_read():
     query, key = torch.zeros(1, 6, 2, 64), torch.zeros(1, 2, 10, 64)
     with pytest.raises(ValueError, match="do not fit"):

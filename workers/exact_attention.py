@@ -67,18 +67,21 @@ def exact_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
     return out, None
 
 
+def _kernel(device: torch.device | str) -> exact_attention_kernel.Kernel | None:
+    """The compiled kernel where it serves `device` (CPU, and it builds here), else None: the PyTorch form."""
+    return exact_attention_kernel.load() if torch.device(device).type == "cpu" else None
+
+
 def step_form(device: str) -> str:
     """Which form computes the step queries' attention for a target on `device` in this process."""
-    on_cpu = torch.device(device).type == "cpu"
-    return "C kernel" if on_cpu and exact_attention_kernel.load() is not None else "PyTorch form"
+    return "C kernel" if _kernel(device) is not None else "PyTorch form"
 
 
 def _canonical(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor, scale: float,
                softcap: float | None) -> torch.Tensor:
     """Each query over its visible keys in the canonical blocked order (the module docstring): [B, T, H, d].
     On CPU, the compiled kernel's order instead (workers/exact_attention_kernel.py), where it builds."""
-    on_cpu = query.device.type == "cpu" and query.shape[-1] == value.shape[-1]  # the kernel's one head size
-    kernel = exact_attention_kernel.load() if on_cpu else None
+    kernel = _kernel(query.device) if query.shape[-1] == value.shape[-1] else None  # the kernel's one head size
     if kernel is not None:
         return kernel(query, key, value, allowed, scale, softcap)
     batch, heads, queries, dim = query.shape

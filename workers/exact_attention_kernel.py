@@ -241,7 +241,8 @@ def _isa_flags() -> list[str]:
 
 
 def _flags() -> list[str]:
-    return ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-math", "-fno-fast-math", "-fno-strict-aliasing", *_isa_flags()]
+    return ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-math", "-fno-fast-math",
+            "-fno-strict-aliasing", *_isa_flags()]
 
 
 def _build() -> Path:
@@ -261,12 +262,14 @@ def _build() -> Path:
     return library
 
 
-def _readable(cache: torch.Tensor) -> torch.Tensor:
-    """A key or value view [B, KV, V, d] the kernel reads in place (float32 or bfloat16, rows of d contiguous:
-    a cache's view is), else a float32 copy."""
-    if cache.dtype in (torch.float32, torch.bfloat16) and cache.stride()[2:] == (cache.shape[3], 1):
-        return cache
-    return cache.float().contiguous()
+def _readable(key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key and value views [B, KV, V, d] as the kernel reads them in place: one dtype for both (its `bf16` flag),
+    float32 or bfloat16, rows of d contiguous (a cache's views are); else float32 copies of both."""
+    def in_place(cache: torch.Tensor) -> bool:
+        return cache.dtype in (torch.float32, torch.bfloat16) and cache.stride()[2:] == (cache.shape[3], 1)
+    if key.dtype == value.dtype and in_place(key) and in_place(value):
+        return key, value
+    return key.float().contiguous(), value.float().contiguous()
 
 
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float, float | None], torch.Tensor]
@@ -296,7 +299,7 @@ def load() -> Kernel | None:
             raise ValueError(f"exact attention: shapes q {tuple(query.shape)}, k {tuple(key.shape)}, "
                              f"v {tuple(value.shape)}, mask {tuple(allowed.shape)} do not fit")
         q = query.float().contiguous()
-        key, value = _readable(key), _readable(value)
+        key, value = _readable(key, value)
         mask = allowed.to(torch.uint8).contiguous()
         out = torch.empty(batch, queries, heads, dim)
         failed = function(q.data_ptr(), key.data_ptr(), value.data_ptr(), mask.data_ptr(), out.data_ptr(), batch,
