@@ -38,12 +38,23 @@ def check_messages(messages: list, field: str = "prompt") -> list[Message]:
                                                        f"got {message.get('role')!r}")
         if not isinstance(message.get("content"), str):
             raise InvalidRequestError(f"{where}.content", "must be text")
+        check_unicode(message["content"], f"{where}.content")
         checked.append({"role": message["role"], "content": message["content"]})
     if not checked:
         raise InvalidRequestError(field, "has no messages")
     if checked[-1]["role"] != "user" or not checked[-1]["content"].strip():
         raise InvalidRequestError(f"{field}[{len(checked) - 1}]", "the last message must be the user's, not empty")
     return checked
+
+
+def check_unicode(text: str, field: str) -> None:
+    """Text a tokenizer can take: no lone surrogates (JSON's "\\ud800" or a command line's undecodable bytes
+    arrive as such, and no UTF-8 holds them)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(field, f"is not valid Unicode: a lone surrogate {text[exc.start]!r} at character "
+                                         f"{exc.start}") from None
 
 
 def encode_prompt(tokenizer, vocab_size: int, prompt: Prompt, chat: bool | None = None) -> list[int]:
@@ -59,6 +70,7 @@ def encode_prompt(tokenizer, vocab_size: int, prompt: Prompt, chat: bool | None 
             raise InvalidRequestError("prompt", "is empty")
         if tokenizer is None:
             raise InvalidRequestError("prompt", "this model has no tokenizer; pass token ids")
+        check_unicode(prompt, "prompt")
         if chat or (chat is None and has_chat_template(tokenizer)):
             return _apply_template(tokenizer, [{"role": "user", "content": prompt}])
         return tokenizer.encode(prompt)

@@ -10,12 +10,15 @@ import torch
 
 from mirrorspec.params import SamplingParams
 
+FLOAT32_MAX = torch.finfo(torch.float32).max
 MT_WORDS, MT_WORDS_AT = 624, 24  # torch's CPU generator state: 8-byte seed, left, seeded, next; then 624 words
 
 
 def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Rows of `logits` [n, V] -> sampling distributions [n, V] (float32). Not for greedy requests."""
-    scaled = logits.float() / params.temperature
+    # A temperature past float32's range would divide by inf (and a drafter's -inf logits become NaN); up there
+    # the distribution is uniform over the allowed tokens either way.
+    scaled = logits.float() / min(params.temperature, FLOAT32_MAX)
     if params.top_k and params.top_k < scaled.shape[-1]:
         kth = torch.topk(scaled, params.top_k, dim=-1).values[..., -1:]
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))

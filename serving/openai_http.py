@@ -64,7 +64,7 @@ class OpenAIFrontend:
 
     # ---------------------------------------------------------------------------------- requests
     def check(self, request: oa._Common) -> None:
-        if request.model != self.model.model_id:
+        if request.model is not None and request.model != self.model.model_id:
             raise HttpError(404, f"The model `{request.model}` does not exist; this server serves "
                                  f"`{self.model.model_id}`", "invalid_request_error", "model", "model_not_found")
         oa.refuse_unoffered(request)
@@ -154,7 +154,7 @@ def build_app(front: OpenAIFrontend) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, exc: RequestValidationError):
         first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"][1:]) or "body"
+        field = _error_field(first)
         return _error(400, f"{field}: {first['msg']}", "invalid_request_error", field)
 
     @app.exception_handler(HttpError)
@@ -254,6 +254,18 @@ def _text(content, index: int) -> str:
             raise InvalidRequestError(f"messages[{index}].content", "only text parts are offered")
         parts.append(part["text"])
     return "".join(parts)
+
+
+def _error_field(error: dict) -> str:
+    """The request field a validation error is about, as the client wrote it: pydantic's location less "body"
+    and the union member it tried (`prompt.str` -> `prompt`); a body that is no JSON at all is the body."""
+    if error["type"] == "json_invalid":
+        return "body"
+    parts = [str(part) for part in error["loc"][1:]]
+    return ".".join(p for p in parts if p not in _UNION_MEMBERS and "[" not in p) or "body"
+
+
+_UNION_MEMBERS = {"str", "int", "float", "bool", "none"}
 
 
 def _completion_prompts(front: OpenAIFrontend, prompt) -> list[list[int]]:

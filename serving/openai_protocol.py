@@ -49,7 +49,7 @@ class StreamOptions(_Strict):
 
 
 class _Common(_Strict):
-    model: str
+    model: str | None = None  # None: the served model (as vLLM allows)
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None

@@ -10,6 +10,7 @@ from helpers import noisy_copy, tiny_engine, tiny_model
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration import logits_processing
 from mirrorspec.orchestration.draft_tree import DraftTree
+from mirrorspec.orchestration.sampling import probabilities
 from mirrorspec.params import SamplingParams, SpecParams
 
 VOCAB = 96
@@ -141,3 +142,12 @@ def test_processors_match_transformers_on_one_row():
     expected = transformers.ExponentialDecayLengthPenalty((2, 1.3), EOS, input_ids_seq_length=len(context) - 5)(
         ids, expected)
     assert torch.allclose(ours, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1e30, 1e300])
+def test_a_huge_temperature_is_uniform_over_the_allowed_tokens(temperature):
+    """A drafter's logits are -inf outside its vocabulary; past float32's range the temperature once divided them
+    by inf (NaN, and every draft of such a request failed)."""
+    logits = torch.tensor([[2.0, float("-inf"), -3.0, 0.5]])
+    probs = probabilities(logits, SamplingParams(temperature=temperature))
+    assert torch.equal(probs, torch.tensor([[1 / 3, 0.0, 1 / 3, 1 / 3]]))

@@ -2,6 +2,7 @@
 over the same engine loop as the gRPC tests: completions, chat, streaming, n, seeds, logprobs, usage, errors."""
 
 import json
+import urllib.error
 import urllib.request
 
 import openai
@@ -135,6 +136,32 @@ def test_errors_are_openais_json_naming_the_field(client, kwargs, status, param)
         client.chat.completions.create(**ask)
     assert caught.value.status_code == status
     assert caught.value.body["param"] == param and caught.value.body["message"], caught.value.body
+
+
+def post_raw(server, path: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{server.address}/v1/{path}", data=body, method="POST", headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, json.load(reply)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("completions", b'{"prompt": "hi", "max_tokens": 2', "body"),  # not JSON
+    ("completions", b'{"prompt": null, "max_tokens": 2}', "prompt"),  # no member of the prompt's union
+    ("completions", b'{"prompt": "caf\\ud800", "max_tokens": 2}', "prompt"),  # a lone surrogate
+    ("chat/completions", b'{"messages": [{"role": "user", "content": "\\udc80!"}]}', "messages[0].content"),
+])
+def test_raw_bodies_get_400_naming_the_field(http, path, body, param):
+    status, reply = post_raw(http[1], path, body)
+    assert status == 400 and reply["error"]["param"] == param, reply
+
+
+def test_the_model_field_may_be_left_out(http):
+    status, reply = post_raw(http[1], "completions", b'{"prompt": "Hello", "max_tokens": 3, "temperature": 0}')
+    assert status == 200 and reply["model"] == "tiny" and reply["usage"]["completion_tokens"] == 3
 
 
 def test_without_the_token_it_is_401_and_health_is_open(http):
