@@ -103,6 +103,25 @@ def test_the_kernel_gives_a_query_the_same_bits_alone_in_a_chain_and_as_a_tree_n
         assert torch.equal(tree[0, 0], chain[0, t])
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_the_kernel_gives_the_same_bits_on_any_number_of_threads(threads):
+    """Its queries are split among threads (each transposing the keys its share needs): a tree-masked batch of
+    two rows, three key heads, gives the bits it gives on one thread."""
+    generator = torch.Generator().manual_seed(11)
+    attend = exact_attention_kernel.load()
+    query = torch.randn(2, 6, 7, 64, generator=generator)
+    key, value = (torch.randn(2, 3, 100, 64, generator=generator).bfloat16() for _ in range(2))
+    allowed = torch.rand(2, 7, 100, generator=generator) < 0.6
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = attend(query, key, value, allowed, 0.125, None)
+        torch.set_num_threads(threads)
+        assert torch.equal(attend(query, key, value, allowed, 0.125, None), alone)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_the_kernel_reads_a_cache_in_place_or_copies_keys_and_values_alike():
     """bf16 views read in place, and a value view it cannot read in place beside an in-place key view: both are
     then read as float32 copies (the kernel takes one dtype for both), the same bits either way."""

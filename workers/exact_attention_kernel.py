@@ -11,7 +11,7 @@ Vectors of 16 lanes hold 16 keys' scores or 16 of the head's columns: each lane 
 Nothing in it depends on the other queries, rows or sequences of the call, so the result is the same bits
 decoded alone, verified in a chain or a tree, or batched. Compiled with `-ffp-contract=off` (no fused
 multiply-adds: vector lanes and scalar remainders round alike) and without `-ffast-math` (no reassociation). The
-function runs on one thread.
+queries are shared among PyTorch's intra-op threads (OpenMP); which thread computes a query changes no bit.
 
 The C compiler (`$CC`, else `cc`) builds it at first use into the cache folder (`kernels/`, named by the source's
 and flags' hash, so a changed kernel builds anew); without one, the PyTorch form is used (a warning says so).
@@ -42,6 +42,9 @@ SOURCE = r"""
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* e^x for x <= 0 (Cephes' expf: x = n ln2 + r, a degree-6 polynomial in r, times 2^n), 0 below -87: plain
    arithmetic, so a vectorised loop and its scalar remainder give the same bits (a libm call would not vectorise,
@@ -162,72 +165,91 @@ static void scores(const float *restrict q, const float *restrict k_t, int64_t s
     }
 }
 
+/* The head's keys (group kv of row b) as float32 columns [d, padded], the columns past V zero (the last
+   lanes'). */
+static void transpose_keys(const void *k, int bf16, int64_t at, int64_t V, int64_t d, int64_t padded,
+                           float *restrict k_t) {
+    for (int64_t c = 0; c < V; ++c)
+        for (int64_t i = 0; i < d; ++i)
+            k_t[i * padded + c] = bf16 ? widen_one(((const uint16_t *)k)[at + c * d + i])
+                                       : ((const float *)k)[at + c * d + i];
+    for (int64_t i = 0; i < d; ++i)
+        for (int64_t c = V; c < padded; ++c) k_t[i * padded + c] = 0;
+}
+
 /* q [B, H, T, d] and out [B, T, H, d]: contiguous float32; allowed [B, T, V] (0 or 1), contiguous.
    k, v [B, KV, V, d]: float32 (bf16 = 0) or bfloat16 (bf16 = 1), rows of d contiguous, the first two dimensions
    at strides (in elements) k_b, k_kv and v_b, v_kv: a cache's view, read in place.
+   The (row, key head, query) items are split into `threads` contiguous ranges, one per thread; each thread
+   transposes the keys of the heads its range touches. An item's result does not depend on the split.
    Returns 0, or 1 if scratch memory could not be had. */
 int exact_attention(const float *q, const void *k, const void *v, const uint8_t *allowed, float *out,
                     int64_t B, int64_t H, int64_t KV, int64_t T, int64_t V, int64_t d, float scale,
-                    float softcap, int bf16, int64_t k_b, int64_t k_kv, int64_t v_b, int64_t v_kv) {
-    int64_t group = H / KV, room = V ? V : 1, padded = (V + 15) / 16 * 16;
-    int64_t *cols = malloc(room * sizeof(int64_t));
-    float *s = malloc(room * sizeof(float));
-    float *k_t = malloc((padded ? padded : 16) * d * sizeof(float));  /* one head's keys, transposed */
-    float *gathered = malloc((room + 16) * d * sizeof(float));
-    if (!cols || !s || !k_t || !gathered) {
-        free(cols); free(s); free(k_t); free(gathered);
-        return 1;
-    }
-    for (int64_t b = 0; b < B; ++b) {
-        for (int64_t kv = 0; kv < KV; ++kv) {
-            /* The head's keys as float32 columns [d, padded], the columns past V zero (the last lanes') */
-            const int64_t k_at = b * k_b + kv * k_kv, v_at = b * v_b + kv * v_kv;
-            for (int64_t c = 0; c < V; ++c)
-                for (int64_t i = 0; i < d; ++i)
-                    k_t[i * padded + c] = bf16 ? widen_one(((const uint16_t *)k)[k_at + c * d + i])
-                                               : ((const float *)k)[k_at + c * d + i];
-            for (int64_t i = 0; i < d; ++i)
-                for (int64_t c = V; c < padded; ++c) k_t[i * padded + c] = 0;
-            for (int64_t t = 0; t < T; ++t) {
-                const uint8_t *row = allowed + (b * T + t) * V;
-                int64_t n = 0;
-                for (int64_t c = 0; c < V; ++c)  /* visible columns in column order = position order */
-                    if (row[c]) cols[n++] = c;
-                const float *keys = k_t;  /* columns 0..n-1: read in place */
-                int64_t stride = padded;
-                if (n && cols[n - 1] != n - 1) {  /* a tree node: its visible keys side by side, zero-padded */
-                    stride = (n + 15) / 16 * 16;
-                    for (int64_t i = 0; i < d; ++i) {
-                        for (int64_t j = 0; j < n; ++j) gathered[i * stride + j] = k_t[i * padded + cols[j]];
-                        for (int64_t j = n; j < stride; ++j) gathered[i * stride + j] = 0;
-                    }
-                    keys = gathered;
+                    float softcap, int bf16, int64_t k_b, int64_t k_kv, int64_t v_b, int64_t v_kv, int threads) {
+    const int64_t group = H / KV, room = V ? V : 1, padded = (V + 15) / 16 * 16, items = B * KV * T;
+    int failed = 0;
+    #pragma omp parallel num_threads(threads) if (threads > 1 && items > 1)
+    {
+        int64_t first = 0, last = items;
+#ifdef _OPENMP
+        first = items * omp_get_thread_num() / omp_get_num_threads();
+        last = items * (omp_get_thread_num() + 1) / omp_get_num_threads();
+#endif
+        int64_t *cols = malloc(room * sizeof(int64_t));
+        float *s = malloc(room * sizeof(float));
+        float *k_t = malloc((padded ? padded : 16) * d * sizeof(float));  /* one head's keys, transposed */
+        float *gathered = malloc((room + 16) * d * sizeof(float));
+        if (!cols || !s || !k_t || !gathered) {
+            #pragma omp atomic write
+            failed = 1;
+            last = first;
+        }
+        int64_t transposed = -1;  /* the (row, key head) whose keys k_t holds */
+        for (int64_t item = first; item < last; ++item) {
+            const int64_t head_of = item / T, t = item % T, b = head_of / KV, kv = head_of % KV;
+            if (head_of != transposed) {
+                transpose_keys(k, bf16, b * k_b + kv * k_kv, V, d, padded, k_t);
+                transposed = head_of;
+            }
+            const uint8_t *row = allowed + (b * T + t) * V;
+            int64_t n = 0;
+            for (int64_t c = 0; c < V; ++c)  /* visible columns in column order = position order */
+                if (row[c]) cols[n++] = c;
+            const float *keys = k_t;  /* columns 0..n-1: read in place */
+            int64_t stride = padded;
+            if (n && cols[n - 1] != n - 1) {  /* a tree node: its visible keys side by side, zero-padded */
+                stride = (n + 15) / 16 * 16;
+                for (int64_t i = 0; i < d; ++i) {
+                    for (int64_t j = 0; j < n; ++j) gathered[i * stride + j] = k_t[i * padded + cols[j]];
+                    for (int64_t j = n; j < stride; ++j) gathered[i * stride + j] = 0;
                 }
-                for (int64_t h = kv * group; h < (kv + 1) * group; ++h) {
-                    float *restrict o = out + ((b * T + t) * H + h) * d;
-                    if (n == 0) {  /* a padding query */
-                        memset(o, 0, d * sizeof(float));
-                        continue;
-                    }
-                    scores(q + ((b * H + h) * T + t) * d, keys, stride, n, d, s);
-                    for (int64_t j = 0; j < n; ++j) s[j] *= scale;
-                    if (softcap > 0)
-                        for (int64_t j = 0; j < n; ++j) s[j] = tanhf(s[j] / softcap) * softcap;
-                    const float top = maximum(s, n);
-                    for (int64_t j = 0; j < n; ++j) s[j] = exp_nonpositive(s[j] - top);
-                    float norm = 0;
-                    for (int64_t j = 0; j < n; ++j) norm += s[j];  /* in position order */
-                    if (bf16)
-                        weighted_sum_bf16(s, (const uint16_t *)v + v_at, cols, n, d, o);
-                    else
-                        weighted_sum_float(s, (const float *)v + v_at, cols, n, d, o);
-                    for (int64_t i = 0; i < d; ++i) o[i] /= norm;
+                keys = gathered;
+            }
+            const int64_t v_at = b * v_b + kv * v_kv;
+            for (int64_t h = kv * group; h < (kv + 1) * group; ++h) {
+                float *restrict o = out + ((b * T + t) * H + h) * d;
+                if (n == 0) {  /* a padding query */
+                    memset(o, 0, d * sizeof(float));
+                    continue;
                 }
+                scores(q + ((b * H + h) * T + t) * d, keys, stride, n, d, s);
+                for (int64_t j = 0; j < n; ++j) s[j] *= scale;
+                if (softcap > 0)
+                    for (int64_t j = 0; j < n; ++j) s[j] = tanhf(s[j] / softcap) * softcap;
+                const float top = maximum(s, n);
+                for (int64_t j = 0; j < n; ++j) s[j] = exp_nonpositive(s[j] - top);
+                float norm = 0;
+                for (int64_t j = 0; j < n; ++j) norm += s[j];  /* in position order */
+                if (bf16)
+                    weighted_sum_bf16(s, (const uint16_t *)v + v_at, cols, n, d, o);
+                else
+                    weighted_sum_float(s, (const float *)v + v_at, cols, n, d, o);
+                for (int64_t i = 0; i < d; ++i) o[i] /= norm;
             }
         }
+        free(cols); free(s); free(k_t); free(gathered);
     }
-    free(cols); free(s); free(k_t); free(gathered);
-    return 0;
+    return failed;
 }
 """
 
@@ -240,14 +262,26 @@ def _isa_flags() -> list[str]:
         torch.backends.cpu.get_cpu_capability(), [])
 
 
-def _flags() -> list[str]:
+def _flags(threaded: bool) -> list[str]:
     return ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-math", "-fno-fast-math",
-            "-fno-strict-aliasing", *_isa_flags()]
+            "-fno-strict-aliasing", *(["-fopenmp"] if threaded else []), *_isa_flags()]
 
 
 def _build() -> Path:
+    """The library, built with OpenMP (its threads are PyTorch's own libgomp pool) or, where the compiler has
+    none (a bare Clang), single-threaded."""
     compiler = os.environ.get("CC", "cc")
-    digest = hashlib.sha256("\0".join([SOURCE, compiler, *_flags()]).encode()).hexdigest()[:16]
+    for threaded in (True, False):
+        try:
+            return _build_with(compiler, _flags(threaded))
+        except subprocess.CalledProcessError:
+            if not threaded:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _build_with(compiler: str, flags: list[str]) -> Path:
+    digest = hashlib.sha256("\0".join([SOURCE, compiler, *flags]).encode()).hexdigest()[:16]
     library = cache_dir() / "kernels" / f"exact_attention-{digest}.so"
     if library.exists():
         return library
@@ -256,7 +290,7 @@ def _build() -> Path:
         source = Path(scratch) / "exact_attention.c"
         source.write_text(SOURCE)
         built = Path(scratch) / library.name
-        subprocess.run([compiler, *_flags(), "-o", str(built), str(source), "-lm"], check=True,
+        subprocess.run([compiler, *flags, "-o", str(built), str(source), "-lm"], check=True,
                        capture_output=True, text=True, timeout=120)
         os.replace(built, library)  # atomic: a concurrent build leaves one whole file
     return library
@@ -286,7 +320,7 @@ def load() -> Kernel | None:
         return None
     function.restype = ctypes.c_int
     function.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_int64] * 6 + [ctypes.c_float] * 2 + [ctypes.c_int]
-                         + [ctypes.c_int64] * 4)
+                         + [ctypes.c_int64] * 4 + [ctypes.c_int])
     logger.info("exact attention: C kernel %s", function)
 
     def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor, scale: float,
@@ -304,7 +338,8 @@ def load() -> Kernel | None:
         out = torch.empty(batch, queries, heads, dim)
         failed = function(q.data_ptr(), key.data_ptr(), value.data_ptr(), mask.data_ptr(), out.data_ptr(), batch,
                           heads, key.shape[1], queries, columns, dim, scale, softcap or 0.0,
-                          key.dtype == torch.bfloat16, *key.stride()[:2], *value.stride()[:2])
+                          key.dtype == torch.bfloat16, *key.stride()[:2], *value.stride()[:2],
+                          torch.get_num_threads())
         if failed:
             raise MemoryError("exact attention: no memory for the kernel's scratch space")
         return out.to(query.dtype)
