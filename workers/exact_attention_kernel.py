@@ -165,14 +165,59 @@ static void scores(const float *restrict q, const float *restrict k_t, int64_t s
     }
 }
 
+#ifdef __clang__
+#define SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE(a, b, ...) __builtin_shuffle(a, b, (mask){__VA_ARGS__})
+#endif
+
+/* Rows a and a + s of every 2s-row block of a 16x16 tile swap their off-diagonal s x s blocks (a takes b's lanes
+   j - s where j & s, b takes a's lanes j + s where not): s = 8, 4, 2, 1 in turn transposes the tile. Lane indices
+   16..31 are b's. */
+#define FIRST_8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define SECOND_8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define FIRST_4 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
+#define SECOND_4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
+#define FIRST_2 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
+#define SECOND_2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define FIRST_1 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
+#define SECOND_1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
+#define SWAP_BLOCKS(r, s, FIRST, SECOND)                                                                      \
+    for (int a = 0; a < 16; ++a)                                                                              \
+        if (!(a & s)) {                                                                                       \
+            const vec a_ = r[a], b_ = r[a + s];                                                               \
+            r[a] = SHUFFLE(a_, b_, FIRST);                                                                    \
+            r[a + s] = SHUFFLE(a_, b_, SECOND);                                                               \
+        }
+static inline void transpose_tile(vec r[16]) {
+    SWAP_BLOCKS(r, 8, FIRST_8, SECOND_8)
+    SWAP_BLOCKS(r, 4, FIRST_4, SECOND_4)
+    SWAP_BLOCKS(r, 2, FIRST_2, SECOND_2)
+    SWAP_BLOCKS(r, 1, FIRST_1, SECOND_1)
+}
+
 /* The head's keys (group kv of row b) as float32 columns [d, padded], the columns past V zero (the last
-   lanes'). */
+   lanes'): tiles of 16 keys x 16 dimensions transposed in registers, the rest one value at a time. */
 static void transpose_keys(const void *k, int bf16, int64_t at, int64_t V, int64_t d, int64_t padded,
                            float *restrict k_t) {
-    for (int64_t c = 0; c < V; ++c)
-        for (int64_t i = 0; i < d; ++i)
-            k_t[i * padded + c] = bf16 ? widen_one(((const uint16_t *)k)[at + c * d + i])
-                                       : ((const float *)k)[at + c * d + i];
+    const uint16_t *k16 = (const uint16_t *)k + at;
+    const float *k32 = (const float *)k + at;
+    int64_t c0 = 0;
+    for (; c0 + 16 <= V; c0 += 16) {
+        int64_t i0 = 0;
+        for (; i0 + 16 <= d; i0 += 16) {
+            vec r[16];
+            for (int l = 0; l < 16; ++l)
+                r[l] = bf16 ? widen(k16 + (c0 + l) * d + i0) : load(k32 + (c0 + l) * d + i0);
+            transpose_tile(r);
+            for (int i = 0; i < 16; ++i) *(vec *)(k_t + (i0 + i) * padded + c0) = r[i];
+        }
+        for (; i0 < d; ++i0)
+            for (int64_t c = c0; c < c0 + 16; ++c)
+                k_t[i0 * padded + c] = bf16 ? widen_one(k16[c * d + i0]) : k32[c * d + i0];
+    }
+    for (int64_t c = c0; c < V; ++c)
+        for (int64_t i = 0; i < d; ++i) k_t[i * padded + c] = bf16 ? widen_one(k16[c * d + i]) : k32[c * d + i];
     for (int64_t i = 0; i < d; ++i)
         for (int64_t c = V; c < padded; ++c) k_t[i * padded + c] = 0;
 }
