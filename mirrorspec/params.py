@@ -102,7 +102,7 @@ class SpecParams:
     Unset (None), `ngram` copies from it and the branches of a model draft do not (`copies_corpus`).
     """
 
-    method: str = "chain"
+    method: str = "tree"
     gamma: int = 5
     tree_depth: int = 5
     tree_topk: int = 4

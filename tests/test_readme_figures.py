@@ -964,6 +964,37 @@ def c_kernel_inplace_repeat():
             Phrase("named `issue17-c-kernel-inplace-b1` and `-b8`")]
 
 
+THREADED_RUNS = ("issue17-threaded-kernel-b1", "issue17-threaded-kernel-b8", "issue17-threaded-kernel-repeat-b1",
+                 "issue17-threaded-kernel-repeat-b8")
+
+
+@claim
+def threaded_kernel_table():
+    """'The kernel on every thread; `tree` the default': issue17-threaded-kernel-b1/-b8.json and their repeats,
+    against the single-threaded kernel's runs on the same slow phase (issue17-c-kernel-inplace-b1/-b8.json)."""
+    runs = [result(n) for n in THREADED_RUNS]
+    assert all(r["exact_attention"] == "C kernel" and r["drafter"].endswith("drafters/smollm2-135m-feature")
+               for r in runs)
+    b1, b8, again1, again8 = (r["methods"] for r in runs)
+    before1, before8 = (result(n)["methods"] for n in INPLACE_RUNS)
+    vs = lambda methods, m: num(methods[m]["overall"]["speedup_vs_ar"], 2)  # noqa: E731
+    speed = lambda methods, m: num(methods[m]["overall"]["tokens_per_s"], 2)  # noqa: E731
+    assert all(methods["tree"]["overall"]["accepted"] == b8["tree"]["overall"]["accepted"] for methods in (again8,))
+    return budget_table(THREADED_RUNS) + [
+        Phrase(f"`generate` {speed(b1, 'hf-generate')} tok/s against {speed(before1, 'hf-generate')}"),
+        Phrase(f"`ar` runs at {speed(b1, 'ar')} tok/s against {speed(before1, 'ar')} and `tree` at {speed(b1, 'tree')} "
+               f"against {speed(before1, 'tree')} at batch 1; at batch 8 `ar` at {speed(b8, 'ar')} against "
+               f"{speed(before8, 'ar')}"),
+        Phrase(f"`tree` is {vs(b1, 'tree')}x and {vs(again1, 'tree')}x `ar` at batch 1 in the two runs, `chain` "
+               f"{vs(b1, 'chain')}x and {vs(again1, 'chain')}x; `tree` is "
+               f"{ratio(b1['tree']['overall']['tokens_per_s'], b1['hf-generate']['overall']['tokens_per_s'])}x "
+               f"transformers' float32 `generate`"),
+        Phrase(f"({vs(b8, 'tree')}x and {vs(b8, 'chain')}x; {vs(again8, 'tree')}x and {vs(again8, 'chain')}x in the "
+               f"repeat"),
+        Phrase(f"At batch 8 the default is {min(vs(again8, 'tree'), vs(b8, 'tree'))}x to "
+               f"{max(vs(again8, 'tree'), vs(b8, 'tree'))}x `ar`")]
+
+
 C_KERNEL_VARIANTS = "issue17-c-kernel-variants"
 
 

@@ -106,7 +106,7 @@ def test_tgis_wire_health_and_admin_through_serves_grpc_proxy(app):
     stub = pb_grpc.GenerationServiceStub(channel)
     info = stub.ModelInfo(pb.ModelInfoRequest(), metadata=AUTH, timeout=60)
     assert info.model_id == "SmolLM2-135M-Instruct" and info.replicas == 1
-    # Exact through Serve: chain (the default) gives the target's own greedy tokens and logprobs, as `ar` does.
+    # Exact through Serve: tree (the default) gives the target's own greedy tokens and logprobs, as `ar` does.
     chained = generate(stub, "Name three colours.", max_new_tokens=24)
     plain = generate(stub, "Name three colours.", pb.AR, max_new_tokens=24)
     assert chained.token_ids == plain.token_ids and chained.text == plain.text and chained.generated_token_count

@@ -40,4 +40,4 @@ def test_the_installed_wheel_answers_from_an_empty_directory(tmp_path):
                              "12", "--json"], cwd=empty, capture_output=True, text=True, timeout=300)
     assert answer.returncode == 0, answer.stderr[-2000:]
     out = json.loads(answer.stdout)
-    assert out["text"].strip() and out["method"] == "chain" and out["stats"]["drafted"] > 0
+    assert out["text"].strip() and out["method"] == "tree" and out["stats"]["drafted"] > 0
