@@ -12,11 +12,11 @@ from mirrorspec.params import GREEDY_BELOW, SamplingParams, SpecParams
 
 
 class PoisonedRow:
-    """Wraps the target's worker: from its `at`-th decoding forward on, one sequence's logits are NaN (a fault
-    that got past validation, as a temperature of 1e-45 once did)."""
+    """Wraps the target's worker: from its `at`-th decoding forward on, one logit of one sequence is `value` (NaN:
+    a fault that got past validation, as a temperature of 1e-45 once did; or an infinity)."""
 
-    def __init__(self, inner, seq_id: int, at: int):
-        self.inner, self.seq_id, self.at, self.calls = inner, seq_id, at, 0
+    def __init__(self, inner, seq_id: int, at: int, value: float):
+        self.inner, self.seq_id, self.at, self.value, self.calls = inner, seq_id, at, value, 0
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -26,7 +26,8 @@ class PoisonedRow:
         if all(len(a) == 1 for a in appends):  # a decoding step (prefills append the prompt)
             self.calls += 1
             if self.calls >= self.at and self.seq_id in seq_ids:
-                logits[seq_ids.index(self.seq_id)] = logits[seq_ids.index(self.seq_id)].clone().fill_(float("nan"))
+                logits[seq_ids.index(self.seq_id)] = logits[seq_ids.index(self.seq_id)].clone()
+                logits[seq_ids.index(self.seq_id)][..., 5] = self.value
         return logits, hidden
 
 
@@ -40,12 +41,13 @@ PROMPTS = [[3, 9, 4, 1], [7, 7, 2], [5, 1, 8, 8, 2], [6, 2]]
 
 @pytest.mark.parametrize("spec", [SpecParams(method="ar"), SpecParams(method="chain", gamma=3)], ids=["ar", "chain"])
 @pytest.mark.parametrize("temperature", [0.0, 0.8], ids=["greedy", "sampling"])
-def test_a_faulty_row_ends_alone(target, spec, temperature):
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_a_faulty_row_ends_alone(target, spec, temperature, value):
     sampling = [SamplingParams(max_new_tokens=12, ignore_eos=True, temperature=temperature, seed=i)
                 for i in range(len(PROMPTS))]
     clean = tiny_engine(target, target, max_batch=4).generate(PROMPTS, sampling, spec)
     engine = tiny_engine(target, target, max_batch=4)
-    engine.target = engine.scheduler.target = PoisonedRow(engine.target, seq_id=1, at=3)
+    engine.target = engine.scheduler.target = PoisonedRow(engine.target, seq_id=1, at=3, value=value)
     outs = engine.generate(PROMPTS, sampling, spec)
     assert outs[1].finish_reason == "error" and "not finite" in outs[1].error
     assert len(outs[1].token_ids) < 12  # it stopped where the fault struck
