@@ -2,6 +2,8 @@
 a token tree, or computed next to other sequences in a batch, in float32 and bfloat16 (torch.equal, never
 allclose); and so every method's greedy output equals `ar` token for token at half precision too."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ from mirrorspec.orchestration.diffusion_draft import DiffusionDraftService
 from mirrorspec.orchestration.engine import Engine, EngineConfig
 from mirrorspec.orchestration.factory import build_target
 from mirrorspec.params import SamplingParams, SpecParams
-from mirrorspec.workers import exact_attention, exact_attention_kernel
+from mirrorspec.workers import exact_attention, exact_attention_kernel, exact_linear
 from mirrorspec.workers.diffusion_model import DiffusionLM, DllmMeta
 from mirrorspec.workers.model_worker import ModelWorker
 from mirrorspec.workers.models import has_native_bf16, parse_dtype
@@ -160,6 +162,29 @@ def test_the_elementwise_attention_products_give_the_same_bits(monkeypatch, dtyp
     monkeypatch.setattr(exact_attention, "_batched_is_invariant", lambda *shape: False)
     checks = same_bits(exact_worker(cast(tiny_model("llama", VOCAB, seed=4, sharpness=4.0), dtype)), PROBE)
     assert all(checks.values()), checks
+
+
+@dataclasses.dataclass(frozen=True)
+class CountSensitive(exact_linear.TileKernel):
+    """A tiled kernel whose products of `rows[0]` to `rows[1]` rows round otherwise (as a BLAS switching its
+    blocking for some row counts would)."""
+
+    rows: tuple[int, int] = (0, 0)
+
+    def __call__(self, x, weight, bias):
+        out = super().__call__(x, weight, bias)
+        return out * (1 + 2 ** -20) if self.rows[0] <= x.shape[0] <= self.rows[1] else out
+
+
+@pytest.mark.parametrize("rows", [(21, 40), (44, 48), (65, 68)])
+def test_the_linear_check_covers_a_step_kernels_whole_chunk(rows):
+    """A 64-row chunk is checked at every row count up to it and a tile past it (a check of 1-17 rows and a
+    300-row product passed these kernels); outside the checked counts the same kernel is kept."""
+    weight = torch.randn(32, 48)
+    kernel = CountSensitive("4-row multiples", 4, exact_linear.STEP_CHUNK, False, rows=rows)
+    assert not exact_linear.is_row_invariant(kernel, weight, None)
+    beyond = exact_linear.checked_rows(kernel) + 1
+    assert exact_linear.is_row_invariant(dataclasses.replace(kernel, rows=(beyond, beyond + 10)), weight, None)
 
 
 def test_the_checks_fail_on_the_stock_kernels():

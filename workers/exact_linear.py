@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 # LONG_ROWS (past a prompt kernel's chunk).
 CHECK_ROWS = 17
 LONG_ROWS = 300
+# Rows a step kernel multiplies at once at most: a verify or a batch of up to 64 rows is one product (oneDNN's
+# bf16 576x1536 product gives a row the same bits in any multiple of 4 rows here, and two products of 16 + 8 rows
+# cost 1.8x one of 24).
+STEP_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class TileKernel:
 _NATIVE = TileKernel("native", 0, 0, False)
 _TRANSPOSED_4 = TileKernel("transposed, 4-row multiples", 4, 8, True)
 _TRANSPOSED_2 = TileKernel("transposed, 2-row tiles", 2, 2, True)
-_MULTIPLES_4 = TileKernel("4-row multiples", 4, 16, False)
+_MULTIPLES_4 = TileKernel("4-row multiples", 4, STEP_CHUNK, False)
 _ONE_ROW = TileKernel("one row", 1, 1, False)
 STEP_KERNELS = {
     torch.float32: (_NATIVE, _TRANSPOSED_4, _TRANSPOSED_2, _MULTIPLES_4, _ONE_ROW),
@@ -89,15 +93,23 @@ PROMPT_ROWS: ContextVar[torch.Tensor | None] = ContextVar("prompt_rows", default
 
 @torch.inference_mode()
 def is_row_invariant(kernel: TileKernel, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether every row of an N-row product equals that row computed alone, for N = 1..CHECK_ROWS and, for a
-    kernel that takes more rows at once than that, for CHECK_ROWS rows at the head of a LONG_ROWS-row product."""
-    long = not kernel.chunk or kernel.chunk > CHECK_ROWS
+    """Whether every row of an N-row product equals that row computed alone, for every N up to `checked_rows`
+    (a step kernel's whole chunk and a partial tile past it), and, for a kernel that takes more rows at once than
+    that, for those rows at the head of a LONG_ROWS-row product."""
+    top = checked_rows(kernel)
+    long = not kernel.chunk or kernel.chunk > top
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(LONG_ROWS if long else CHECK_ROWS, weight.shape[1], generator=generator)
+    x = torch.randn(LONG_ROWS if long else top, weight.shape[1], generator=generator)
     x = x.to(weight.device, weight.dtype)
-    alone = torch.cat([kernel(x[row:row + 1], weight, bias) for row in range(CHECK_ROWS)])
-    counts = [*range(2, CHECK_ROWS + 1), *([LONG_ROWS] if long else [])]
-    return all(torch.equal(kernel(x[:count], weight, bias)[:CHECK_ROWS], alone[:count]) for count in counts)
+    alone = torch.cat([kernel(x[row:row + 1], weight, bias) for row in range(top)])
+    counts = [*range(2, top + 1), *([LONG_ROWS] if long else [])]
+    return all(torch.equal(kernel(x[:count], weight, bias)[:top], alone[:count]) for count in counts)
+
+
+def checked_rows(kernel: TileKernel) -> int:
+    """1..this many rows are checked one count at a time: at least CHECK_ROWS (tiles at every position, a partial
+    last tile), and a step chunk longer than that whole, with a tile past it."""
+    return max(CHECK_ROWS, min(kernel.chunk, STEP_CHUNK) + kernel.multiple)
 
 
 # Kernels chosen so far in this process, by (candidates, weight shape, dtype, device, bias): a second engine (or
