@@ -995,6 +995,34 @@ def threaded_kernel_table():
                f"{max(vs(again8, 'tree'), vs(b8, 'tree'))}x `ar`")]
 
 
+WIDE_TILE_RUNS = ("issue17-wide-tiles-b1", "issue17-wide-tiles-b8")
+
+
+@claim
+def wide_tiles_table():
+    """'Two more costs of a wide verify' table and bullets: issue17-wide-tiles-b1.json and -b8.json, against the
+    threaded kernel's first runs (issue17-threaded-kernel-b1.json)."""
+    b1, b8 = (result(n)["methods"] for n in WIDE_TILE_RUNS)
+    before = result(THREADED_RUNS[0])
+    curve = result(WIDE_TILE_RUNS[0])["step_cost"]
+    assert curve == result(WIDE_TILE_RUNS[1])["step_cost"]
+    tree = b1["tree"]["overall"]
+    spread = lambda methods: max(methods[m]["overall"]["tokens_per_s"] for m in ("chain", "tree", "ngram")) / min(  # noqa: E731
+        methods[m]["overall"]["tokens_per_s"] for m in ("chain", "tree", "ngram"))
+    assert spread(b1) < 1.03 and spread(b8) < 1.03  # "within 3% of each other"
+    ngram = ", ".join(f"{num(b1['ngram']['categories'][c]['speedup_vs_ar'], 2)}x on {c}" for c in NGRAM_CATEGORIES)
+    assert all(b1["ngram"]["categories"][c]["speedup_vs_ar"] >= 1.5 for c in NGRAM_CATEGORIES)
+    return budget_table(WIDE_TILE_RUNS) + [
+        Phrase(f"The default `tree` is {num(tree['speedup_vs_ar'], 2)}x `ar` and "
+               f"{ratio(tree['tokens_per_s'], b1['hf-generate']['overall']['tokens_per_s'])}x transformers' float32 "
+               f"`generate` at batch 1, {num(b8['tree']['overall']['speedup_vs_ar'], 2)}x `ar` at batch 8"),
+        Phrase(f"16 tokens at {num(curve['16'], 2)} forwards ({num(before['step_cost']['16'], 2)} in the threaded "
+               f"kernel's runs)"),
+        Phrase(f"({tree['unverified']} nodes cut against {before['methods']['tree']['overall']['unverified']}), tau "
+               f"{num(tree['tau'], 2)} against {num(before['methods']['tree']['overall']['tau'], 2)}"),
+        Phrase(ngram)]
+
+
 C_KERNEL_VARIANTS = "issue17-c-kernel-variants"
 
 
