@@ -23,6 +23,7 @@ import logging
 import platform
 import sys
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from importlib import resources
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from mirrorspec.errors import InvalidRequestError
 from mirrorspec.methods import AR_DRAFTER, DIFFUSION_DRAFTER, ENGINE_METHODS, METHODS
 from mirrorspec.orchestration.drafter_session import DrafterSession
 from mirrorspec.orchestration.step_cost import StepCost
@@ -57,6 +59,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--categories", help="comma list: use only the prompts of these categories (e.g. "
                                         "extraction,summarization,coding)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per prompt")
+    p.add_argument("--temperature", type=_temperature, default=0.0,
+                   help="0: greedy (every method's tokens compared with ar's); above: sampled, each prompt with a "
+                        "seed from its id (methods agree with ar in law, not token for token: no '= ar' column)")
     p.add_argument("--batch-size", type=int, default=1, help="prompts submitted together (continuous batching)")
     p.add_argument("--out", default="bench/results", help="folder for JSON and PNG")
     p.add_argument("--name", help="results file stem (default: bench-<timestamp>)")
@@ -68,6 +73,18 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cost-repeats", type=_positive,
                    help="timed forwards per point of the cost measurements (default: 20 for the one-thread decode "
                         "cost, 5 per point of each --variants target's verify cost curve); 1 for a quick smoke run")
+
+
+def _temperature(text: str) -> float:
+    try:
+        return SamplingParams(temperature=float(text)).validate().temperature
+    except (ValueError, InvalidRequestError) as exc:
+        raise argparse.ArgumentTypeError(f"temperature: {exc}") from None
+
+
+def prompt_seed(prompt_id: str) -> int:
+    """A sampled bench's seed for one prompt: the same for every method and run."""
+    return zlib.crc32(prompt_id.encode())
 
 
 def _positive(text: str) -> int:
@@ -88,7 +105,6 @@ def load_prompts(path: str | None, per_category: int = 0, categories: str | None
     )
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     if categories:
-        from mirrorspec.errors import InvalidRequestError
 
         wanted = [c.strip() for c in categories.split(",") if c.strip()]
         if unknown := sorted(set(wanted) - {row["category"] for row in rows}):
@@ -125,7 +141,6 @@ class Record:
 
 def parse_method(label: str, spec: SpecParams) -> tuple[str, SpecParams]:
     """`tree:tree_depth=4+tree_topk=2` -> ("tree", spec with those fields)."""
-    from mirrorspec.errors import InvalidRequestError
 
     name, _, options = label.partition(":")
     if name not in BENCH_METHODS:
@@ -148,15 +163,20 @@ def parse_method(label: str, spec: SpecParams) -> tuple[str, SpecParams]:
 class EngineMethod:
     """One engine method, a chunk of prompts (one batch) per call."""
 
-    def __init__(self, engine, spec: SpecParams, max_new: int) -> None:
-        self.engine, self.spec, self.sampling = engine, spec, SamplingParams(max_new_tokens=max_new)
+    def __init__(self, engine, spec: SpecParams, max_new: int, temperature: float) -> None:
+        self.engine, self.spec, self.max_new, self.temperature = engine, spec, max_new, temperature
+
+    def sampling(self, row: dict) -> SamplingParams:
+        seed = prompt_seed(row["id"]) if self.temperature else None
+        return SamplingParams(max_new_tokens=self.max_new, temperature=self.temperature, seed=seed)
 
     def warm_up(self, prompt: dict) -> None:
-        self.engine.generate([prompt["prompt"]], self.sampling, self.spec, chat=True)
+        self.engine.generate([prompt["prompt"]], self.sampling(prompt), self.spec, chat=True)
 
     def __call__(self, chunk: list[dict]) -> list[Record]:
         t0 = time.perf_counter()
-        outs = self.engine.generate([r["prompt"] for r in chunk], self.sampling, self.spec, chat=True)
+        outs = self.engine.generate([r["prompt"] for r in chunk], [self.sampling(r) for r in chunk], self.spec,
+                                    chat=True)
         seconds = time.perf_counter() - t0
         records = []
         for row, out in zip(chunk, outs):
@@ -172,12 +192,14 @@ class EngineMethod:
 
 
 class HfMethod:
-    """Greedy `target.generate` (transformers), assisted by `assistant` unless it is None, one prompt at a time
-    with `threads` torch threads."""
+    """`target.generate` (transformers), greedy or sampled at `temperature` (torch seeded per prompt as the
+    engine's requests are), assisted by `assistant` unless it is None, one prompt at a time with `threads` torch
+    threads."""
 
-    def __init__(self, target, assistant, tokenizer, max_new: int, eos_ids: list[int], threads: int) -> None:
+    def __init__(self, target, assistant, tokenizer, max_new: int, eos_ids: list[int], threads: int,
+                 temperature: float) -> None:
         self.target, self.assistant, self.tokenizer = target, assistant, tokenizer
-        self.max_new, self.eos_ids, self.threads = max_new, eos_ids, threads
+        self.max_new, self.eos_ids, self.threads, self.temperature = max_new, eos_ids, threads, temperature
 
     def warm_up(self, prompt: dict) -> None:
         self([prompt])
@@ -204,9 +226,13 @@ class HfMethod:
                                                          add_generation_prompt=True, return_tensors="pt",
                                                          return_dict=True)
                 calls["n"] = 0
+                sampled = {"do_sample": True, "temperature": self.temperature, "top_k": None} if self.temperature \
+                    else {"do_sample": False}
+                if self.temperature:
+                    torch.manual_seed(prompt_seed(row["id"]))
                 t0 = time.perf_counter()
                 with torch.inference_mode():
-                    out = self.target.generate(**ids, assistant_model=self.assistant, do_sample=False,
+                    out = self.target.generate(**ids, assistant_model=self.assistant, **sampled,
                                                max_new_tokens=self.max_new, eos_token_id=self.eos_ids,
                                                pad_token_id=self.tokenizer.pad_token_id)
                 seconds = time.perf_counter() - t0
@@ -341,7 +367,6 @@ class BenchRun:
     def __init__(self, args: argparse.Namespace, engine_config, spec: SpecParams, cluster) -> None:
         from mirrorspec.bench.hf_assistant import check_assistant
         from mirrorspec.cluster.launch import open_engine
-        from mirrorspec.errors import InvalidRequestError
         from mirrorspec.orchestration.engine import Engine
         from mirrorspec.orchestration.factory import build_drafter, resolve_drafter
         from mirrorspec.workers.models import parse_dtype
@@ -403,7 +428,7 @@ class BenchRun:
                               assisted=name == HF_ASSISTED)
         by_diffusion = METHODS[name].drafter == DIFFUSION_DRAFTER
         return EngineMethod(self.diffusion_engine if by_diffusion else self.engine, method_spec,
-                            self.args.max_new_tokens)
+                            self.args.max_new_tokens, self.args.temperature)
 
     def read_channel(self, label: str) -> None:
         """Add the speculation channel's accounting since the last read (two roles only) to `label`'s."""
@@ -420,7 +445,7 @@ class BenchRun:
         from mirrorspec.workers.models import parse_dtype
 
         config, cluster, two_roles = self.engine_config, self.cluster, self.two_roles
-        ref = self.records["ar"]
+        ref = None if self.args.temperature else self.records["ar"]  # sampled: equal to ar in law only
         results = {
             "target": str(config.target),
             "drafter": str(config.drafter),
@@ -439,6 +464,7 @@ class BenchRun:
             "machine": platform.processor() or platform.machine(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "max_new_tokens": self.args.max_new_tokens,
+            "temperature": self.args.temperature,
             "batch_size": self.args.batch_size,
             "spec": dataclasses.asdict(self.spec),
             "hf_assistant": self.args.hf_assistant or str(config.drafter),
@@ -519,7 +545,8 @@ def _hf_method(engine_config, cluster, args, assisted: bool) -> HfMethod:
                         device=parse_device(engine_config.device), field="target", cpu_linear="off")
     threads = cluster.target.threads if cluster is not None and cluster.target.threads else torch.get_num_threads()
     assistant = _hf_assistant(engine_config, args.hf_assistant) if assisted else None
-    return HfMethod(target.model, assistant, target.tokenizer, args.max_new_tokens, eos_token_ids(target), threads)
+    return HfMethod(target.model, assistant, target.tokenizer, args.max_new_tokens, eos_token_ids(target), threads,
+                    args.temperature)
 
 
 def channel_summary(stats: dict, round_trip_s: float | None, records: list[Record]) -> dict:
@@ -627,4 +654,9 @@ def _print_table(results: dict) -> None:
         o = s["overall"]
         length = "-" if o.get("acceptance_length") is None else f"{o['acceptance_length']:.2f}"
         print(f"{m:<12} {o['tokens_per_s']:>8.2f} {o['speedup_vs_ar']:>7.2f}x {o['tau'] or 0:>6.2f} {length:>7} "
-              f"{o['equal_to_ar']:>3}/{o['prompts']}")
+              f"{equal_column(o):>6}")
+
+
+def equal_column(block: dict) -> str:
+    """'n/N' prompts equal to ar token for token; '-' for a sampled run (equal in law only)."""
+    return "-" if block.get("equal_to_ar") is None else f"{block['equal_to_ar']}/{block['prompts']}"

@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from mirrorspec.bench.harness import HF_GENERATE, BenchRun, cost_repeats, take_turns, write_results
+from mirrorspec.bench.harness import HF_GENERATE, BenchRun, cost_repeats, equal_column, take_turns, write_results
 from mirrorspec.bench.verify_cost import verify_cost_curves
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.params import SpecParams
@@ -65,7 +65,8 @@ def variant_summary(runs: dict[str, dict]) -> list[dict]:
         for method, summary in run["methods"].items():
             overall = summary["overall"]
             rows.append({"variant": variant, "method": method, "tokens_per_s": overall["tokens_per_s"],
-                         "tau": overall["tau"], "equal_to_ar": overall["equal_to_ar"], "prompts": overall["prompts"],
+                         "tau": overall["tau"], "equal_to_ar": overall.get("equal_to_ar"),
+                         "prompts": overall["prompts"],
                          "vs_first_ar": round(overall["tokens_per_s"] / first, 3),
                          "vs_hf_generate_fp32": round(overall["tokens_per_s"] / hf_fp32, 3) if hf_fp32 else None})
     return rows
@@ -111,4 +112,4 @@ def print_variant_table(results: dict) -> None:
     for row in results["summary"]:
         hf = "-" if row["vs_hf_generate_fp32"] is None else f"{row['vs_hf_generate_fp32']:.2f}x"
         print(f"{row['variant']:<16} {row['method']:<16} {row['tokens_per_s']:>8.2f} {row['vs_first_ar']:>8.2f}x "
-              f"{hf:>10} {row['tau'] or 0:>6.2f} {row['equal_to_ar']:>3}/{row['prompts']}")
+              f"{hf:>10} {row['tau'] or 0:>6.2f} {equal_column(row):>6}")

@@ -180,6 +180,33 @@ def test_bench_interleaves_methods_prompt_by_prompt(tmp_path):
     assert curve[1] == 1.0 and list(curve.values()) == sorted(curve.values())
 
 
+def test_a_sampled_bench_seeds_each_prompt_and_reports_no_token_equality(tmp_path, capsys):
+    """--temperature: every method samples each prompt with the seed its id gives (the engine's own sampled output
+    for that seed), and no '= ar' count is claimed (speculation keeps ar's law, not its tokens)."""
+    from mirrorspec.bench.harness import EngineMethod, prompt_seed
+    from mirrorspec.orchestration.engine import EngineConfig
+    from mirrorspec.orchestration.factory import build_engine
+    from mirrorspec.params import SamplingParams, SpecParams
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "q1", "category": "qa", "prompt": "Name a primary colour."}) + "\n")
+    assert main(["bench", "--prompts", str(prompts), "--methods", "ar,tree", "--drafter", "self", "--temperature",
+                 "0.9", "--max-new-tokens", "6", "--cost-repeats", "1", "--out", str(tmp_path), "--name", "s"]) == 0
+    results = json.loads((tmp_path / "s.json").read_text())
+    assert results["temperature"] == 0.9
+    assert all("equal_to_ar" not in m["overall"] for m in results["methods"].values())
+    assert results["methods"]["tree"]["overall"]["tau"] > 1.0
+    assert capsys.readouterr().out.splitlines()[-1].endswith(" -")  # the '=ar' column
+    engine = build_engine(EngineConfig(drafter=None, max_model_len=256))
+    row = {"id": "q1", "category": "qa", "prompt": "Name a primary colour."}
+    (record,) = EngineMethod(engine, SpecParams("ar"), 12, 0.9)([row])
+    (out,) = engine.generate([row["prompt"]], SamplingParams(max_new_tokens=12, temperature=0.9,
+                                                             seed=prompt_seed("q1")), SpecParams("ar"), chat=True)
+    assert record.tokens == out.token_ids
+    with pytest.raises(SystemExit):
+        main(["bench", "--temperature", "-1", "--out", str(tmp_path)])
+
+
 def test_channel_summary_follows_the_mirror_latency_model():
     from mirrorspec.bench.harness import Record, channel_summary
 
