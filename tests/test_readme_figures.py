@@ -1023,6 +1023,24 @@ def wide_tiles_table():
         Phrase(ngram)]
 
 
+SAMPLED_RUN = "issue17-sampled-b1"
+
+
+@claim
+def sampled_run():
+    """The sampled bullet of 'The kernel on every thread; `tree` the default': issue17-sampled-b1.json."""
+    run = result(SAMPLED_RUN)
+    assert run["temperature"] == 0.8 and run["hf_dtype"] == "float32" and run["interleaved"]
+    methods = {m: v["overall"] for m, v in run["methods"].items()}
+    assert all("equal_to_ar" not in o for o in methods.values())  # sampled: no token-for-token claim
+    return [Phrase(f"{run['prompts']} prompts, {run_setting(run)}): `tree` {num(methods['tree']['speedup_vs_ar'], 2)}x "
+                   f"`ar` (tau {num(methods['tree']['tau'], 2)}), `chain` {num(methods['chain']['speedup_vs_ar'], 2)}x "
+                   f"(tau {num(methods['chain']['tau'], 2)}); `tree` "
+                   f"{ratio(methods['tree']['tokens_per_s'], methods['hf-generate']['tokens_per_s'])}x transformers' "
+                   f"float32 `generate`"),
+            Phrase(f"--name {SAMPLED_RUN}`")]
+
+
 C_KERNEL_VARIANTS = "issue17-c-kernel-variants"
 
 
