@@ -239,7 +239,7 @@ def _version() -> str:
 
 def resolve_config(args: argparse.Namespace):
     """ray_config.yaml, overridden by the flags the user gave: (engine, speculation, cluster)."""
-    from mirrorspec.cluster.config import find_config, load_config
+    from mirrorspec.cluster.config import find_config, for_own_target, load_config
 
     config = load_config(find_config(args.config))
 
@@ -257,6 +257,8 @@ def resolve_config(args: argparse.Namespace):
                                                            "tree_nodes", "exit_layer", "kappa", "adaptive",
                                                            "ngram_branches", "use_corpus"))
     cluster = dataclasses.replace(config.cluster, **given("ray", "drafter_address", "tp_size"))
+    engine, spec = for_own_target(engine, spec, drafter_given="drafter" in given("drafter"),
+                                  method_given="method" in given("method"))
     return engine.validate(), spec, cluster.validate()
 
 

@@ -257,11 +257,13 @@ def unanswered_parquet(path: str, done: set[str]):
 def run(args: argparse.Namespace) -> dict:
     import dataclasses
 
-    from mirrorspec.cluster.config import find_config, load_config
+    from mirrorspec.cluster.config import find_config, for_own_target, load_config
     from mirrorspec.params import SamplingParams
 
     config = load_config(find_config(args.config))
     spec = dataclasses.replace(config.speculation, **({"method": args.method} if args.method else {}))
+    engine, spec = for_own_target(config.engine, spec, method_given=bool(args.method))
+    config = dataclasses.replace(config, engine=engine, speculation=spec)
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature).validate()
     output = Path(args.output)
     if output.exists() and not output.is_dir():

@@ -8,6 +8,7 @@ draft shape), `cluster` (the Ray cluster, and which resources the target and the
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -16,9 +17,12 @@ from pathlib import Path
 import yaml
 
 from mirrorspec.errors import InvalidRequestError
-from mirrorspec.methods import METHODS
+from mirrorspec.methods import AR_DRAFTER, METHODS
 from mirrorspec.orchestration.engine import EngineConfig
 from mirrorspec.params import SpecParams
+from mirrorspec.workers.models import DEFAULT
+
+logger = logging.getLogger(__name__)
 
 CONFIG_ENV = "MIRRORSPEC_CONFIG"
 DEFAULT_CONFIG_NAME = "ray_config.yaml"
@@ -243,6 +247,22 @@ class ProjectConfig:
     speculation: SpecParams = field(default_factory=SpecParams)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+
+
+def for_own_target(engine: EngineConfig, spec: SpecParams, *, drafter_given: bool = False,
+                   method_given: bool = False) -> tuple[EngineConfig, SpecParams]:
+    """A target of the user's own has no shipped drafter: where the drafter was left at `default`, it runs with
+    none, and a default method that needs a drafter model drafts with `ngram` instead (continuations copied from
+    the text: any target, lossless). A drafter or a method named explicitly is kept, and refused as before where
+    they do not fit."""
+    if engine.target == DEFAULT or engine.drafter != DEFAULT or drafter_given:
+        return engine, spec
+    engine = dataclasses.replace(engine, drafter=None)
+    if not method_given and METHODS[spec.method].drafter == AR_DRAFTER:
+        logger.warning("target %s has no shipped drafter: speculating with `ngram` drafts (copied from the text); "
+                       "give --drafter DIR (or engine.drafter) for a drafter model", engine.target)
+        spec = dataclasses.replace(spec, method="ngram")
+    return engine, spec
 
 
 def _section(cls, data: object, name: str, source: str):

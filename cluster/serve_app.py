@@ -17,13 +17,14 @@ where gRPC needs TLS, keep `serve.ingress: process` (the default), or terminate 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2
 
-from mirrorspec.cluster.config import ProjectConfig, load_config
+from mirrorspec.cluster.config import ProjectConfig, for_own_target, load_config
 from mirrorspec.cluster.serve import build_fronts, served
 from mirrorspec.cluster.serve_replicas import APP, ServeBackend, replica_deployment, serve, start_serve
 from mirrorspec.errors import InvalidRequestError
@@ -163,7 +164,9 @@ def app_builder(args: dict):
     unknown = sorted(set(args) - {"config"})
     if unknown:
         raise InvalidRequestError(f"args.{unknown[0]}", "unknown; the application takes `config`")
-    return application(load_config(Path(args["config"])) if "config" in args else ProjectConfig())
+    project = load_config(Path(args["config"])) if "config" in args else ProjectConfig()
+    engine, spec = for_own_target(project.engine, project.speculation)
+    return application(dataclasses.replace(project, engine=engine, speculation=spec))
 
 
 def run_application(project: ProjectConfig) -> bool:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mirrorspec.cli.main import main
+from mirrorspec.cli.main import build_parser, main, resolve_config
 from mirrorspec.cluster.launch import SECRET_ENV
 
 
@@ -294,6 +294,20 @@ def test_every_flag_of_every_subcommand_has_help():
     assert not missing
     serve_drafter = commands.choices["serve-drafter"]
     assert not {"--ray", "--tp", "--drafter-address"} & {s for a in serve_drafter._actions for s in a.option_strings}
+
+
+@pytest.mark.parametrize("flags, drafter, method", [
+    ([], None, "ngram"),  # nothing chosen: no drafter model, model-free drafts
+    (["--method", "tree"], None, "tree"),  # a method named explicitly is kept (and refused: no drafter)
+    (["--drafter", "default"], "default", "tree"),  # so is a drafter (refused: not this target's)
+    (["--drafter", "self"], "self", "tree"),
+])
+def test_a_target_of_ones_own_runs_without_the_shipped_drafter(tmp_path, flags, drafter, method):
+    args = build_parser({"generate"}).parse_args(["generate", "hi", "--target", str(tmp_path), *flags])
+    engine, spec, _ = resolve_config(args)
+    assert (engine.drafter, spec.method) == (drafter, method)
+    default, default_spec, _ = resolve_config(build_parser({"generate"}).parse_args(["generate", "hi"]))
+    assert (default.drafter, default_spec.method) == ("default", "tree")  # the default target keeps its drafter
 
 
 def test_the_shipped_config_restates_the_built_in_defaults():
