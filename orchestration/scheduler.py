@@ -336,7 +336,7 @@ class Scheduler:
 
     def _verify(self, seq: Sequence, tree: DraftTree, logits: torch.Tensor) -> Verdict:
         # x * 0 is 0 for a finite x and NaN for inf or NaN: one pass, a tenth of isfinite().all()'s time here (which
-        # builds a bool tensor of the whole [nodes, vocab] block: 2.8 ms for 24 nodes of a 49k vocabulary).
+        # builds a bool tensor of the whole [nodes, vocab] block: 1.1 ms against 0.1 for 24 nodes of a 49k vocab).
         if not bool((logits * 0).sum() == 0):
             raise FloatingPointError("the target's logits for this request are not finite (NaN or infinity)")
         generated = len(seq.output_ids)
