@@ -105,7 +105,6 @@ def load_prompts(path: str | None, per_category: int = 0, categories: str | None
     )
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     if categories:
-
         wanted = [c.strip() for c in categories.split(",") if c.strip()]
         if unknown := sorted(set(wanted) - {row["category"] for row in rows}):
             raise InvalidRequestError("categories", f"no prompts of {unknown}")
@@ -141,7 +140,6 @@ class Record:
 
 def parse_method(label: str, spec: SpecParams) -> tuple[str, SpecParams]:
     """`tree:tree_depth=4+tree_topk=2` -> ("tree", spec with those fields)."""
-
     name, _, options = label.partition(":")
     if name not in BENCH_METHODS:
         raise InvalidRequestError("methods", f"unknown method {name!r}; choose from {', '.join(BENCH_METHODS)}")
@@ -200,6 +198,8 @@ class HfMethod:
                  temperature: float) -> None:
         self.target, self.assistant, self.tokenizer = target, assistant, tokenizer
         self.max_new, self.eos_ids, self.threads, self.temperature = max_new, eos_ids, threads, temperature
+        self.decoding = ({"do_sample": True, "temperature": temperature, "top_k": None} if temperature
+                         else {"do_sample": False})
 
     def warm_up(self, prompt: dict) -> None:
         self([prompt])
@@ -226,13 +226,11 @@ class HfMethod:
                                                          add_generation_prompt=True, return_tensors="pt",
                                                          return_dict=True)
                 calls["n"] = 0
-                sampled = {"do_sample": True, "temperature": self.temperature, "top_k": None} if self.temperature \
-                    else {"do_sample": False}
                 if self.temperature:
                     torch.manual_seed(prompt_seed(row["id"]))
                 t0 = time.perf_counter()
                 with torch.inference_mode():
-                    out = self.target.generate(**ids, assistant_model=self.assistant, **sampled,
+                    out = self.target.generate(**ids, assistant_model=self.assistant, **self.decoding,
                                                max_new_tokens=self.max_new, eos_token_id=self.eos_ids,
                                                pad_token_id=self.tokenizer.pad_token_id)
                 seconds = time.perf_counter() - t0

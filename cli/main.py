@@ -257,8 +257,8 @@ def resolve_config(args: argparse.Namespace):
                                                            "tree_nodes", "exit_layer", "kappa", "adaptive",
                                                            "ngram_branches", "use_corpus"))
     cluster = dataclasses.replace(config.cluster, **given("ray", "drafter_address", "tp_size"))
-    engine, spec = for_own_target(engine, spec, drafter_given="drafter" in given("drafter"),
-                                  method_given="method" in given("method"))
+    engine, spec = for_own_target(engine, spec, drafter_given=bool(given("drafter")),
+                                  method_given=bool(given("method")))
     return engine.validate(), spec, cluster.validate()
 
 

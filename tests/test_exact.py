@@ -56,8 +56,8 @@ def test_decode_chain_tree_and_batch_give_the_same_bits(family, dtype, attention
 @pytest.mark.parametrize("mask", ["causal", "random"])
 def test_the_kernel_attends_as_softmax_does(dim, mask):
     """The kernel's own exp and order of sums agree with PyTorch's attention to float32 rounding, for head sizes
-    below, at and past its 64-column vectors (40: past its 16x16 transposed tiles too), prefixes longer than its 64-key vectors (read in place) and tree-like
-    masks (gathered), and a padding query (no visible key: zeros)."""
+    below, at and past its 64-column vectors (40: past its 16x16 transposed tiles too), prefixes longer than its
+    64-key vectors (read in place) and tree-like masks (gathered), and a padding query (no visible key: zeros)."""
     generator = torch.Generator().manual_seed(dim)
     keys = 150
     query = torch.randn(2, 6, 5, dim, generator=generator)

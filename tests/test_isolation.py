@@ -26,8 +26,9 @@ class PoisonedRow:
         if all(len(a) == 1 for a in appends):  # a decoding step (prefills append the prompt)
             self.calls += 1
             if self.calls >= self.at and self.seq_id in seq_ids:
-                logits[seq_ids.index(self.seq_id)] = logits[seq_ids.index(self.seq_id)].clone()
-                logits[seq_ids.index(self.seq_id)][..., 5] = self.value
+                row = seq_ids.index(self.seq_id)
+                logits[row] = logits[row].clone()
+                logits[row][..., 5] = self.value
         return logits, hidden
 
 

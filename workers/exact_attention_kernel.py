@@ -198,6 +198,9 @@ static inline void transpose_tile(vec r[16]) {
 
 /* The head's keys (group kv of row b) as float32 columns [d, padded], the columns past V zero (the last
    lanes'): tiles of 16 keys x 16 dimensions transposed in registers, the rest one value at a time. */
+static inline float key_value(const uint16_t *k16, const float *k32, int bf16, int64_t index) {
+    return bf16 ? widen_one(k16[index]) : k32[index];
+}
 static void transpose_keys(const void *k, int bf16, int64_t at, int64_t V, int64_t d, int64_t padded,
                            float *restrict k_t) {
     const uint16_t *k16 = (const uint16_t *)k + at;
@@ -213,11 +216,10 @@ static void transpose_keys(const void *k, int bf16, int64_t at, int64_t V, int64
             for (int i = 0; i < 16; ++i) *(vec *)(k_t + (i0 + i) * padded + c0) = r[i];
         }
         for (; i0 < d; ++i0)
-            for (int64_t c = c0; c < c0 + 16; ++c)
-                k_t[i0 * padded + c] = bf16 ? widen_one(k16[c * d + i0]) : k32[c * d + i0];
+            for (int64_t c = c0; c < c0 + 16; ++c) k_t[i0 * padded + c] = key_value(k16, k32, bf16, c * d + i0);
     }
     for (int64_t c = c0; c < V; ++c)
-        for (int64_t i = 0; i < d; ++i) k_t[i * padded + c] = bf16 ? widen_one(k16[c * d + i]) : k32[c * d + i];
+        for (int64_t i = 0; i < d; ++i) k_t[i * padded + c] = key_value(k16, k32, bf16, c * d + i);
     for (int64_t i = 0; i < d; ++i)
         for (int64_t c = V; c < padded; ++c) k_t[i * padded + c] = 0;
 }
@@ -316,13 +318,10 @@ def _build() -> Path:
     """The library, built with OpenMP (its threads are PyTorch's own libgomp pool) or, where the compiler has
     none (a bare Clang), single-threaded."""
     compiler = os.environ.get("CC", "cc")
-    for threaded in (True, False):
-        try:
-            return _build_with(compiler, _flags(threaded))
-        except subprocess.CalledProcessError:
-            if not threaded:
-                raise
-    raise AssertionError("unreachable")
+    try:
+        return _build_with(compiler, _flags(threaded=True))
+    except subprocess.CalledProcessError:
+        return _build_with(compiler, _flags(threaded=False))
 
 
 def _build_with(compiler: str, flags: list[str]) -> Path:

@@ -33,8 +33,8 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-# Rows the load-time check runs products of: 1..CHECK_ROWS (tiles at every position, a partial last tile), and
-# LONG_ROWS (past a prompt kernel's chunk).
+# Rows the load-time check runs products of: 1..CHECK_ROWS at least (tiles at every position, a partial last tile;
+# a step kernel's whole chunk: checked_rows), and LONG_ROWS (past a prompt kernel's chunk).
 CHECK_ROWS = 17
 LONG_ROWS = 300
 # Rows a step kernel multiplies at once at most: a verify or a batch of up to 64 rows is one product (oneDNN's
