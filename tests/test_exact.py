@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import noisy_copy, tiny_engine, tiny_model
-from mirrorspec.bench.exactness import Probe, same_bits
+from mirrorspec.bench.exactness import Probe, decoded, same_bits, verified_in_chains
 from mirrorspec.errors import InvalidRequestError
 from mirrorspec.orchestration.diffusion_draft import DiffusionDraftService
 from mirrorspec.orchestration.engine import Engine, EngineConfig
@@ -165,15 +165,27 @@ def test_the_elementwise_attention_products_give_the_same_bits(monkeypatch, dtyp
 
 
 @dataclasses.dataclass(frozen=True)
-class CountSensitive(exact_linear.TileKernel):
-    """A tiled kernel whose products of `rows[0]` to `rows[1]` rows round otherwise (as a BLAS switching its
-    blocking for some row counts would)."""
+class SplitSum(exact_linear.TileKernel):
+    """A kernel (of `multiple` and `chunk` for the check's counts only: it computes every row alone, whatever this
+    machine's BLAS does) whose products of `counts[0]` to `counts[1]` rows sum the rows from `first_row` on in
+    another order (two partial sums over the inner dimension), as a BLAS that switches its blocking for some
+    shapes does (oneDNN's AMX bf16 products, from 33 rows on)."""
 
-    rows: tuple[int, int] = (0, 0)
+    counts: tuple[int, int] = (0, 0)
+    first_row: int = 0
 
     def __call__(self, x, weight, bias):
-        out = super().__call__(x, weight, bias)
-        return out * (1 + 2 ** -20) if self.rows[0] <= x.shape[0] <= self.rows[1] else out
+        out = torch.cat([torch.nn.functional.linear(row[None], weight) for row in x])
+        if not self.counts[0] <= x.shape[0] <= self.counts[1]:
+            return out
+        cut, tail = weight.shape[1] // 3, x[self.first_row:].float()
+        split = tail[:, :cut] @ weight[:, :cut].float().T + tail[:, cut:] @ weight[:, cut:].float().T
+        return torch.cat([out[:self.first_row], split.to(out.dtype)])
+
+
+def row_invariant(kernel, weight) -> bool:
+    return exact_linear.is_row_invariant(kernel, *exact_linear.cancelling_operands(weight, exact_linear.LONG_ROWS),
+                                         None)
 
 
 @pytest.mark.parametrize("rows", [(21, 40), (44, 48), (65, 68)])
@@ -181,10 +193,22 @@ def test_the_linear_check_covers_a_step_kernels_whole_chunk(rows):
     """A 64-row chunk is checked at every row count up to it and a tile past it (a check of 1-17 rows and a
     300-row product passed these kernels); outside the checked counts the same kernel is kept."""
     weight = torch.randn(32, 48)
-    kernel = CountSensitive("4-row multiples", 4, exact_linear.STEP_CHUNK, False, rows=rows)
-    assert not exact_linear.is_row_invariant(kernel, weight, None)
+    kernel = SplitSum("4-row multiples", 4, exact_linear.STEP_CHUNK, False, counts=rows)
+    assert not row_invariant(kernel, weight)
     beyond = exact_linear.checked_rows(kernel) + 1
-    assert exact_linear.is_row_invariant(dataclasses.replace(kernel, rows=(beyond, beyond + 10)), weight, None)
+    assert row_invariant(dataclasses.replace(kernel, counts=(beyond, beyond + 10)), weight)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_linear_check_compares_every_row_of_a_long_product(dtype):
+    """A kernel that sums rows past the 17th otherwise in products of 33 rows or more is refused, in bf16 too
+    (rounded to bf16, most such differences vanish for random operands: the check's cancel), and `choose` moves
+    on to the next candidate. The check compared the first 17 rows of long products, and passed it."""
+    weight = torch.randn(40, 60).to(dtype)
+    kernel = SplitSum("native", 0, 0, False, counts=(33, exact_linear.LONG_ROWS), first_row=20)
+    assert not row_invariant(kernel, weight)
+    assert exact_linear.choose((kernel, exact_linear.STEP_KERNELS[torch.float32][-1]), weight, None).name == "one row"
+    assert row_invariant(dataclasses.replace(kernel, counts=(0, 0)), weight)
 
 
 def test_the_checks_fail_on_the_stock_kernels():
@@ -201,6 +225,17 @@ def test_the_real_model_gives_the_same_bits(dtype):
     worker, _ = build_target(EngineConfig(dtype=dtype, max_batch=4, exact=True))
     checks = same_bits(worker, PROBE)
     assert all(checks.values()), checks
+
+
+@pytest.mark.real_model
+def test_the_real_model_gives_the_same_bits_in_a_long_verify():
+    """48 tokens verified 40 at a time equal them decoded one at a time: with AMX, oneDNN's bf16 products of 33
+    rows or more round every row otherwise, and a check that compared random operands' first 17 rows kept them
+    (a batch of two 24-node trees is 48 rows)."""
+    worker, _ = build_target(EngineConfig(max_batch=1, exact=True))
+    continuation = torch.randint(100, 20000, (48,), generator=torch.Generator().manual_seed(0)).tolist()
+    probe = Probe([[1, 504, 3000, 77, 9123, 42, 12]], [continuation], worker.vocab_size)
+    assert torch.equal(verified_in_chains(worker, probe, 0, 40), decoded(worker, probe, [0])[0])
 
 
 SPECS = [SpecParams(method="chain", gamma=4), SpecParams(method="tree", tree_depth=4, tree_topk=3, tree_nodes=10),
