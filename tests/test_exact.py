@@ -54,13 +54,15 @@ def test_decode_chain_tree_and_batch_give_the_same_bits(family, dtype, attention
 
 @pytest.mark.parametrize("dim", [32, 40, 64, 80, 128])
 @pytest.mark.parametrize("mask", ["causal", "random"])
-def test_the_kernel_attends_as_softmax_does(dim, mask):
+@pytest.mark.parametrize("group", [3, 6])
+def test_the_kernel_attends_as_softmax_does(dim, mask, group):
     """The kernel's own exp and order of sums agree with PyTorch's attention to float32 rounding, for head sizes
     below, at and past its 64-column vectors (40: past its 16x16 transposed tiles too), prefixes longer than its
-    64-key vectors (read in place) and tree-like masks (gathered), and a padding query (no visible key: zeros)."""
+    64-key vectors (read in place) and tree-like masks (gathered), a padding query (no visible key: zeros), and
+    query heads per key head within and past the heads it sums at once (6: four, then two)."""
     generator = torch.Generator().manual_seed(dim)
     keys = 150
-    query = torch.randn(2, 6, 5, dim, generator=generator)
+    query = torch.randn(2, 2 * group, 5, dim, generator=generator)
     key, value = (torch.randn(2, 2, keys, dim, generator=generator) for _ in range(2))
     if mask == "causal":
         allowed = (torch.arange(keys) <= torch.arange(keys - 5, keys)[:, None]).expand(2, 5, keys).clone()
@@ -69,23 +71,24 @@ def test_the_kernel_attends_as_softmax_does(dim, mask):
     allowed[1, 3] = False
     for softcap in (None, 20.0):
         got = exact_attention_kernel.load()(query, key, value, allowed, dim ** -0.5, softcap)
-        scores = query @ key.repeat_interleave(3, dim=1).transpose(-1, -2) * dim ** -0.5
+        scores = query @ key.repeat_interleave(group, dim=1).transpose(-1, -2) * dim ** -0.5
         if softcap:
             scores = torch.tanh(scores / softcap) * softcap
         weights = torch.softmax(scores.masked_fill(~allowed[:, None], float("-inf")), -1).nan_to_num(0.0)
-        want = (weights @ value.repeat_interleave(3, dim=1)).transpose(1, 2)
+        want = (weights @ value.repeat_interleave(group, dim=1)).transpose(1, 2)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        assert torch.equal(got[1, 3], torch.zeros(6, dim))
+        assert torch.equal(got[1, 3], torch.zeros(2 * group, dim))
 
 
 @pytest.mark.parametrize("dim", [64, 80])
-def test_the_kernel_gives_a_query_the_same_bits_alone_in_a_chain_and_as_a_tree_node(dim):
+@pytest.mark.parametrize("heads", [6, 10])
+def test_the_kernel_gives_a_query_the_same_bits_alone_in_a_chain_and_as_a_tree_node(dim, heads):
     """Bitwise, on the kernel's vector paths (64-key blocks, 16-key tails, gathered tree keys): each of 5 chained
     queries after 145 keys equals that query attended alone, and attended with its keys scattered among others'
     (a tree node's columns), next to another batch row."""
     generator = torch.Generator().manual_seed(7)
     attend = exact_attention_kernel.load()
-    query = torch.randn(1, 6, 5, dim, generator=generator)
+    query = torch.randn(1, heads, 5, dim, generator=generator)
     key, value = (torch.randn(1, 2, 150, dim, generator=generator) for _ in range(2))
     chain = attend(query, key, value, torch.arange(150) <= torch.arange(145, 150)[:, None][None], 0.1, None)
     for t in range(5):
@@ -100,7 +103,7 @@ def test_the_kernel_gives_a_query_the_same_bits_alone_in_a_chain_and_as_a_tree_n
         allowed = torch.zeros(2, 1, 2 * visible, dtype=torch.bool)
         allowed[0, 0, ::2] = True
         allowed[1, 0, : visible // 2] = True
-        queries = torch.cat([query[:, :, t:t + 1], torch.randn(1, 6, 1, dim, generator=generator)])
+        queries = torch.cat([query[:, :, t:t + 1], torch.randn(1, heads, 1, dim, generator=generator)])
         tree = attend(queries, spread, spread_value, allowed, 0.1, None)
         assert torch.equal(tree[0, 0], chain[0, t])
 
