@@ -461,6 +461,9 @@ class BenchRun:
             "device": config.device,
             "machine": platform.processor() or platform.machine(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            # Which of the CPU's bf16 units PyTorch sees: oneDNN's kernels, and so the exact path's, differ by them.
+            "cpu_bf16": {"avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
+                         "amx": torch.cpu._is_amx_tile_supported()},
             "max_new_tokens": self.args.max_new_tokens,
             "temperature": self.args.temperature,
             "batch_size": self.args.batch_size,
