@@ -1023,6 +1023,30 @@ def wide_tiles_table():
         Phrase(ngram)]
 
 
+AMX_RUNS = ("issue17-amx-b1", "issue17-amx-b8")
+
+
+@claim
+def amx_table():
+    """'Another CPU (AMX)' table and bullets: issue17-amx-b1.json and -b8.json, against the AMD CPU's run
+    (issue17-wide-tiles-b1.json)."""
+    b1, b8 = (result(n)["methods"] for n in AMX_RUNS)
+    assert all(o["overall"]["equal_to_ar"] == o["overall"]["prompts"] for run in (b1, b8)
+               for m, o in run.items() if m != "hf-generate")
+    hf, ar, tree = (b1[m]["overall"]["tokens_per_s"] for m in ("hf-generate", "ar", "tree"))
+    assert hf > ar
+    amd = result(WIDE_TILE_RUNS[0])["methods"]
+    ngram = ", ".join(f"{num(b1['ngram']['categories'][c]['speedup_vs_ar'], 2)}x on {c}" for c in NGRAM_CATEGORIES)
+    return budget_table(AMX_RUNS) + [
+        Phrase(f"`tree` is {num(b1['tree']['overall']['speedup_vs_ar'], 2)}x `ar` at batch 1, the best batch-1 ratio "
+               f"so far, and {num(b8['tree']['overall']['speedup_vs_ar'], 2)}x at batch 8"),
+        Phrase(f"float32 `generate` ({num(hf, 2)} tok/s) is faster than the engine's exact bf16 `ar` ({num(ar, 2)}), "
+               f"so `tree` is only {ratio(tree, hf)}x it "
+               f"({ratio(amd['tree']['overall']['tokens_per_s'], amd['hf-generate']['overall']['tokens_per_s'])}x "
+               f"on the AMD CPU)"),
+        Phrase(ngram)]
+
+
 SAMPLED_RUN = "issue17-sampled-b1"
 
 
