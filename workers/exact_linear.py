@@ -153,42 +153,54 @@ def checked_rows(kernel: TileKernel) -> int:
     return max(CHECK_ROWS, kernel.chunk + kernel.multiple)
 
 
-# Kernels chosen so far in this process, by (candidates, weight shape, dtype, device, bias): a second engine (or
-# replica) on the same weights' shapes pays no check, and picks what the first did.
+# Kernels chosen so far in this process, by (candidates, weight shape, dtype, device, bias, threads): a second
+# engine (or replica) on the same weights' shapes pays no check, and picks what the first did. The thread count
+# is part of the key: a BLAS blocks otherwise on another count (MKL fp32 576x576 here: products of 4-row
+# multiples keep a row's bits on 2 threads, not on 1).
 _chosen: dict[tuple, TileKernel] = {}
 
 
 def choose(kernels: tuple[TileKernel, ...], weight: torch.Tensor, bias: torch.Tensor | None) -> TileKernel:
-    key = (kernels, tuple(weight.shape), weight.dtype, weight.device, bias is not None)
+    key = (kernels, tuple(weight.shape), weight.dtype, weight.device, bias is not None, torch.get_num_threads())
     if key not in _chosen:
         probe_weight, x = cancelling_operands(weight, max(LONG_ROWS, *map(checked_rows, kernels)))
         kernel = next((kernel for kernel in kernels if is_row_invariant(kernel, probe_weight, x, bias)), None)
         if kernel is None:  # even one row at a time differs between calls: the BLAS is not deterministic here
             raise RuntimeError(f"exact: no linear kernel gives the same bits twice for a {tuple(weight.shape)} "
                                f"{weight.dtype} weight on {weight.device}")
-        logger.info("exact linear %s %s: %s", tuple(weight.shape), weight.dtype, kernel.name)
+        logger.info("exact linear %s %s, %d threads: %s", tuple(weight.shape), weight.dtype, key[-1], kernel.name)
         _chosen[key] = kernel
     return _chosen[key]
+
+
+def _kernel(module: nn.Linear, rows: str) -> TileKernel:
+    """`module`'s kernel for "step" or "prompt" rows at this thread count (chosen once per count)."""
+    key = (rows, torch.get_num_threads())
+    kernel = module.exact_kernels.get(key)
+    if kernel is None:
+        dtype = module.weight.dtype
+        kernels = STEP_KERNELS.get(dtype, STEP_KERNELS["half"]) if rows == "step" else prompt_kernels(dtype)
+        kernel = module.exact_kernels[key] = choose(kernels, module.weight, module.bias)
+    return kernel
 
 
 def _tiled_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     flat = x.reshape(-1, x.shape[-1])
     prompt = PROMPT_ROWS.get()
     if prompt is None or prompt.numel() != flat.shape[0]:
-        out = self.step_kernel(flat, self.weight, self.bias)
+        out = _kernel(self, "step")(flat, self.weight, self.bias)
     else:  # prompt rows and step rows each by their own kernel (the prompts' chosen at the first prefill)
         out = flat.new_empty(flat.shape[0], self.weight.shape[0])
-        prompt_kernel = choose(prompt_kernels(self.weight.dtype), self.weight, self.bias)
-        out[prompt] = prompt_kernel(flat[prompt], self.weight, self.bias)
+        out[prompt] = _kernel(self, "prompt")(flat[prompt], self.weight, self.bias)
         if not bool(prompt.all()):
-            out[~prompt] = self.step_kernel(flat[~prompt], self.weight, self.bias)
+            out[~prompt] = _kernel(self, "step")(flat[~prompt], self.weight, self.bias)
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def apply(model: nn.Module) -> None:
     """Give every nn.Linear of `model` row-invariant kernels: for steps chosen now, for prompts at the first
-    prefill (an LM head never sees one)."""
+    prefill (an LM head never sees one), each again at the first forward on another thread count."""
     for module in (m for m in model.modules() if isinstance(m, nn.Linear)):
-        kernels = STEP_KERNELS.get(module.weight.dtype, STEP_KERNELS["half"])
-        module.step_kernel = choose(kernels, module.weight, module.bias)
+        module.exact_kernels = {}
+        _kernel(module, "step")
         module.forward = types.MethodType(_tiled_forward, module)
