@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 CHECK_ROWS = 17
 LONG_ROWS = 300
 LONG_COUNTS = (24, 32, 33, 48, 64, 65, 96, 128, 129, 192, 256, 257, LONG_ROWS)
+# Distinct random rows of the check's weight (cancelling_operands).
+PROBE_ROWS = 2048
 # Rows a step kernel multiplies at once at most: a verify or a batch of up to 64 rows is one product (oneDNN's
 # bf16 576x1536 product gives a row the same bits in any multiple of 4 rows on AVX-512 without AMX, and two
 # products of 16 + 8 rows cost 1.8x one of 24; with AMX, a 24-row transposed LM head product costs 2.6 ms in one
@@ -114,10 +116,13 @@ PROMPT_ROWS: ContextVar[torch.Tensor | None] = ContextVar("prompt_rows", default
 @torch.inference_mode()
 def is_row_invariant(kernel: TileKernel, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether every row of an N-row product of `x` [rows, in] and `weight` equals that row computed alone, for
-    every N up to `checked_rows`, and for a kernel that takes any count at once (native), for N in LONG_COUNTS
-    up to the rows of `x` (LONG_ROWS from `choose`; the operands are `cancelling_operands`)."""
+    N up to `checked_rows` (past CHECK_ROWS, the multiples of the kernel's padding: a count between two runs
+    the same product as the next multiple, a row's bits depending on the product's shape, not on its other
+    rows), and for a kernel that takes any count at once (native), for N in LONG_COUNTS up to the rows of `x`
+    (LONG_ROWS from `choose`; the operands are `cancelling_operands`)."""
     top = checked_rows(kernel)
-    counts = [*range(2, top + 1), *(() if kernel.chunk else (n for n in LONG_COUNTS if top < n <= x.shape[0]))]
+    counts = [*range(2, CHECK_ROWS + 1), *range(CHECK_ROWS + 1, top + 1, kernel.multiple or 1),
+              *(() if kernel.chunk else (n for n in LONG_COUNTS if top < n <= x.shape[0]))]
     alone = x.new_empty(counts[-1], weight.shape[0])  # rows computed alone, as far as the counts so far need
     done = 0
     for count in counts:
@@ -137,7 +142,9 @@ def cancelling_operands(weight: torch.Tensor, rows: int) -> tuple[torch.Tensor, 
     and failed it for others (the rounding to bf16 hid most differences)."""
     generator = torch.Generator().manual_seed(0)
     half = weight.shape[1] // 2
-    probe = torch.randn(weight.shape, generator=generator)
+    # Random rows, repeated past PROBE_ROWS (an LM head's 49k would cost a quarter second to draw).
+    probe = torch.randn(min(weight.shape[0], PROBE_ROWS), weight.shape[1], generator=generator)
+    probe = probe.repeat(-(-weight.shape[0] // probe.shape[0]), 1)[:weight.shape[0]]
     probe[:, half:2 * half] = -probe[:, :half]
     # Terms of many magnitudes (log-normal scales), so that partial sums round at many places.
     x = torch.randn(rows, weight.shape[1], generator=generator) * torch.randn(rows, weight.shape[1],
