@@ -20,10 +20,11 @@ measured: STEP_KERNELS), and keeps the first whose rows are the same bits for ev
                     workers/cpu_linear.py), and a chain of 3 drafts is free;
   transposed 2      the same in tiles of 2 rows (2 and 3 share bits): decoding pays nothing, a k-token verify k/2;
   one row           F.linear a row at a time: the same kernel for every row by construction, the last resort.
-A tiled kernel is checked at every row count up to its chunk and a tile past it, so every product it can run is
-checked; native, which runs any count, at 1..CHECK_ROWS and LONG_COUNTS. Every row of every product is compared.
-Prompt tokens (prefill) take a kernel of their own, for long products (a prompt token is always computed as one,
-whatever shares its forward). The order is fixed, not timed, so that every engine on a machine picks the same.
+A tiled kernel is checked on every product it can run (up to its chunk and a tile past it); native, which runs any
+count, at 1..CHECK_ROWS and LONG_COUNTS. Every row of every product is compared. The choice is made per thread
+count (a BLAS blocks otherwise on another). Prompt tokens (prefill) take a kernel of their own, for long products
+(a prompt token is always computed as one, whatever shares its forward). The order is fixed, not timed, so that
+every engine on a machine picks the same.
 """
 
 from __future__ import annotations
