@@ -214,6 +214,17 @@ def test_the_linear_check_compares_every_row_of_a_long_product(dtype):
     assert row_invariant(dataclasses.replace(kernel, counts=(0, 0)), weight)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_linear_kernel_gives_a_strided_input_the_bits_of_a_contiguous_one(dtype):
+    """The check multiplies contiguous rows; a row given in another layout (a transposed view) is multiplied as
+    that copy would be (fed a transposed product's output, a BLAS here took another path and the next layer's
+    rows changed)."""
+    weight = torch.randn(96, 64).to(dtype)
+    strided = torch.randn(64, 6).to(dtype).t()
+    for kernel in {*exact_linear.STEP_KERNELS[torch.float32], *exact_linear.STEP_KERNELS["half"]}:
+        assert torch.equal(kernel(strided, weight, None), kernel(strided.contiguous(), weight, None)), kernel.name
+
+
 def test_the_checks_fail_on_the_stock_kernels():
     """Negative control: the same checks on the fast path (SDPA, the BLAS's own row blocking) find differences."""
     failed = [(family, dtype) for family in ("llama", "gemma2") for dtype in (torch.float32, torch.bfloat16)

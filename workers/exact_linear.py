@@ -67,6 +67,7 @@ class TileKernel:
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """`x` [N, in] -> [N, out]."""
+        x = x.contiguous()  # the layout the load-time check multiplied: a BLAS takes another path for another one
         if not self.multiple:
             return nn.functional.linear(x, weight, bias)
         count = x.shape[0]
