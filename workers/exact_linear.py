@@ -105,9 +105,12 @@ _LONG_PROMPT = (
 )
 
 
+def step_kernels(dtype: torch.dtype) -> tuple[TileKernel, ...]:
+    return STEP_KERNELS.get(dtype, STEP_KERNELS["half"])
+
+
 def prompt_kernels(dtype: torch.dtype) -> tuple[TileKernel, ...]:
-    steps = STEP_KERNELS.get(dtype, STEP_KERNELS["half"])
-    return _LONG_PROMPT + tuple(kernel for kernel in steps if kernel not in _LONG_PROMPT)
+    return _LONG_PROMPT + tuple(kernel for kernel in step_kernels(dtype) if kernel not in _LONG_PROMPT)
 
 
 # Per forward, the flattened [B * T] mask of rows that are prompt tokens (None: none); set by the model worker
@@ -187,8 +190,7 @@ def _kernel(module: nn.Linear, rows: str) -> TileKernel:
     key = (rows, torch.get_num_threads())
     kernel = module.exact_kernels.get(key)
     if kernel is None:
-        dtype = module.weight.dtype
-        kernels = STEP_KERNELS.get(dtype, STEP_KERNELS["half"]) if rows == "step" else prompt_kernels(dtype)
+        kernels = (step_kernels if rows == "step" else prompt_kernels)(module.weight.dtype)
         kernel = module.exact_kernels[key] = choose(kernels, module.weight, module.bias)
     return kernel
 
